@@ -1,0 +1,1 @@
+"""Fabric tasks and the machinery behind them: inventory, connections, install, launch."""

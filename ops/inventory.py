@@ -1,0 +1,194 @@
+"""The cluster inventory: the one schema shared by infra/ (stack outputs) and ops/ (what fab reads).
+
+A cluster is described by a JSON object whose keys are exactly the Pulumi stack outputs, so
+``pulumi stack output --json --show-secrets > cluster.json`` is a valid inventory file::
+
+    {
+      "clusterName": "kindling-dev",          # str, required
+      "region": "us-east-1",                  # str ("local" for the built-in and test clusters)
+      "sshUser": "ubuntu",                    # str, required
+      "sshPrivateKey": "-----BEGIN OPENSSH PRIVATE KEY-----...",   # str, required (a secret)
+      "knownHosts": "10.0.0.5,ip-10-0-0-5 ssh-ed25519 AAAA...\\n...", # str, one OpenSSH line per host
+      "master":  {HOST},                      # required
+      "workers": [{HOST}, ...],               # required, at least one
+      "ps":      [{HOST}, ...],               # dedicated parameter-server hosts, may be empty
+      "bucket": "kindling-dev-data-1a2b",     # str, "" when the cluster has no bucket
+      "sparkMasterUrl": "spark://10.0.0.5:7077"
+    }
+
+    HOST = {"name": "worker-0", "hostname": "ip-10-0-1-12", "publicIp": "3.4.5.6",
+            "privateIp": "10.0.1.12", "publicDns": "ec2-3-4-5-6.compute-1.amazonaws.com"}
+
+ops connects to ``publicIp`` (``privateIp`` when the host has no public address); cluster
+members talk to each other on ``privateIp``. Every address ops connects to must have a line in
+``knownHosts``: host keys are pinned, never learned.
+
+This module is standard library only, so infra/ can import it without Fabric and ops/ without
+Pulumi.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+SCHEMA_KEYS = ("clusterName", "region", "sshUser", "sshPrivateKey", "knownHosts",
+               "master", "workers", "ps", "bucket", "sparkMasterUrl")
+HOST_KEYS = ("name", "hostname", "publicIp", "privateIp", "publicDns")
+SPARK_MASTER_PORT = 7077
+
+
+class InventoryError(ValueError):
+    """A malformed or incomplete inventory; the message names the field and the fix."""
+
+
+@dataclass(frozen=True)
+class Host:
+    name: str
+    hostname: str
+    privateIp: str
+    publicIp: str = ""
+    publicDns: str = ""
+
+    @property
+    def address(self) -> str:
+        """The address ops connects to over SSH."""
+        return self.publicIp or self.privateIp
+
+
+@dataclass(frozen=True)
+class Inventory:
+    clusterName: str
+    region: str
+    sshUser: str
+    sshPrivateKey: str
+    knownHosts: str
+    master: Host
+    workers: tuple[Host, ...]
+    ps: tuple[Host, ...] = ()
+    bucket: str = ""
+    sparkMasterUrl: str = ""
+    source: str = field(default="", compare=False)
+
+    @property
+    def hosts(self) -> tuple[Host, ...]:
+        """Every host once, master first."""
+        return (self.master, *self.workers, *self.ps)
+
+    def host(self, name: str) -> Host:
+        for host in self.hosts:
+            if name in (host.name, host.hostname, host.address, host.privateIp):
+                return host
+        known = ", ".join(h.name for h in self.hosts)
+        raise InventoryError(f"no host named {name!r} in cluster {self.clusterName!r}; hosts are: {known}")
+
+    def to_outputs(self) -> dict:
+        """The stack-output dict (the JSON an inventory file holds)."""
+        data = asdict(self)
+        data.pop("source")
+        data["workers"] = list(data["workers"])
+        data["ps"] = list(data["ps"])
+        return data
+
+
+def spark_master_url(master_private_ip: str) -> str:
+    return f"spark://{master_private_ip}:{SPARK_MASTER_PORT}"
+
+
+def known_hosts_line(addresses: list[str], public_key_openssh: str) -> str:
+    """One known_hosts line: comma-separated addresses, then 'type base64' of the host key."""
+    key = " ".join(public_key_openssh.split()[:2])
+    return f"{','.join(a for a in addresses if a)} {key}"
+
+
+def _require(data: dict, key: str, kind: type, where: str) -> object:
+    if key not in data or data[key] is None:
+        raise InventoryError(f"inventory {where}: missing field '{key}'")
+    value = data[key]
+    if not isinstance(value, kind):
+        raise InventoryError(f"inventory {where}: field '{key}' must be a {kind.__name__}, "
+                             f"got {type(value).__name__}")
+    return value
+
+
+def _host(data: object, where: str) -> Host:
+    if not isinstance(data, dict):
+        raise InventoryError(f"inventory {where}: must be an object with {', '.join(HOST_KEYS)}")
+    private_ip = _require(data, "privateIp", str, where)
+    if not private_ip:
+        raise InventoryError(f"inventory {where}: field 'privateIp' is empty")
+    values = {k: str(data.get(k) or "") for k in HOST_KEYS}
+    values["name"] = values["name"] or where
+    values["hostname"] = values["hostname"] or private_ip
+    return Host(**values)
+
+
+def parse_inventory(data: object, source: str = "inventory") -> Inventory:
+    """Validate stack outputs / inventory JSON and return an Inventory, or raise InventoryError."""
+    if not isinstance(data, dict):
+        raise InventoryError(f"{source}: an inventory is a JSON object of stack outputs, "
+                             f"got {type(data).__name__}")
+    where = source
+    for key in ("clusterName", "sshUser", "sshPrivateKey", "knownHosts"):
+        if not _require(data, key, str, where):
+            raise InventoryError(f"inventory {where}: field '{key}' is empty")
+    if "PRIVATE KEY" not in data["sshPrivateKey"]:
+        raise InventoryError(f"inventory {where}: field 'sshPrivateKey' is not a private key "
+                             "(export it with `pulumi stack output --json --show-secrets`)")
+    master = _host(_require(data, "master", dict, where), "master")
+    workers = _require(data, "workers", list, where)
+    if not workers:
+        raise InventoryError(f"inventory {where}: field 'workers' is empty; a cluster needs at "
+                             "least one worker (set workerCount >= 1)")
+    ps = data.get("ps") or []
+    if not isinstance(ps, list):
+        raise InventoryError(f"inventory {where}: field 'ps' must be a list")
+    inventory = Inventory(
+        clusterName=data["clusterName"],
+        region=str(data.get("region") or ""),
+        sshUser=data["sshUser"],
+        sshPrivateKey=data["sshPrivateKey"],
+        knownHosts=data["knownHosts"],
+        master=master,
+        workers=tuple(_host(h, f"workers[{i}]") for i, h in enumerate(workers)),
+        ps=tuple(_host(h, f"ps[{i}]") for i, h in enumerate(ps)),
+        bucket=str(data.get("bucket") or ""),
+        sparkMasterUrl=str(data.get("sparkMasterUrl") or spark_master_url(master.privateIp)),
+        source=source,
+    )
+    names = [h.name for h in inventory.hosts]
+    duplicate = next((n for n in names if names.count(n) > 1), None)
+    if duplicate:
+        raise InventoryError(f"inventory {where}: host name {duplicate!r} appears twice")
+    pinned = _pinned_addresses(inventory.knownHosts)
+    for host in inventory.hosts:
+        if host.address not in pinned:
+            raise InventoryError(f"inventory {where}: 'knownHosts' has no host key for "
+                                 f"{host.name} ({host.address}); host keys must be pinned")
+    return inventory
+
+
+def _pinned_addresses(known_hosts: str) -> set[str]:
+    addresses: set[str] = set()
+    for line in known_hosts.splitlines():
+        parts = line.split()
+        if len(parts) >= 3 and not line.startswith("#"):
+            for entry in parts[0].split(","):
+                addresses.add(re.sub(r"^\[(.*)\](:\d+)?$", r"\1", entry))
+    return addresses
+
+
+def load_inventory(path: str | Path) -> Inventory:
+    """Read an inventory JSON file (e.g. `pulumi stack output --json --show-secrets > cluster.json`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InventoryError(f"inventory file {path} not found; write one with "
+                             "`pulumi stack output --json --show-secrets > cluster.json`")
+    try:
+        data = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InventoryError(f"inventory file {path} is not valid JSON ({exc}); regenerate it "
+                             "with `pulumi stack output --json --show-secrets`") from None
+    return parse_inventory(data, source=str(path))

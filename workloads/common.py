@@ -1,0 +1,70 @@
+"""What every job shares: user errors as one line, offline assets, the results folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+ASSETS_ENV = "KINDLING_ASSETS"
+"""Folder laid out like ../shared (datasets/, models/): offline data and weights for the jobs."""
+
+
+class UserError(Exception):
+    """A mistake the user can fix (bad flag, missing data...). Printed as one line, exit code 2."""
+
+
+def run_cli(main: Callable[[list[str] | None], object], argv: list[str] | None = None) -> None:
+    """Run a job's main(); a UserError becomes one `error: ...` line instead of a traceback."""
+    try:
+        main(argv)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr, flush=True)
+        sys.exit(130)
+
+
+def asset(relative: str) -> str | None:
+    """Path of an offline asset under $KINDLING_ASSETS, or None when the variable is unset."""
+    root = os.environ.get(ASSETS_ENV)
+    if not root:
+        return None
+    path = Path(root).expanduser().resolve() / relative
+    if not path.exists():
+        raise UserError(f"{ASSETS_ENV}={root} has no {relative}; point it at a folder laid out "
+                        "like ../shared (datasets/, models/) or unset it")
+    return str(path)
+
+
+def existing_path(value: str, what: str, flag: str) -> Path:
+    """argparse-friendly check that a data/weights path exists, with the fix in the message."""
+    path = Path(value).expanduser()
+    if not path.exists():
+        raise UserError(f"{what} not found: {value}; pass an existing path with {flag}")
+    return path
+
+
+def new_run_id(job: str) -> str:
+    return f"{job}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid() % 10000:04d}"
+
+
+def results_dir(output: str | None, job: str) -> Path:
+    """The job's results folder: --output if given, else runs/<job>-<timestamp>."""
+    path = Path(output) if output else Path("runs") / new_run_id(job)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def write_metrics(folder: Path, metrics: dict) -> Path:
+    """metrics.json; its top-level `accuracy` (0..1) is what ops and the README report."""
+    accuracy = metrics.get("accuracy")
+    if not isinstance(accuracy, (int, float)) or not 0.0 <= accuracy <= 1.0:
+        raise ValueError(f"metrics need a top-level accuracy in 0..1, got {accuracy!r}")
+    path = Path(folder) / "metrics.json"
+    path.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    return path

@@ -1,0 +1,94 @@
+"""MNIST data and the CNN that train-ps and train-mnist both train.
+
+Data comes from a standard MNIST folder (the four IDX ``.gz`` files), a ``mnist.npz``
+(Keras' layout), or, without ``--data``, Keras' download of the public MNIST.
+"""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+
+from workloads.common import UserError
+
+IDX_FILES = {
+    "x_train": "train-images-idx3-ubyte.gz",
+    "y_train": "train-labels-idx1-ubyte.gz",
+    "x_test": "t10k-images-idx3-ubyte.gz",
+    "y_test": "t10k-labels-idx1-ubyte.gz",
+}
+NUM_CLASSES = 10
+IMAGE_SHAPE = (28, 28, 1)
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Parse an IDX file (gzipped or not) into a uint8 array of its declared shape."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    if len(data) < 4 or data[:2] != b"\x00\x00" or data[2] != 0x08:
+        raise UserError(f"{path} is not an IDX file of unsigned bytes; use the MNIST .gz files")
+    ndim = data[3]
+    shape = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
+    array = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if array.size != int(np.prod(shape)):
+        raise UserError(f"{path} is truncated: header says {shape}, found {array.size} bytes")
+    return array.reshape(shape)
+
+
+def load_mnist(data: str | None) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """((x_train, y_train), (x_test, y_test)) as uint8 arrays, x of shape (n, 28, 28)."""
+    if data is None:
+        import keras  # the public MNIST, downloaded and cached by Keras
+
+        return keras.datasets.mnist.load_data()
+    path = Path(data).expanduser()
+    if path.is_dir() and (path / "mnist.npz").is_file():
+        path = path / "mnist.npz"
+    if path.is_file() and path.suffix == ".npz":
+        with np.load(path) as npz:
+            missing = [k for k in IDX_FILES if k not in npz]
+            if missing:
+                raise UserError(f"{path} lacks arrays {missing}; an mnist.npz holds x_train, "
+                                "y_train, x_test, y_test")
+            return (npz["x_train"], npz["y_train"]), (npz["x_test"], npz["y_test"])
+    if not path.is_dir():
+        raise UserError(f"MNIST data not found: {data}; pass --data with a folder of the four "
+                        "MNIST .gz files or an mnist.npz (omit --data to download MNIST)")
+    missing = [name for name in IDX_FILES.values() if not (path / name).is_file()]
+    if missing:
+        raise UserError(f"MNIST folder {path} lacks {', '.join(missing)}; it needs the four "
+                        "standard IDX .gz files")
+    arrays = {key: read_idx(path / name) for key, name in IDX_FILES.items()}
+    return (arrays["x_train"], arrays["y_train"]), (arrays["x_test"], arrays["y_test"])
+
+
+def shuffled(x: np.ndarray, y: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Shuffle together; the offline 5k training digits come sorted by class."""
+    order = np.random.default_rng(seed).permutation(len(x))
+    return x[order], y[order]
+
+
+def to_model_input(x: np.ndarray) -> np.ndarray:
+    """uint8 (n, 28, 28) -> float32 (n, 28, 28, 1) in 0..1."""
+    return (x.astype(np.float32) / 255.0).reshape((-1, *IMAGE_SHAPE))
+
+
+def build_cnn():
+    """The MNIST CNN (two conv blocks, dense head) as a Keras 3 model returning logits."""
+    import keras
+
+    return keras.Sequential([
+        keras.Input(shape=IMAGE_SHAPE),
+        keras.layers.Conv2D(32, 3, activation="relu"),
+        keras.layers.MaxPooling2D(),
+        keras.layers.Conv2D(64, 3, activation="relu"),
+        keras.layers.MaxPooling2D(),
+        keras.layers.Flatten(),
+        keras.layers.Dropout(0.25),
+        keras.layers.Dense(128, activation="relu"),
+        keras.layers.Dense(NUM_CLASSES),
+    ], name="mnist_cnn")
