@@ -1,0 +1,90 @@
+"""The cluster as ops sees it: connections to every host, work in parallel, per-host progress.
+
+Like Flintrock's core: every host works at once (one thread each); a failure on one host is
+reported as one line naming that host, after the others have finished their step.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, TypeVar
+
+from fabric import Connection
+from rich.console import Console
+
+from ops.inventory import Host, Inventory
+from ops.ssh import connect
+from workloads.common import UserError
+
+T = TypeVar("T")
+console = Console(highlight=False)
+
+
+class Cluster:
+    """Open connections to an inventory's hosts; run a function on many hosts in parallel."""
+
+    def __init__(self, inventory: Inventory):
+        self.inventory = inventory
+        self._connections: dict[str, Connection] = {}
+
+    def role(self, host: Host) -> str:
+        if host == self.inventory.master:
+            return "master"
+        return "ps" if host in self.inventory.ps else "worker"
+
+    def connection(self, host: Host) -> Connection:
+        if host.name not in self._connections:
+            self._connections[host.name] = connect(self.inventory, host)
+        return self._connections[host.name]
+
+    def connect_all(self, hosts: tuple[Host, ...] | None = None) -> None:
+        """Connect to every host at once, so an unreachable one is named before work begins."""
+        self.parallel(lambda host, cxn: None, hosts)
+
+    def parallel(self, work: Callable[[Host, Connection], T],
+                 hosts: tuple[Host, ...] | None = None) -> dict[str, T]:
+        """work(host, connection) on each host in its own thread; errors name their host."""
+        hosts = hosts or self.inventory.hosts
+
+        def one(host: Host) -> T:
+            return work(host, self.connection(host))
+
+        with ThreadPoolExecutor(max_workers=max(1, len(hosts))) as pool:
+            futures = {host.name: pool.submit(one, host) for host in hosts}
+        errors = []
+        results: dict[str, T] = {}
+        for name, future in futures.items():
+            exc = future.exception()
+            if exc is None:
+                results[name] = future.result()
+            elif isinstance(exc, UserError):
+                errors.append(str(exc))
+            else:
+                errors.append(f"{name}: {type(exc).__name__}: {exc}")
+        if errors:
+            raise UserError("; ".join(dict.fromkeys(errors)))
+        return results
+
+    def close(self) -> None:
+        for cxn in self._connections.values():
+            cxn.close()
+        self._connections.clear()
+
+
+class Progress:
+    """Per-host progress lines: `worker-0  python deps  installed  41.2s`."""
+
+    def __init__(self, hosts: tuple[Host, ...]):
+        self.width = max(len(h.name) for h in hosts)
+        self.started = time.monotonic()
+
+    def step(self, host: Host, step: str, status: str, seconds: float) -> None:
+        colour = {"skipped": "dim", "failed": "red"}.get(status.split()[0], "green")
+        console.print(f"[bold]{host.name:<{self.width}}[/]  {step:<15} [{colour}]{status}[/]"
+                      f"  {seconds:5.1f}s")
+
+    def done(self, what: str) -> float:
+        elapsed = time.monotonic() - self.started
+        console.print(f"{what} in {elapsed:.1f}s")
+        return elapsed

@@ -1,0 +1,42 @@
+"""Running commands on a cluster host: the folder layout, timeouts, install stamps."""
+
+from __future__ import annotations
+
+import shlex
+
+from fabric import Connection
+
+from workloads.common import UserError
+
+HOME = "/opt/kindling"
+VENV = f"{HOME}/venv"
+PYTHON = f"{VENV}/bin/python"
+WHEELHOUSE = f"{HOME}/wheelhouse"
+STAMPS = f"{HOME}/stamps"
+SRV = "/srv/kindling"
+DATA = f"{SRV}/data"
+RUNS = f"{SRV}/runs"
+SPARK_STATE = f"{SRV}/spark"
+
+INSTALL_TIMEOUT = 1800
+COMMAND_TIMEOUT = 120
+
+
+def sh(cxn: Connection, command: str, timeout: int = COMMAND_TIMEOUT, what: str = "") -> str:
+    """Run a command on a host; a failure becomes one error line naming host and step."""
+    result = cxn.run(command, hide=True, warn=True, timeout=timeout, in_stream=False)
+    if result.exited != 0:
+        detail = (result.stderr.strip() or result.stdout.strip()).splitlines()[-1:] or ["no output"]
+        raise UserError(f"{cxn.host}: {what or command.split()[0]} failed (exit {result.exited}): "
+                        f"{detail[0]}")
+    return result.stdout.strip()
+
+
+def read_stamp(cxn: Connection, name: str) -> str:
+    return cxn.run(f"cat {STAMPS}/{name} 2>/dev/null || true", hide=True, warn=True,
+                   timeout=COMMAND_TIMEOUT, in_stream=False).stdout.strip()
+
+
+def write_stamp(cxn: Connection, name: str, value: str) -> None:
+    sh(cxn, f"mkdir -p {STAMPS} && printf %s {shlex.quote(value)} > {STAMPS}/{name}",
+       what="writing install stamp")

@@ -1,0 +1,239 @@
+"""What `fab deploy` installs on cluster hosts, as small plugin classes (as in Flintrock).
+
+Each service answers three questions for one host: is it already in the wanted state
+(`is_current`), how to get there (`install`), and is it healthy (`health_check`). The deploy
+runner in ops.cluster skips `install` when `is_current` says so: that makes deploy idempotent,
+keyed on content hashes and versions stored in stamp files on the host.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shlex
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fabric import Connection
+
+from ops import spark
+from ops.inventory import Host, Inventory
+from ops.remote import (COMMAND_TIMEOUT, HOME, INSTALL_TIMEOUT, PYTHON, RUNS, SPARK_STATE, SRV,
+                        STAMPS, VENV, WHEELHOUSE, DATA, read_stamp, sh, write_stamp)
+from ops.staging import push_path, staged_check
+from workloads.common import UserError
+
+def file_digest(paths: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(paths):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+@dataclass
+class DeployContext:
+    """What every service may need to know about this deploy (built once on the control machine)."""
+    inventory: Inventory
+    constraints: Path
+    project_wheel: Path
+    wheelhouse: Path | None = None
+    staged: dict[str, str] = field(default_factory=dict)
+    """Local path -> remote path of data/weights staged on every host."""
+
+
+class Service:
+    """One concern installed on a host: a name, a stamp-able version, install, health check."""
+
+    name = "service"
+
+    def applies_to(self, host: Host, ctx: DeployContext) -> bool:
+        return True
+
+    def is_current(self, cxn: Connection, host: Host, ctx: DeployContext) -> bool:
+        raise NotImplementedError
+
+    def install(self, cxn: Connection, host: Host, ctx: DeployContext) -> None:
+        raise NotImplementedError
+
+    def health_check(self, cxn: Connection, host: Host, ctx: DeployContext) -> None:
+        """Raise UserError when the service is installed but not working."""
+
+
+class BasePackages(Service):
+    """Java 17 for Spark and python3-venv, via sudo apt-get, only when missing."""
+
+    name = "base packages"
+    packages = ("openjdk-17-jre-headless", "python3-venv")
+    check = "java -version 2>&1 | grep -q 'version \"17' && python3 -c 'import ensurepip, venv'"
+
+    def is_current(self, cxn, host, ctx):
+        return cxn.run(self.check, hide=True, warn=True, timeout=COMMAND_TIMEOUT,
+                       in_stream=False).exited == 0
+
+    def install(self, cxn, host, ctx):
+        sh(cxn, "sudo -n env DEBIAN_FRONTEND=noninteractive apt-get update -qq && "
+                "sudo -n env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "
+                + " ".join(self.packages), timeout=INSTALL_TIMEOUT, what="apt-get install")
+        if not self.is_current(cxn, host, ctx):
+            raise UserError(f"{host.name}: Java 17 or python3-venv still missing after apt-get")
+
+
+class Layout(Service):
+    """kindling's folders, owned by the SSH user (created with sudo once)."""
+
+    name = "folders"
+
+    def is_current(self, cxn, host, ctx):
+        return cxn.run(f"test -w {HOME} -a -w {SRV}", hide=True, warn=True,
+                       timeout=COMMAND_TIMEOUT, in_stream=False).exited == 0
+
+    def install(self, cxn, host, ctx):
+        user = ctx.inventory.sshUser
+        sh(cxn, f"sudo -n mkdir -p {HOME} {SRV} && sudo -n chown {user}: {HOME} {SRV}",
+           what="creating /opt/kindling and /srv/kindling")
+        sh(cxn, f"mkdir -p {STAMPS} {DATA} {RUNS} {SPARK_STATE}")
+
+
+class PythonDependencies(Service):
+    """The venv with the pinned job dependencies, from PyPI or a pushed wheelhouse."""
+
+    name = "python deps"
+
+    def version(self, ctx: DeployContext) -> str:
+        wheels = sorted(ctx.wheelhouse.glob("*.whl")) if ctx.wheelhouse else []
+        listing = "\n".join(f"{w.name}:{w.stat().st_size}" for w in wheels)
+        return file_digest([ctx.constraints]) + hashlib.sha256(listing.encode()).hexdigest()[:8]
+
+    def is_current(self, cxn, host, ctx):
+        return read_stamp(cxn, "python-deps") == self.version(ctx)
+
+    def install(self, cxn, host, ctx):
+        sh(cxn, f"test -x {PYTHON} || python3 -m venv {VENV}", what="creating the venv")
+        constraints = f"{HOME}/constraints.txt"
+        cxn.put(str(ctx.constraints), constraints)
+        if ctx.wheelhouse:
+            push_wheelhouse(cxn, ctx.wheelhouse)
+            source = f"--no-index --find-links {WHEELHOUSE}"
+        else:
+            source = ""
+        requirements = " ".join(shlex.quote(r) for r in workload_requirements(ctx.constraints))
+        sh(cxn, f"{PYTHON} -m pip install -q --disable-pip-version-check {source} "
+                f"-c {constraints} {requirements}", timeout=INSTALL_TIMEOUT,
+           what="pip install of the job dependencies")
+        write_stamp(cxn, "python-deps", self.version(ctx))
+
+
+def workload_requirements(constraints: Path) -> list[str]:
+    """The `workloads` extra of pyproject.toml: what every host needs to run the jobs."""
+    import tomllib
+
+    pyproject = tomllib.loads((constraints.parent / "pyproject.toml").read_text())
+    return pyproject["project"]["optional-dependencies"]["workloads"]
+
+
+def push_wheelhouse(cxn: Connection, wheelhouse: Path) -> None:
+    """Copy the wheels the host lacks (same name and size = present)."""
+    sh(cxn, f"mkdir -p {WHEELHOUSE}")
+    listing = sh(cxn, f"cd {WHEELHOUSE} && for f in *.whl; do [ -e \"$f\" ] && "
+                      "printf '%s %s\\n' \"$f\" $(stat -c %s \"$f\"); done; true")
+    present = dict(line.rsplit(" ", 1) for line in listing.splitlines() if " " in line)
+    for wheel in sorted(wheelhouse.glob("*.whl")):
+        if present.get(wheel.name) != str(wheel.stat().st_size):
+            cxn.put(str(wheel), f"{WHEELHOUSE}/{wheel.name}")
+
+
+class ProjectWheel(Service):
+    """kindling itself, as a wheel built on the control machine (reinstalled when it changes)."""
+
+    name = "kindling wheel"
+
+    def is_current(self, cxn, host, ctx):
+        return read_stamp(cxn, "project") == ctx.project_wheel.parent.name
+
+    def install(self, cxn, host, ctx):
+        remote = f"{HOME}/{ctx.project_wheel.name}"
+        cxn.put(str(ctx.project_wheel), remote)
+        sh(cxn, f"{PYTHON} -m pip install -q --disable-pip-version-check --no-deps "
+                f"--force-reinstall {remote}", timeout=INSTALL_TIMEOUT, what="installing kindling")
+        write_stamp(cxn, "project", ctx.project_wheel.parent.name)
+
+
+class StagedData(Service):
+    """Data and weights the job reads, pushed to the same path on every host."""
+
+    name = "data"
+
+    def is_current(self, cxn, host, ctx):
+        checks = " && ".join(staged_check(r) for r in ctx.staged.values())
+        return not checks or cxn.run(checks, hide=True, warn=True, timeout=COMMAND_TIMEOUT,
+                                     in_stream=False).exited == 0
+
+    def install(self, cxn, host, ctx):
+        for local, remote in ctx.staged.items():
+            push_path(cxn, Path(local), remote)
+
+
+def remote_spark_home(cxn: Connection) -> str:
+    return sh(cxn, f"{PYTHON} -c 'import os, pyspark; print(os.path.dirname(pyspark.__file__))'",
+              what="locating pyspark in the venv")
+
+
+def master_status(cxn: Connection, master: Host) -> dict | None:
+    """The master's /json/ document fetched on the master host (UIs are not open to the world)."""
+    url = f"http://{master.privateIp}:{spark.MASTER_WEBUI_PORT}/json/"
+    result = cxn.run(f"{PYTHON} -c \"import urllib.request; "
+                     f"print(urllib.request.urlopen('{url}', timeout=5).read().decode())\"",
+                     hide=True, warn=True, timeout=COMMAND_TIMEOUT, in_stream=False)
+    if result.exited != 0:
+        return None
+    return json.loads(result.stdout)
+
+
+class SparkMaster(Service):
+    """The standalone master on the master host, bound to its private address."""
+
+    name = "spark master"
+    registration_timeout = 90
+
+    def is_current(self, cxn, host, ctx):
+        return master_status(cxn, host) is not None
+
+    def install(self, cxn, host, ctx):
+        sh(cxn, spark.master_start_command(remote_spark_home(cxn), host.privateIp, SPARK_STATE,
+                                           python=PYTHON), what="starting the Spark master")
+
+    def health_check(self, cxn, host, ctx):
+        """Every worker host registered ALIVE, within a deadline."""
+        wanted = {w.privateIp for w in ctx.inventory.workers}
+        deadline = time.monotonic() + self.registration_timeout
+        alive: set[str] = set()
+        while time.monotonic() < deadline:
+            status = master_status(cxn, host)
+            alive = set(spark.alive_workers(status)) if status else set()
+            if wanted <= alive:
+                return
+            time.sleep(1)
+        missing = ", ".join(w.name for w in ctx.inventory.workers if w.privateIp not in alive)
+        raise UserError(f"Spark workers on {missing} did not register with the master within "
+                        f"{self.registration_timeout}s; see {SPARK_STATE}/logs on those hosts")
+
+
+class SparkWorker(Service):
+    """One standalone worker per worker host, offering all its cores and 80% of its memory."""
+
+    name = "spark worker"
+
+    def is_current(self, cxn, host, ctx):
+        status = master_status(cxn, ctx.inventory.master)
+        return bool(status) and host.privateIp in spark.alive_workers(status)
+
+    def install(self, cxn, host, ctx):
+        cores = sh(cxn, "nproc")
+        memory = sh(cxn, "awk '/MemTotal/ {printf \"%dm\", $2 / 1024 * 0.8}' /proc/meminfo")
+        sh(cxn, f"bash -c {shlex.quote(spark.worker_stop_command(remote_spark_home(cxn), 1, SPARK_STATE))} || true")
+        sh(cxn, spark.worker_start_command(remote_spark_home(cxn), host.privateIp,
+                                           ctx.inventory.sparkMasterUrl, 1, int(cores), memory,
+                                           SPARK_STATE, python=PYTHON),
+           what="starting the Spark worker")
