@@ -76,10 +76,13 @@ def kill_command(run_dir: str, names: list[str] | None = None) -> str:
     run_dir may be a shell expression such as `$d` (run folders have no spaces or quotes).
     """
     pids = " ".join(f"{n}.pid" for n in names) if names else "*.pid"
-    return (f"cd \"{run_dir}\" 2>/dev/null || exit 0; "
-            f"for f in {pids}; do [ -s \"$f\" ] && kill -TERM -- -$(cat \"$f\") 2>/dev/null; done; "
-            f"sleep {KILL_GRACE_SECONDS}; "
-            f"for f in {pids}; do [ -s \"$f\" ] && kill -KILL -- -$(cat \"$f\") 2>/dev/null; done; true")
+    signal_all = ("for f in {pids}; do [ -s \"$f\" ] && kill -{sig} -- -$(cat \"$f\") 2>/dev/null "
+                  "&& live=1; done")
+    return (f"cd \"{run_dir}\" 2>/dev/null || exit 0; live=0; "
+            + signal_all.format(pids=pids, sig="TERM") + "; "
+            f"for i in $(seq {KILL_GRACE_SECONDS * 10}); do [ $live = 0 ] && break; live=0; "
+            + signal_all.format(pids=pids, sig="0") + "; sleep 0.1; done; "
+            + signal_all.format(pids=pids, sig="KILL") + "; true")
 
 
 class PrefixedOutput:
@@ -111,6 +114,7 @@ class Run:
     processes: list[Process]
     contexts: dict[str, Context]
     """host name -> invoke Context or Fabric Connection."""
+    grace: float = GRACE_SECONDS
     _tails: list[threading.Thread] = field(default_factory=list)
 
     def _by_host(self) -> dict[str, list[Process]]:
@@ -184,7 +188,7 @@ class Run:
             time.sleep(POLL_SECONDS)
 
     def _let_others_finish(self) -> None:
-        deadline = time.monotonic() + GRACE_SECONDS
+        deadline = time.monotonic() + self.grace
         while time.monotonic() < deadline:
             if all(s != "alive" for s in self.states().values()):
                 break
