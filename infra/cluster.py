@@ -1,0 +1,73 @@
+"""SparkCluster: the whole cluster as one component, whose outputs are the ops inventory."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import pulumi
+import pulumi_aws as aws
+
+from infra.ami import ubuntu_ami
+from infra.config import SparkClusterArgs
+from infra.host import ClusterHost, ClusterHostArgs
+from infra.iam import InstanceRole, InstanceRoleArgs
+from infra.keys import LoginKey, LoginKeyArgs
+from infra.network import ClusterNetwork, ClusterNetworkArgs
+from infra.security import ClusterFirewall, ClusterFirewallArgs
+from infra.storage import DataBucket, DataBucketArgs
+from infra.tags import cluster_tags
+from ops.inventory import spark_master_url
+
+SSH_USER = "ubuntu"  # the login user of Ubuntu cloud images
+
+
+class SparkCluster(pulumi.ComponentResource):
+    inventory: dict[str, pulumi.Output]
+    """One output per ops.inventory.SCHEMA_KEYS key; sshPrivateKey is a secret."""
+
+    def __init__(self, name: str, args: SparkClusterArgs, opts: Optional[pulumi.ResourceOptions] = None):
+        super().__init__("kindling:infra:SparkCluster", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        cluster = args.cluster_name
+        network = ClusterNetwork(f"{name}-network", ClusterNetworkArgs(
+            cluster, args.availability_zone, args.vpc_id, args.subnet_id), child)
+        firewall = ClusterFirewall(f"{name}-firewall", ClusterFirewallArgs(
+            cluster, network.vpc_id, args.ssh_cidr), child)
+        login = LoginKey(f"{name}-login", LoginKeyArgs(cluster, args.ssh_public_key, args.ssh_private_key), child)
+        data = DataBucket(f"{name}-data", DataBucketArgs(cluster), child)
+        role = InstanceRole(f"{name}-role", InstanceRoleArgs(cluster, data.arn), child)
+        placement = aws.ec2.PlacementGroup(
+            f"{name}-placement", strategy="cluster", tags=cluster_tags(cluster, "placement"),
+            opts=child) if args.placement_group else None
+        ami = args.ami or ubuntu_ami(pulumi.InvokeOutputOptions(parent=self))
+
+        def host(host_name: str, role_name: str, instance_type: str, spot: bool = False) -> ClusterHost:
+            return ClusterHost(f"{name}-{host_name}", ClusterHostArgs(
+                cluster_name=cluster, host_name=host_name, role=role_name, instance_type=instance_type,
+                ami=ami,
+                pin_ami=args.ami is not None, subnet_id=network.subnet_id,
+                security_group_id=firewall.security_group_id, key_name=login.key_name,
+                instance_profile=role.instance_profile_name, root_volume_gib=args.root_volume_gib,
+                running=args.running, hdfs=args.hdfs, spot=spot, spot_max_price=args.spot_max_price,
+                placement_group=placement.name if placement else None,
+                internet_route=network.internet_route), child)
+
+        master = host("master", "master", args.master_instance_type)
+        workers = [host(f"worker-{i}", "worker", args.worker_instance_type, spot=args.spot_workers)
+                   for i in range(args.worker_count)]
+        ps = [host(f"ps-{i}", "ps", args.ps_type) for i in range(args.ps_count)]
+        every_host = [master, *workers, *ps]
+        self.inventory = {
+            "clusterName": pulumi.Output.from_input(cluster),
+            "region": pulumi.Output.from_input(args.region),
+            "sshUser": pulumi.Output.from_input(SSH_USER),
+            "sshPrivateKey": login.private_key_openssh,
+            "knownHosts": pulumi.Output.all(*[h.known_hosts for h in every_host]).apply(
+                lambda lines: "\n".join(lines) + "\n"),
+            "master": master.entry,
+            "workers": pulumi.Output.all(*[w.entry for w in workers]),
+            "ps": pulumi.Output.all(*[p.entry for p in ps]),
+            "bucket": data.bucket_name,
+            "sparkMasterUrl": master.entry.apply(lambda entry: spark_master_url(entry["privateIp"])),
+        }
+        self.register_outputs(self.inventory)

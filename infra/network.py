@@ -1,0 +1,59 @@
+"""The cluster's network: its own VPC with one public subnet, or an existing VPC/subnet."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import pulumi
+import pulumi_aws as aws
+
+from infra.tags import cluster_tags
+
+VPC_CIDR = "10.42.0.0/16"
+SUBNET_CIDR = "10.42.0.0/20"
+
+
+@dataclass(frozen=True)
+class ClusterNetworkArgs:
+    cluster_name: str
+    availability_zone: Optional[str] = None
+    vpc_id: Optional[str] = None
+    """With subnet_id: use this existing network (it must route 0.0.0.0/0 to an internet gateway)."""
+    subnet_id: Optional[str] = None
+
+
+class ClusterNetwork(pulumi.ComponentResource):
+    vpc_id: pulumi.Output[str]
+    subnet_id: pulumi.Output[str]
+    internet_route: list[pulumi.Resource]
+    """What hosts must wait for: Elastic IPs need the internet gateway, cloud-init needs the route."""
+
+    def __init__(self, name: str, args: ClusterNetworkArgs, opts: Optional[pulumi.ResourceOptions] = None):
+        super().__init__("kindling:infra:ClusterNetwork", name, None, opts)
+        if args.subnet_id:
+            self.vpc_id = pulumi.Output.from_input(args.vpc_id)
+            self.subnet_id = pulumi.Output.from_input(args.subnet_id)
+            self.internet_route = []
+        else:
+            self._create(name, args)
+        self.register_outputs({"vpcId": self.vpc_id, "subnetId": self.subnet_id})
+
+    def _create(self, name: str, args: ClusterNetworkArgs) -> None:
+        child = pulumi.ResourceOptions(parent=self)
+        cluster = args.cluster_name
+        # DNS hostnames on: hosts resolve each other's ip-a-b-c-d names and Elastic IPs get public DNS.
+        vpc = aws.ec2.Vpc(f"{name}-vpc", cidr_block=VPC_CIDR, enable_dns_support=True,
+                          enable_dns_hostnames=True, tags=cluster_tags(cluster, "vpc"), opts=child)
+        gateway = aws.ec2.InternetGateway(f"{name}-igw", vpc_id=vpc.id, tags=cluster_tags(cluster, "igw"), opts=child)
+        subnet = aws.ec2.Subnet(f"{name}-subnet", vpc_id=vpc.id, cidr_block=SUBNET_CIDR,
+                                availability_zone=args.availability_zone, tags=cluster_tags(cluster, "subnet"), opts=child)
+        routes = aws.ec2.RouteTable(
+            f"{name}-routes", vpc_id=vpc.id,
+            routes=[aws.ec2.RouteTableRouteArgs(cidr_block="0.0.0.0/0", gateway_id=gateway.id)],
+            tags=cluster_tags(cluster, "routes"), opts=child)
+        association = aws.ec2.RouteTableAssociation(f"{name}-routes-subnet", subnet_id=subnet.id,
+                                                    route_table_id=routes.id, opts=child)
+        self.vpc_id = vpc.id
+        self.subnet_id = subnet.id
+        self.internet_route = [gateway, association]

@@ -1,0 +1,260 @@
+"""Run the Pulumi program against in-process mocks that answer like AWS, and record everything.
+
+Each MockedStack installs fresh mocks (pulumi's runtime is process-global) with preview=False (so
+every `.apply` really runs), builds one SparkCluster and returns what was registered and exported.
+Mocks answer with realistic ids, IPs, ARNs and real ED25519 keys: an output the mock forgot would
+silently be None, so an unknown resource type or invoke fails loudly instead.
+
+`python tests/infra/infra_mocks.py` prints the resource list a real `pulumi preview` would show.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import runpy
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable, Iterable
+from unittest.mock import patch
+
+import pulumi
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from infra.cluster import SparkCluster
+from infra.config import SparkClusterArgs
+
+ACCOUNT = "123456789012"
+AMI_ID = "ami-0a1b2c3d4e5f60718"
+AMI_NAME = "ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-amd64-server-20260115"
+GET_AMI = "aws:ec2/getAmi:getAmi"
+MAIN = Path(__file__).resolve().parents[2] / "infra" / "__main__.py"
+
+
+@dataclass(frozen=True)
+class Registered:
+    """One resource registration: inputs as the engine saw them (camelCase keys), outputs returned,
+    and the options that matter (parent, explicit dependencies, ignoreChanges)."""
+    type: str
+    name: str
+    id: str
+    inputs: dict
+    outputs: dict
+    custom: bool
+    urn: str = ""
+    parent: str = ""
+    dependencies: frozenset[str] = frozenset()
+    ignore_changes: tuple[str, ...] = ()
+
+
+class RecordingMonitor(pulumi.runtime.mocks.MockMonitor):
+    """The stock mock monitor, plus a note of each registration's resource options."""
+
+    def __init__(self, mocks: pulumi.runtime.Mocks) -> None:
+        super().__init__(mocks)
+        self.options: dict[tuple[str, str], dict] = {}
+
+    def RegisterResource(self, request):  # noqa: N802 (gRPC method name)
+        response = super().RegisterResource(request)
+        self.options[(request.type, request.name)] = {
+            "urn": response.urn, "parent": request.parent,
+            "dependencies": frozenset(request.dependencies), "ignore_changes": tuple(request.ignoreChanges)}
+        return response
+
+
+def _openssh_keypair() -> dict:
+    key = Ed25519PrivateKey.generate()
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                serialization.NoEncryption()).decode()
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                           serialization.PublicFormat.OpenSSH).decode() + "\n"
+    return {"privateKeyOpenssh": private, "publicKeyOpenssh": public,
+            "privateKeyPem": private, "publicKeyPem": "", "publicKeyFingerprintSha256": "SHA256:mock"}
+
+
+class AwsMocks(pulumi.runtime.Mocks):
+    """Answers like AWS/tls for every resource type the program uses; anything else is an error."""
+
+    def __init__(self) -> None:
+        self.registered: list[Registered] = []
+        self.invokes: list[tuple[str, dict]] = []
+        self._serial = itertools.count(1)
+        self._computed: dict[str, Callable[[dict, str, int], tuple[str, dict]]] = {
+            "aws:ec2/vpc:Vpc": lambda i, name, n: self._with_arn("vpc", n, "vpc"),
+            "aws:ec2/internetGateway:InternetGateway": lambda i, name, n: self._with_arn("igw", n, "internet-gateway"),
+            "aws:ec2/subnet:Subnet": lambda i, name, n: (
+                f"subnet-{n:017x}", {"availabilityZone": i.get("availabilityZone") or "us-east-1a"}),
+            "aws:ec2/routeTable:RouteTable": lambda i, name, n: (f"rtb-{n:017x}", {}),
+            "aws:ec2/routeTableAssociation:RouteTableAssociation": lambda i, name, n: (f"rtbassoc-{n:017x}", {}),
+            "aws:ec2/securityGroup:SecurityGroup": lambda i, name, n: self._with_arn("sg", n, "security-group"),
+            "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule": lambda i, name, n: (f"sgr-{n:017x}", {}),
+            "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule": lambda i, name, n: (f"sgr-{n:017x}", {}),
+            "aws:ec2/keyPair:KeyPair": self._key_pair,
+            "tls:index/privateKey:PrivateKey": lambda i, name, n: (f"tls-{n}", _openssh_keypair()),
+            "aws:ec2/networkInterface:NetworkInterface": lambda i, name, n: (
+                f"eni-{n:017x}", {"privateIp": f"10.42.{n // 200}.{10 + n % 200}"}),
+            "aws:ec2/eip:Eip": self._elastic_ip,
+            "aws:ec2/instance:Instance": lambda i, name, n: self._with_arn("i", n, "instance"),
+            "aws:ec2transitgateway/instanceState:InstanceState": lambda i, name, n: (i["instanceId"], {}),
+            "aws:ec2/placementGroup:PlacementGroup": lambda i, name, n: (
+                f"{name}-{n:07x}", {"name": f"{name}-{n:07x}", "placementGroupId": f"pg-{n:017x}"}),
+            "aws:s3/bucket:Bucket": self._bucket,
+            "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock": lambda i, name, n: (i["bucket"], {}),
+            "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration":
+                lambda i, name, n: (i["bucket"], {}),
+            "aws:iam/role:Role": self._iam("role"),
+            "aws:iam/instanceProfile:InstanceProfile": self._iam("instance-profile"),
+            "aws:iam/rolePolicy:RolePolicy": lambda i, name, n: (f"{i['role']}:{name}", {"name": name}),
+        }
+
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs):
+        n = next(self._serial)
+        if not args.custom:  # a component: the engine keeps no state for it
+            resource_id, computed = "", {}
+        elif args.typ in self._computed:
+            resource_id, computed = self._computed[args.typ](args.inputs, args.name, n)
+        else:
+            raise NotImplementedError(f"AwsMocks has no outputs for {args.typ}; add them, "
+                                      "or every computed output of it would silently be None")
+        outputs = {**args.inputs, **computed}
+        self.registered.append(Registered(args.typ, args.name, resource_id, args.inputs, outputs, bool(args.custom)))
+        return resource_id, outputs
+
+    def call(self, args: pulumi.runtime.MockCallArgs):
+        self.invokes.append((args.token, args.args))
+        if args.token == GET_AMI:
+            return {"id": AMI_ID, "imageId": AMI_ID, "name": AMI_NAME, "architecture": "x86_64",
+                    "ownerId": "099720109477", "rootDeviceName": "/dev/sda1"}
+        raise NotImplementedError(f"AwsMocks does not answer {args.token}")
+
+    @staticmethod
+    def _with_arn(prefix: str, n: int, kind: str) -> tuple[str, dict]:
+        resource_id = f"{prefix}-{n:017x}"
+        return resource_id, {"arn": f"arn:aws:ec2:us-east-1:{ACCOUNT}:{kind}/{resource_id}"}
+
+    @staticmethod
+    def _key_pair(inputs: dict, name: str, n: int) -> tuple[str, dict]:
+        key_name = f"{inputs['keyNamePrefix']}{20260101000000 + n:026d}"
+        return f"key-{n:017x}", {"keyName": key_name, "keyPairId": f"key-{n:017x}",
+                                  "arn": f"arn:aws:ec2:us-east-1:{ACCOUNT}:key-pair/{key_name}"}
+
+    @staticmethod
+    def _elastic_ip(inputs: dict, name: str, n: int) -> tuple[str, dict]:
+        ip = f"3.91.{n // 250}.{n % 250 + 1}"
+        return f"eipalloc-{n:017x}", {
+            "publicIp": ip, "allocationId": f"eipalloc-{n:017x}",
+            "publicDns": f"ec2-{ip.replace('.', '-')}.compute-1.amazonaws.com",
+            "privateIp": "", "associationId": f"eipassoc-{n:017x}"}
+
+    @staticmethod
+    def _bucket(inputs: dict, name: str, n: int) -> tuple[str, dict]:
+        bucket = f"{inputs['bucketPrefix']}{20260101000000 + n:026d}"
+        return bucket, {"bucket": bucket, "arn": f"arn:aws:s3:::{bucket}",
+                        "bucketDomainName": f"{bucket}.s3.amazonaws.com"}
+
+    @staticmethod
+    def _iam(kind: str) -> Callable[[dict, str, int], tuple[str, dict]]:
+        def computed(inputs: dict, name: str, n: int) -> tuple[str, dict]:
+            physical = f"{name}-{n:07x}"
+            return physical, {"name": physical, "arn": f"arn:aws:iam::{ACCOUNT}:{kind}/{physical}",
+                              "uniqueId": f"AROA{n:016X}"}
+        return computed
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """What one mocked `pulumi up` registered, invoked and exported."""
+    resources: list[Registered]
+    invokes: list[tuple[str, dict]]
+    inventory: dict
+    """The stack outputs, resolved: the JSON `pulumi stack output --json --show-secrets` prints."""
+    secret_outputs: frozenset[str]
+
+    def of_type(self, type_: str) -> list[Registered]:
+        return [r for r in self.resources if r.type == type_]
+
+    def named(self, type_: str, name: str) -> Registered:
+        matches = [r for r in self.of_type(type_) if r.name == name]
+        assert len(matches) == 1, f"{len(matches)} {type_} named {name}: {[r.name for r in self.of_type(type_)]}"
+        return matches[0]
+
+
+class MockedStack:
+    """One fresh mocked stack. Pulumi's runtime is process-global, so every scenario makes its own."""
+
+    def __init__(self, stack: str = "test") -> None:
+        self.mocks = AwsMocks()
+        self.monitor = RecordingMonitor(self.mocks)
+        pulumi.runtime.set_mocks(self.mocks, project="kindling", stack=stack, preview=False,
+                                 monitor=self.monitor)
+        pulumi.runtime.set_all_config({}, [])  # no config left over from an earlier scenario
+
+    def set_config(self, config: dict[str, str], secret_keys: Iterable[str] = ()) -> None:
+        """`pulumi config set` for this stack: full keys (kindling:workerCount, aws:region)."""
+        pulumi.runtime.set_all_config(dict(config), list(secret_keys))
+
+    def deploy(self, args: SparkClusterArgs) -> Deployment:
+        """Build SparkCluster(args) and wait for all of it."""
+        return self._run(lambda: SparkCluster("kindling", args).inventory)
+
+    def run_main(self) -> Deployment:
+        """Run infra/__main__.py as `pulumi up` does (config from set_config), capturing its exports."""
+        def program() -> dict[str, pulumi.Output]:
+            exported: dict[str, pulumi.Output] = {}
+            with patch.object(pulumi, "export", exported.__setitem__):
+                runpy.run_path(str(MAIN), run_name="__main__")
+            return exported
+        return self._run(program)
+
+    def _run(self, build: Callable[[], dict[str, pulumi.Output]]) -> Deployment:
+        resolved: dict = {}
+
+        @pulumi.runtime.test
+        def program() -> pulumi.Output:
+            outputs = build()
+            secrets = {key: pulumi.Output.from_input(asyncio.ensure_future(output.is_secret()))
+                       for key, output in outputs.items()}
+            return pulumi.Output.all(values=pulumi.Output.all(**outputs),
+                                     secrets=pulumi.Output.all(**secrets)).apply(resolved.update)
+
+        program()
+        # With preview=True (or a broken program) the apply never runs: refuse to assert nothing.
+        assert set(resolved) == {"values", "secrets"}, "the mocked deployment resolved no outputs"
+        resources = [replace(r, **self.monitor.options[(r.type, r.name)]) for r in self.mocks.registered]
+        return Deployment(resources, list(self.mocks.invokes), resolved["values"],
+                          frozenset(key for key, secret in resolved["secrets"].items() if secret))
+
+
+def cluster_args(**overrides) -> SparkClusterArgs:
+    """Valid args for a small cluster, with the given fields changed."""
+    return SparkClusterArgs(**{"cluster_name": "kindling-test", "region": "us-east-1",
+                               "ssh_cidr": "203.0.113.7/32", **overrides})
+
+
+def deploy(**overrides) -> Deployment:
+    """A fresh mocked `pulumi up` of cluster_args(**overrides)."""
+    return MockedStack().deploy(cluster_args(**overrides))
+
+
+def preview_lines(deployment: Deployment) -> list[str]:
+    """The resource tree as `pulumi preview` lists it: type and name, children indented under parents."""
+    children: dict[str, list[Registered]] = {}
+    urns = {r.urn for r in deployment.resources}
+    for resource in deployment.resources:
+        children.setdefault(resource.parent if resource.parent in urns else "", []).append(resource)
+    lines: list[str] = []
+
+    def walk(parent: str, depth: int) -> None:
+        for resource in sorted(children.get(parent, []), key=lambda r: (r.custom, r.name, r.type)):
+            lines.append(f"{'    ' * depth}{resource.type}  {resource.name}")
+            walk(resource.urn, depth + 1)
+
+    walk("", 0)
+    return lines
+
+
+if __name__ == "__main__":
+    example = deploy(cluster_name="kindling-dev", worker_count=2, ps_count=1, placement_group=True)
+    print("\n".join(preview_lines(example)))
+    print(f"{len(example.resources)} resources")
