@@ -115,6 +115,8 @@ class Run:
     contexts: dict[str, Context]
     """host name -> invoke Context or Fabric Connection."""
     grace: float = GRACE_SECONDS
+    files: dict[str, str] = field(default_factory=dict)
+    """name -> text written into the run folder on every host before any process starts."""
     _tails: list[threading.Thread] = field(default_factory=list)
 
     def _by_host(self) -> dict[str, list[Process]]:
@@ -133,6 +135,11 @@ class Run:
             return dict(pool.map(one, self._by_host().items()))
 
     def start(self) -> None:
+        if self.files:
+            writes = " && ".join(f"printf %s {shlex.quote(text)} > {shlex.quote(name)}"
+                                 for name, text in self.files.items())
+            self._on_each_host(lambda ps: f"mkdir -p \"{self.run_dir}\" && "
+                                          f"cd \"{self.run_dir}\" && {writes}")
         for process in self.processes:  # in order: servers before the chief / driver
             result = self.contexts[process.host.name].run(
                 process.start_command(self.run_dir), hide=True, warn=True,

@@ -50,13 +50,14 @@ def run_local(job: Job, args: list[str], timeout: float, detach: bool = False) -
             cluster.start()
             if not detach:
                 cleanup.callback(cluster.stop)
-            processes = spark_driver(job, placement, job.script, args, str(run_dir))
+            processes, files = spark_driver(job, placement, job.script, args, str(run_dir)), {}
         else:
             placement = Placement(LOCAL_HOST, workers, (), sys.executable)
             ports = {"ps": [free_port()], "worker": [free_port() for _ in workers],
                      "chief": [free_port()]}
-            processes = tf_processes(placement, args, str(run_dir), ports)
-        run = Run(run_id, str(run_dir), processes, {LOCAL_HOST.name: Context()})
+            processes, spec = tf_processes(placement, args, str(run_dir), ports)
+            files = {"cluster_spec.json": spec}
+        run = Run(run_id, str(run_dir), processes, {LOCAL_HOST.name: Context()}, files=files)
         run.start()
         if detach:
             return run_dir

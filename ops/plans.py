@@ -6,6 +6,7 @@ run folder is; the argv built here is what runs in both places.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from ops import spark
@@ -55,20 +56,37 @@ def spark_driver(job: Job, placement: Placement, script: str, args: list[str],
     return [Process("driver", placement.master, tuple(argv), env, main=True)]
 
 
+def flag_value(args: list[str], flag: str, default: str) -> str:
+    """The value of `--flag V` / `--flag=V` in a job's args."""
+    for i, arg in enumerate(args):
+        if arg == flag and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith(flag + "="):
+            return arg.split("=", 1)[1]
+    return default
+
+
 def tf_processes(placement: Placement, args: list[str], run_dir: str,
-                 ports: dict[str, list[int]] | None = None) -> list[Process]:
-    """ps, workers and chief of train-ps; ps on the master unless the cluster has ps hosts."""
-    ps_hosts = placement.ps or (placement.master,)
-    hosts = {"ps": list(ps_hosts), "worker": list(placement.workers), "chief": [placement.master]}
-    addresses = {
-        role: [f"{h.privateIp}:{ports[role][i] if ports else TF_PORTS[role]}"
-               for i, h in enumerate(role_hosts)]
-        for role, role_hosts in hosts.items()
-    }
-    spec = tf_cluster.cluster_spec(addresses["ps"], addresses["worker"], addresses["chief"][0])
-    processes = []
-    for role, index, argv in tf_cluster.process_argvs(spec, [*args, "--output", run_dir],
-                                                     python=placement.python):
-        processes.append(Process(f"{role} {index}", hosts[role][index], tuple(argv),
-                                 (("PYTHONUNBUFFERED", "1"),), main=(role == "chief")))
-    return processes
+                 ports: dict[str, list[int]] | None = None) -> tuple[list[Process], str]:
+    """train-ps's processes and its cluster spec JSON (to write as <run>/cluster_spec.json).
+
+    --strategy ps: ps on the ps hosts (the master when there are none), a worker per worker
+    host, the chief on the master. --strategy sync: the workers only; worker 0 is the chief.
+    """
+    sync = flag_value(args, "--strategy", "ps") == "sync"
+    hosts = {"worker": list(placement.workers)}
+    if not sync:
+        hosts |= {"ps": list(placement.ps or (placement.master,)), "chief": [placement.master]}
+    addresses = {role: [f"{h.privateIp}:{ports[role][i] if ports else TF_PORTS[role]}"
+                        for i, h in enumerate(role_hosts)]
+                 for role, role_hosts in hosts.items()}
+    spec = tf_cluster.cluster_spec(addresses["worker"], addresses.get("ps", []),
+                                   (addresses.get("chief") or [None])[0])
+    spec_path = f"{run_dir}/cluster_spec.json"
+    main_task = ("worker", 0) if sync else ("chief", 0)
+    processes = [
+        Process(f"{role} {index}", hosts[role][index], tuple(argv), (("PYTHONUNBUFFERED", "1"),),
+                main=(role, index) == main_task)
+        for role, index, _, argv in tf_cluster.process_argvs(
+            spec, [*args, "--output", run_dir], spec_path, python=placement.python)]
+    return processes, json.dumps(spec)

@@ -64,9 +64,10 @@ def launch(cluster: Cluster, job: Job, args: list[str], timeout: float,
         script = sh(master, f"{PYTHON} -c 'import importlib.util as u; "
                             f"print(u.find_spec(\"{job.module}\").origin)'",
                     what=f"locating {job.module}")
-        processes = spark_driver(job, where, script, args, run_dir)
+        processes, files = spark_driver(job, where, script, args, run_dir), {}
     else:
-        processes = tf_processes(where, args, run_dir)
+        processes, spec = tf_processes(where, args, run_dir)
+        files = {"cluster_spec.json": spec}
     hosts = {p.host.name: p.host for p in processes}
     involved = tuple(hosts.values())
     if job.launcher == "spark":
@@ -74,7 +75,7 @@ def launch(cluster: Cluster, job: Job, args: list[str], timeout: float,
     contexts = {host.name: cluster.connection(host) for host in involved}
     cluster.parallel(lambda host, cxn: sh(cxn, f"mkdir -p {run_dir} && touch {run_dir}/.started"),
                      involved)
-    run = Run(run_id, run_dir, processes, contexts)
+    run = Run(run_id, run_dir, processes, contexts, files=files)
     run.start()
     local = runs_root() / run_id
     if detach:
