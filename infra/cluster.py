@@ -44,8 +44,7 @@ class SparkCluster(pulumi.ComponentResource):
         def host(host_name: str, role_name: str, instance_type: str, spot: bool = False) -> ClusterHost:
             return ClusterHost(f"{name}-{host_name}", ClusterHostArgs(
                 cluster_name=cluster, host_name=host_name, role=role_name, instance_type=instance_type,
-                ami=ami,
-                pin_ami=args.ami is not None, subnet_id=network.subnet_id,
+                ami=ami, pin_ami=args.ami is not None, subnet_id=network.subnet_id,
                 security_group_id=firewall.security_group_id, key_name=login.key_name,
                 instance_profile=role.instance_profile_name, root_volume_gib=args.root_volume_gib,
                 running=args.running, hdfs=args.hdfs, spot=spot, spot_max_price=args.spot_max_price,

@@ -55,6 +55,19 @@ def defaults() -> Deployment:
     return deploy()
 
 
+OWN_PUBLIC_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBvLqvV6ZcKXrKUvFzHmsR3FSE3hhfi3mQIwVW0WeNk5 me@laptop"
+OWN_PRIVATE_KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjE=\n-----END OPENSSH PRIVATE KEY-----\n"
+
+
+@pytest.fixture(scope="module")
+def variant() -> Deployment:
+    """Every other switch flipped at once: stopped, on-demand, pinned AMI, own key, own AZ..."""
+    return deploy(ps_count=1, master_instance_type="m7i.2xlarge", spot_workers=False,
+                  ami="ami-0fedcba9876543210", ssh_cidr="198.51.100.23", root_volume_gib=120,
+                  availability_zone="us-east-1b", running=False, ssh_public_key=OWN_PUBLIC_KEY,
+                  ssh_private_key=pulumi.Output.secret(OWN_PRIVATE_KEY))
+
+
 def test_instance_count_and_type_per_role(cluster, defaults):
     roles = by_role(cluster)
     assert {role: len(hosts) for role, hosts in roles.items()} == {"master": 1, "worker": 3, "ps": 2}
@@ -66,8 +79,8 @@ def test_instance_count_and_type_per_role(cluster, defaults):
     assert {i.inputs["instanceType"] for i in default_roles["worker"]} == {"m7i.xlarge"}
 
 
-def test_ps_hosts_default_to_the_master_instance_type():
-    roles = by_role(deploy(ps_count=1, master_instance_type="m7i.2xlarge"))
+def test_ps_hosts_default_to_the_master_instance_type(variant):
+    roles = by_role(variant)
     assert [i.inputs["instanceType"] for i in roles["ps"]] == ["m7i.2xlarge"]
 
 
@@ -82,9 +95,9 @@ def test_spot_only_on_workers_persistent_and_stoppable(cluster):
         assert "instanceMarketOptions" not in host.inputs, host.name
 
 
-def test_on_demand_workers_when_spot_is_off():
-    instances = deploy(spot_workers=False).of_type(INSTANCE)
-    assert len(instances) == 3
+def test_on_demand_workers_when_spot_is_off(variant):
+    instances = variant.of_type(INSTANCE)
+    assert len(instances) == 4
     assert all("instanceMarketOptions" not in i.inputs for i in instances)
 
 
@@ -103,10 +116,9 @@ def test_ami_is_the_latest_canonical_ubuntu_2404_and_later_images_leave_hosts_al
         assert instance.ignore_changes == ("ami",)
 
 
-def test_pinned_ami_skips_the_lookup_and_applies_to_hosts():
-    pinned = deploy(ami="ami-0fedcba9876543210")
-    assert pinned.invokes == []
-    for instance in pinned.of_type(INSTANCE):
+def test_pinned_ami_skips_the_lookup_and_applies_to_hosts(variant):
+    assert variant.invokes == []
+    for instance in variant.of_type(INSTANCE):
         assert instance.inputs["ami"] == "ami-0fedcba9876543210"
         assert instance.ignore_changes == ()
 
@@ -131,8 +143,8 @@ def test_firewall_opens_only_ssh_from_ssh_cidr_to_the_internet(cluster):
         assert interface.inputs["securityGroups"] == [sg_id]
 
 
-def test_ssh_cidr_is_normalised_before_it_reaches_the_rule():
-    [ssh] = [r for r in deploy(ssh_cidr="198.51.100.23").of_type(INGRESS) if "cidrIpv4" in r.inputs]
+def test_ssh_cidr_is_normalised_before_it_reaches_the_rule(variant):
+    [ssh] = [r for r in variant.of_type(INGRESS) if "cidrIpv4" in r.inputs]
     assert ssh.inputs["cidrIpv4"] == "198.51.100.23/32"
 
 
@@ -147,8 +159,8 @@ def test_every_instance_requires_imdsv2_and_encrypted_gp3_root(cluster):
         assert root["deleteOnTermination"] is True
 
 
-def test_root_volume_size_comes_from_config():
-    assert {i.inputs["rootBlockDevice"]["volumeSize"] for i in deploy(root_volume_gib=120).of_type(INSTANCE)} == {120}
+def test_root_volume_size_comes_from_config(variant):
+    assert {i.inputs["rootBlockDevice"]["volumeSize"] for i in variant.of_type(INSTANCE)} == {120}
 
 
 def test_everything_taggable_is_tagged_with_cluster_and_name(cluster):
@@ -227,8 +239,8 @@ def test_own_network_vpc_subnet_gateway_and_default_route(defaults):
         assert {gateway.urn, association.urn} <= resource.dependencies, resource.name
 
 
-def test_availability_zone_is_passed_to_the_subnet():
-    [subnet] = deploy(availability_zone="us-east-1b").of_type(SUBNET)
+def test_availability_zone_is_passed_to_the_subnet(variant):
+    [subnet] = variant.of_type(SUBNET)
     assert subnet.inputs["availabilityZone"] == "us-east-1b"
 
 
@@ -256,20 +268,20 @@ def test_each_host_boots_on_its_interface_with_its_elastic_ip(cluster):
         assert "subnetId" not in instance.inputs and "associatePublicIpAddress" not in instance.inputs
 
 
-@pytest.mark.parametrize("running, state", [(True, "running"), (False, "stopped")])
-def test_running_flag_sets_instance_state_without_replacing_instances(running, state):
-    deployment = deploy(running=running)
+@pytest.mark.parametrize("scenario, state", [("defaults", "running"), ("variant", "stopped")])
+def test_running_flag_sets_instance_state(scenario, state, request):
+    deployment = request.getfixturevalue(scenario)
     instances = deployment.of_type(INSTANCE)
     states = deployment.of_type(INSTANCE_STATE)
-    assert len(states) == len(instances) == 3
+    assert len(states) == len(instances) >= 3
     assert {s.inputs["state"] for s in states} == {state}
     assert sorted(s.inputs["instanceId"] for s in states) == sorted(i.id for i in instances)
     assert all(i.id.startswith("i-") for i in instances)
 
 
-def test_running_flag_is_not_an_instance_input():
+def test_running_flag_is_not_an_instance_input(defaults):
     """Stopping must not change any instance input, or pulumi would replace/modify the hosts."""
-    running, stopped = deploy(running=True), deploy(running=False)
+    running, stopped = defaults, deploy(running=False)
 
     def comparable(deployment):
         return sorted((i.name, {k: v for k, v in i.inputs.items() if k not in ("userData", "keyName",
@@ -296,12 +308,9 @@ def test_generated_login_key_is_ed25519_registered_and_secret(defaults):
     assert {i.inputs["keyName"] for i in defaults.of_type(INSTANCE)} == {pair.outputs["keyName"]}
 
 
-def test_own_login_key_is_registered_and_its_private_half_exported_as_secret():
-    public = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBvLqvV6ZcKXrKUvFzHmsR3FSE3hhfi3mQIwVW0WeNk5 me@laptop"
-    private = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjE=\n-----END OPENSSH PRIVATE KEY-----\n"
-    own = deploy(ssh_public_key=public, ssh_private_key=pulumi.Output.secret(private))
-    assert [k.name for k in own.of_type(TLS_KEY) if "login" in k.name] == []
-    [pair] = own.of_type(KEY_PAIR)
-    assert pair.inputs["publicKey"] == public
-    assert own.inventory["sshPrivateKey"] == private
-    assert own.secret_outputs == {"sshPrivateKey"}
+def test_own_login_key_is_registered_and_its_private_half_exported_as_secret(variant):
+    assert [k.name for k in variant.of_type(TLS_KEY) if "login" in k.name] == []
+    [pair] = variant.of_type(KEY_PAIR)
+    assert pair.inputs["publicKey"] == OWN_PUBLIC_KEY
+    assert variant.inventory["sshPrivateKey"] == OWN_PRIVATE_KEY
+    assert variant.secret_outputs == {"sshPrivateKey"}
