@@ -119,7 +119,7 @@ class PythonDependencies(Service):
         else:
             source = ""
         requirements = " ".join(shlex.quote(r) for r in workload_requirements(ctx.constraints))
-        sh(cxn, f"{PYTHON} -m pip install -q --disable-pip-version-check {source} "
+        sh(cxn, f"{PYTHON} -m pip install -q --no-compile --disable-pip-version-check {source} "
                 f"-c {constraints} {requirements}", timeout=INSTALL_TIMEOUT,
            what="pip install of the job dependencies")
         write_stamp(cxn, "python-deps", self.version(ctx))

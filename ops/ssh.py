@@ -20,8 +20,9 @@ from workloads.common import UserError
 
 CONNECT_TIMEOUT = 10
 """Seconds for one TCP/SSH handshake."""
-CONNECT_DEADLINE = 60
-"""Seconds to keep retrying (with backoff) while instances boot."""
+CONNECT_DEADLINE_ENV = "KINDLING_CONNECT_DEADLINE"
+CONNECT_DEADLINE = 120
+"""Seconds to keep retrying (with backoff) while instances boot; $KINDLING_CONNECT_DEADLINE."""
 
 
 class HostUnreachable(UserError):
@@ -59,8 +60,9 @@ def _private_key(text: str) -> paramiko.PKey:
     raise UserError("inventory field 'sshPrivateKey' is not a readable ed25519/ecdsa/rsa private key")
 
 
-def connect(inventory: Inventory, host: Host, deadline: float = CONNECT_DEADLINE) -> Connection:
+def connect(inventory: Inventory, host: Host) -> Connection:
     """An open Fabric Connection to host with its key pinned; retries with backoff until deadline."""
+    deadline = float(os.environ.get(CONNECT_DEADLINE_ENV) or CONNECT_DEADLINE)
     folder = credentials_dir(inventory)
     cxn = Connection(host.address, user=inventory.sshUser, connect_timeout=CONNECT_TIMEOUT,
                      connect_kwargs={"pkey": _private_key(inventory.sshPrivateKey),
