@@ -1,0 +1,170 @@
+"""classify without Spark: model specs, preprocessing, channel order, weights, labels, flags, errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from workloads import classify
+from workloads.common import UserError
+from workloads.image_models import (MODEL_SPECS, build_model, imagenet_labels, model_spec,
+                                    resized_rgb, saved_weights, weights_source)
+
+MOBILENET = "models/mobilenet_v1_0.25_224.h5"
+LABELS = "models/imagenet_labels_1001.txt"
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_spec_table_has_sparkdl_models_plus_mobilenets_with_their_input_sizes():
+    sizes = {name: (spec.input_size, spec.feature_size) for name, spec in MODEL_SPECS.items()}
+    assert sizes == {"InceptionV3": (299, 2048), "Xception": (299, 2048), "ResNet50": (224, 2048),
+                     "VGG16": (224, 512), "VGG19": (224, 512), "MobileNet": (224, 1024),
+                     "MobileNetV2": (224, 1280)}
+    import keras
+
+    for spec in MODEL_SPECS.values():
+        assert callable(getattr(keras.applications, spec.name))
+
+
+@pytest.mark.parametrize("name", ["VGG16", "VGG19", "ResNet50"])
+def test_caffe_family_swaps_to_bgr_and_subtracts_the_imagenet_mean(name):
+    red = np.array([[[255, 0, 0]]], dtype=np.float32)
+    out = model_spec(name).preprocess(red)
+    np.testing.assert_allclose(out[0, 0], [0 - 103.939, 0 - 116.779, 255 - 123.68], atol=1e-3)
+    assert red[0, 0].tolist() == [255, 0, 0], "preprocess_input must not scale the caller's array"
+
+
+@pytest.mark.parametrize("name", ["InceptionV3", "Xception", "MobileNet", "MobileNetV2"])
+def test_tf_family_scales_rgb_to_minus_one_one(name):
+    red = np.array([[[255, 0, 128]]], dtype=np.float32)
+    np.testing.assert_allclose(model_spec(name).preprocess(red)[0, 0], [1, -1, 128 / 127.5 - 1], atol=1e-6)
+    assert red[0, 0].tolist() == [255, 0, 128]
+
+
+def test_image_source_bgr_becomes_rgb():
+    rgb = np.array([[[255, 0, 0], [0, 255, 0]], [[0, 0, 255], [10, 20, 30]]], dtype=np.uint8)
+    bgr = rgb[:, :, ::-1].tobytes()
+    assert resized_rgb(bgr, 2, 2, 3, 2).tolist() == rgb.tolist()
+
+
+def test_image_source_bgra_drops_alpha_without_compositing():
+    rgb = np.array([[[255, 0, 0], [0, 255, 0]], [[0, 0, 255], [10, 20, 30]]], dtype=np.uint8)
+    alpha = np.array([[[0], [64]], [[128], [255]]], dtype=np.uint8)
+    bgra = np.concatenate([rgb[:, :, ::-1], alpha], axis=2).tobytes()
+    assert resized_rgb(bgra, 2, 2, 4, 2).tolist() == rgb.tolist()
+
+
+def test_image_source_grayscale_becomes_three_equal_channels():
+    gray = np.arange(16, dtype=np.uint8).reshape(4, 4) * 16
+    out = resized_rgb(gray.tobytes(), 4, 4, 1, 2)
+    expected = np.asarray(Image.fromarray(gray).convert("RGB").resize((2, 2), Image.Resampling.BILINEAR))
+    assert out.shape == (2, 2, 3) and out.tolist() == expected.tolist()
+
+
+def test_unknown_model_lists_the_valid_names():
+    with pytest.raises(UserError, match="unknown model 'InceptionV4'; choose one of: InceptionV3, "
+                                        "Xception, ResNet50, VGG16, VGG19, MobileNet, MobileNetV2"):
+        model_spec("InceptionV4")
+
+
+def test_weights_must_be_imagenet_or_an_existing_keras_file(assets, tmp_path):
+    assert weights_source("imagenet") == "imagenet"
+    assert weights_source(str(assets / MOBILENET)) == str((assets / MOBILENET).resolve())
+    with pytest.raises(UserError, match="random weights would differ on every Spark worker"):
+        weights_source(None)
+    with pytest.raises(UserError, match="weights file not found: .*nope.h5"):
+        weights_source(str(tmp_path / "nope.h5"))
+    with pytest.raises(UserError, match="is not a Keras .h5/.keras file"):
+        weights_source(str(assets / LABELS))
+
+
+def test_mobilenet_file_loads_by_name_with_its_alpha_like_keras_does(assets):
+    import keras
+
+    path = str(assets / MOBILENET)
+    assert model_spec("MobileNet").width_argument(saved_weights(path), path) == {"alpha": 0.25}
+    model = build_model(model_spec("MobileNet"), path, include_top=False)
+    assert model.output_shape == (None, 256)
+    reference = keras.applications.MobileNet(alpha=0.25, include_top=False, pooling="avg",
+                                             weights=None, input_shape=(224, 224, 3))
+    reference.load_weights(path, by_name=True)  # Keras' own legacy by-name loader
+    for ours, theirs in zip(model.weights, reference.weights, strict=True):
+        np.testing.assert_array_equal(np.asarray(ours), np.asarray(theirs), err_msg=ours.path)
+
+
+def test_weights_of_another_architecture_are_refused(assets):
+    path = str(assets / MOBILENET)
+    with pytest.raises(UserError, match="has no layer block_16_project, so it is not a MobileNetV2"):
+        build_model(model_spec("MobileNetV2"), path, include_top=False)
+    with pytest.raises(UserError, match=r"has no weights for 13 layers of vgg16 \(e.g. block5_conv3\)"):
+        build_model(model_spec("VGG16"), path, include_top=False)
+
+
+def test_labels_file_skips_background_and_keeps_keras_order(assets, tmp_path):
+    labels = imagenet_labels(str(assets / LABELS))
+    assert len(labels) == 1000
+    assert labels[0] == ("0", "tench, Tinca tinca")
+    assert labels[779] == ("779", "school bus")
+    short = tmp_path / "labels.txt"
+    short.write_text("background\ncat\ndog\n")
+    with pytest.raises(UserError, match="has 3 lines; it needs the 1000 ImageNet classes"):
+        imagenet_labels(str(short))
+
+
+def test_labels_follow_sorted_class_folders(tmp_path):
+    for name in ("cars", "buses", ".cache"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "notes.txt").write_text("not a class")
+    assert [p.name for p in classify.class_folders(str(tmp_path))] == ["buses", "cars"]
+
+
+def test_class_folder_errors(tmp_path):
+    with pytest.raises(UserError, match="no data folder; pass --data DIR"):
+        classify.class_folders(None)
+    with pytest.raises(UserError, match="data folder not found: .*missing"):
+        classify.class_folders(str(tmp_path / "missing"))
+    (tmp_path / "buses").mkdir()
+    with pytest.raises(UserError, match="has 1 class subfolder\\(s\\); it needs at least 2"):
+        classify.class_folders(str(tmp_path))
+
+
+def test_held_out_share_is_exact_seeded_and_differs_per_class():
+    paths = [f"file:/d/buses/{i:02d}.jpg" for i in range(48)]
+    test = classify.held_out(paths, 0.4, seed=42, label=0)
+    assert len(test) == 19 and set(test) <= set(paths)
+    assert classify.held_out(list(reversed(paths)), 0.4, seed=42, label=0) == test
+    assert classify.held_out(paths, 0.4, seed=7, label=0) != test
+    assert classify.held_out(paths, 0.4, seed=42, label=1) != test
+    assert len(classify.held_out(paths[:41], 0.4, seed=42, label=1)) == 16
+    assert classify.held_out(paths[:1], 0.4, seed=42, label=0) == []
+
+
+def test_offline_defaults_fill_data_model_and_weights(assets, monkeypatch):
+    monkeypatch.setenv("KINDLING_ASSETS", str(assets))
+    args = classify.parse_args([])
+    assert (args.data, args.model, args.weights) == (
+        str(assets / "datasets/buses-cars"), "MobileNet", str(assets / MOBILENET))
+    assert (args.test_fraction, args.max_iter) == (0.4, 30)
+    assert classify.parse_args(["--data", "/elsewhere"]).data == "/elsewhere"
+
+
+def run_classify(*flags: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "workloads.classify", *flags], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--model", "AlexNet"], "error: unknown model 'AlexNet'; choose one of: InceptionV3, Xception, "
+                             "ResNet50, VGG16, VGG19, MobileNet, MobileNetV2"),
+    (["--data", "/no/such/images"], "error: data folder not found: /no/such/images; pass --data "
+                                    "DIR with one subfolder of images per class"),
+])
+def test_cli_user_errors_are_one_line_and_exit_2(flags, message):
+    result = run_classify(*flags)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [message]

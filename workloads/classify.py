@@ -1,0 +1,213 @@
+"""classify: the chapter's transfer learning, buses vs cars, on Spark ML.
+
+A folder with one subfolder per class (labels follow the sorted folder names: buses=0, cars=1),
+a per-class random train/test split, Pipeline(DeepImageFeaturizer, LogisticRegression), and a
+results folder: metrics.json, predictions.csv, confusion_matrix.png and the saved PipelineModel.
+
+Runs as `python -m workloads.classify` (local[*]) or as a spark-submit script (its --master).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from workloads.common import UserError, results_dir, run_cli, write_metrics
+from workloads.jobs import JOBS
+
+JOB = "classify"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Flags, with the offline defaults (data, MobileNet weights) when $KINDLING_ASSETS is set."""
+    parser = argparse.ArgumentParser(
+        prog="python -m workloads.classify",
+        description="Transfer learning: DeepImageFeaturizer + LogisticRegression on a folder "
+                    "with one subfolder of images per class.")
+    parser.add_argument("--data", help="folder with one subfolder per class (labels follow the "
+                        "sorted subfolder names)")
+    parser.add_argument("--model", default="InceptionV3", help="Keras ImageNet model (default: "
+                        "InceptionV3, the chapter's)")
+    parser.add_argument("--weights", default="imagenet", help="'imagenet' (downloaded by Keras) "
+                        "or a Keras .h5/.keras file of that model")
+    parser.add_argument("--output", help="results folder (default: runs/classify-<timestamp>)")
+    parser.add_argument("--seed", type=int, default=42, help="seed of the per-class train/test split")
+    parser.add_argument("--test-fraction", type=float, default=0.4,
+                        help="share of each class held out for testing")
+    parser.add_argument("--max-iter", type=int, default=30, help="LogisticRegression iterations")
+    args = parser.parse_args(JOBS[JOB].with_offline_defaults(
+        list(sys.argv[1:] if argv is None else argv)))
+    if not 0.0 < args.test_fraction < 1.0:
+        raise UserError(f"--test-fraction must be between 0 and 1, got {args.test_fraction}")
+    return args
+
+
+def class_folders(data: str | None) -> list[Path]:
+    """The class subfolders, sorted: their position is the label."""
+    if not data:
+        raise UserError("no data folder; pass --data DIR with one subfolder of images per class "
+                        "(or set KINDLING_ASSETS for the offline buses-cars set)")
+    root = Path(data).expanduser()
+    if not root.is_dir():
+        raise UserError(f"data folder not found: {data}; pass --data DIR with one subfolder of "
+                        "images per class")
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
+    if len(folders) < 2:
+        raise UserError(f"data folder {data} has {len(folders)} class subfolder(s); it needs at "
+                        "least 2, one per class (e.g. buses/ and cars/)")
+    return folders
+
+
+def held_out(origins: list[str], fraction: float, seed: int, label: int) -> list[str]:
+    """The test share of one class: round(n * fraction) images (at least one, never all of them),
+    drawn by seed and label from the sorted paths. Unlike randomSplit, this neither depends on
+    Spark's partitioning nor reuses one random sequence for every class."""
+    if len(origins) < 2:
+        return []
+    count = min(len(origins) - 1, max(1, round(len(origins) * fraction)))
+    rng = np.random.default_rng([seed, label])
+    return sorted(rng.choice(sorted(origins), size=count, replace=False).tolist())
+
+
+def spark_session():
+    """The session spark-submit configured (its --master), or local[*] when run directly."""
+    # Python workers run this interpreter (and its TensorFlow) unless the cluster says otherwise.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    from pyspark.sql import SparkSession
+
+    return SparkSession.builder.appName(f"kindling-{JOB}").getOrCreate()
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    from workloads.image_models import model_spec, weights_source
+
+    model_name = model_spec(args.model).name
+    weights = weights_source(args.weights)
+    folders = class_folders(args.data)
+    output = results_dir(args.output, JOB)
+    started = time.monotonic()
+
+    from pyspark.ml import Pipeline
+    from pyspark.ml.classification import LogisticRegression
+    from pyspark.sql import DataFrame
+    from pyspark.sql import functions as F
+
+    from workloads.deep_image import DeepImageFeaturizer, read_image_folder
+
+    spark = spark_session()
+    classes = [folder.name for folder in folders]
+    train_parts, test_parts, dropped = [], [], 0
+    for label, folder in enumerate(folders):
+        read = read_image_folder(str(folder), spark)
+        if read.count == 0:
+            raise UserError(f"class folder {folder} has no readable images ({read.dropped} files "
+                            "dropped); add images or remove the folder")
+        dropped += read.dropped
+        labelled = read.images.withColumn("label", F.lit(float(label)))
+        origins = [row.origin for row in read.images.select("image.origin").collect()]
+        is_test = F.col("image.origin").isin(held_out(origins, args.test_fraction, args.seed, label))
+        train_parts.append(labelled.filter(~is_test))
+        test_parts.append(labelled.filter(is_test))
+    train = functools.reduce(DataFrame.unionByName, train_parts)
+    test = functools.reduce(DataFrame.unionByName, test_parts)
+    counts = {"train": train.count(), "test": test.count(), "dropped": dropped}
+    if counts["test"] == 0:
+        raise UserError(f"the test split is empty ({counts['train']} training images); add images "
+                        "or raise --test-fraction")
+    read_done = time.monotonic()
+
+    pipeline = Pipeline(stages=[
+        DeepImageFeaturizer(inputCol="image", outputCol="features", modelName=model_name, weights=weights),
+        LogisticRegression(featuresCol="features", labelCol="label", maxIter=args.max_iter),
+    ])
+    model = pipeline.fit(train)
+    fit_done = time.monotonic()
+
+    predictions = (model.transform(test)
+                   .select(F.col("image.origin").alias("path"), "label", "prediction", "probability")
+                   .cache())
+    predictions.select(F.element_at(F.split("path", "/"), -1).alias("image"), "prediction", "label") \
+        .orderBy("label", "image").show(counts["test"], truncate=False)
+    predictions.crosstab("prediction", "label").orderBy("prediction_label").show()
+    metrics = {
+        "job": JOB, "model": model_name, "weights": weights, "classes": classes,
+        "seed": args.seed, "test_fraction": args.test_fraction, "max_iter": args.max_iter,
+        **evaluate(predictions, classes),
+        "counts": counts,
+    }
+    table = predictions_table(predictions, classes)
+    table.to_csv(output / "predictions.csv", index=False)
+    plot_confusion(table, classes, output / "confusion_matrix.png")
+    model.write().overwrite().save(str(output / "model"))
+    predictions.unpersist()
+    finished = time.monotonic()
+    metrics["timings_s"] = {"read_split": round(read_done - started, 2),
+                            "fit": round(fit_done - read_done, 2),
+                            "evaluate_save": round(finished - fit_done, 2),
+                            "total": round(finished - started, 2)}
+    write_metrics(output, metrics)
+    print(f"accuracy {metrics['accuracy']:.3f} on {counts['test']} test images "
+          f"({counts['train']} train, {dropped} dropped); results in {output}")
+    return metrics
+
+
+def evaluate(predictions, classes: list[str]) -> dict:
+    """Accuracy and per-class precision/recall, as Spark ML's evaluator computes them."""
+    from pyspark.ml.evaluation import MulticlassClassificationEvaluator
+
+    def metric(name: str, label: int = 0) -> float:
+        evaluator = MulticlassClassificationEvaluator(labelCol="label", metricName=name,
+                                                      metricLabel=float(label))
+        return evaluator.evaluate(predictions)
+
+    return {"accuracy": metric("accuracy"),
+            "per_class": {name: {"label": label, "precision": metric("precisionByLabel", label),
+                                 "recall": metric("recallByLabel", label)}
+                          for label, name in enumerate(classes)}}
+
+
+def predictions_table(predictions, classes: list[str]):
+    """One row per test image: path, true and predicted class, and the model's confidence."""
+    table = predictions.toPandas()
+    table["label"] = table["label"].astype(int)
+    table["prediction"] = table["prediction"].astype(int)
+    table["class"] = [classes[i] for i in table["label"]]
+    table["predicted_class"] = [classes[i] for i in table["prediction"]]
+    table["confidence"] = [float(p[i]) for p, i in zip(table["probability"], table["prediction"])]
+    return table[["path", "class", "label", "predicted_class", "prediction", "confidence"]]
+
+
+def plot_confusion(table, classes: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    labels = range(len(classes))
+    matrix = pd.crosstab(table["label"], table["prediction"]).reindex(
+        index=labels, columns=labels, fill_value=0).to_numpy()
+    fig, ax = plt.subplots(figsize=(1.6 * len(classes) + 2, 1.4 * len(classes) + 1.5))
+    ax.imshow(matrix, cmap="Blues")
+    for (row, col), count in np.ndenumerate(matrix):
+        ax.text(col, row, str(count), ha="center", va="center",
+                color="white" if count > matrix.max() / 2 else "black")
+    ax.set_xticks(labels, classes)
+    ax.set_yticks(labels, classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"accuracy {(matrix.trace() / matrix.sum()):.3f}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,196 @@
+"""The Keras side of the image transformers: which ImageNet model, what input it wants, which weights.
+
+No Spark here: this runs inside every Python worker (and in plain Python for checks and benchmarks).
+Keras and h5py are imported inside the functions so that `--help` and flag errors stay fast.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from workloads.common import UserError
+
+IMAGENET = "imagenet"
+WEIGHT_FILE_SUFFIXES = (".h5", ".hdf5", ".keras")
+RESAMPLE = Image.Resampling.BILINEAR
+"""How images are resized to the model's input (PIL's bilinear filter antialiases when shrinking)."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    """sparkdl's modelName; also the keras.applications constructor of that name."""
+    family: str
+    """The keras.applications module whose preprocess_input the model was trained with."""
+    input_size: int
+    feature_size: int
+    """Length of the pooled features at the default width (alpha 1.0)."""
+    width_layer: str = ""
+    """MobileNets: the layer whose output channels reveal the width multiplier (alpha) of a file..."""
+    full_width: int = 0
+    """...and its channels at alpha 1.0."""
+
+    def preprocess(self, rgb: np.ndarray) -> np.ndarray:
+        """Keras' preprocess_input for this family, on a float32 copy (it scales float input in place)."""
+        import keras
+
+        return getattr(keras.applications, self.family).preprocess_input(rgb.astype(np.float32))
+
+    def width_argument(self, saved: dict[str, list[np.ndarray]], source: str) -> dict[str, float]:
+        """The constructor's width argument matching a weights file ({} for fixed-width models)."""
+        if not self.width_layer:
+            return {}
+        if self.width_layer not in saved:
+            raise UserError(f"weights file {source} has no layer {self.width_layer}, so it is not a "
+                            f"{self.name}; pass a file saved from keras.applications.{self.name}")
+        return {"alpha": saved[self.width_layer][0].shape[-1] / self.full_width}
+
+
+MODEL_SPECS: dict[str, ModelSpec] = {spec.name: spec for spec in (
+    ModelSpec("InceptionV3", "inception_v3", 299, 2048),
+    ModelSpec("Xception", "xception", 299, 2048),
+    ModelSpec("ResNet50", "resnet50", 224, 2048),
+    ModelSpec("VGG16", "vgg16", 224, 512),
+    ModelSpec("VGG19", "vgg19", 224, 512),
+    ModelSpec("MobileNet", "mobilenet", 224, 1024, width_layer="conv_pw_13", full_width=1024),
+    ModelSpec("MobileNetV2", "mobilenet_v2", 224, 1280, width_layer="block_16_project", full_width=320),
+)}
+
+
+def model_spec(name: str) -> ModelSpec:
+    try:
+        return MODEL_SPECS[name]
+    except KeyError:
+        raise UserError(f"unknown model {name!r}; choose one of: {', '.join(MODEL_SPECS)}") from None
+
+
+def weights_source(weights: str | None) -> str:
+    """'imagenet', or the absolute path of an existing Keras weights file.
+
+    Random weights (None) are refused: every Python worker would draw different ones.
+    """
+    if weights == IMAGENET:
+        return weights
+    if not weights:
+        raise UserError("weights must be 'imagenet' or a Keras .h5/.keras file; random weights "
+                        "would differ on every Spark worker")
+    path = Path(weights).expanduser().resolve()
+    if not path.is_file():
+        raise UserError(f"weights file not found: {weights}; pass an existing .h5/.keras file "
+                        "or 'imagenet'")
+    if path.suffix not in WEIGHT_FILE_SUFFIXES:
+        raise UserError(f"weights file {weights} is not a Keras .h5/.keras file; save it with "
+                        "model.save('name.keras') or pass 'imagenet'")
+    return str(path)
+
+
+def saved_weights(path: str) -> dict[str, list[np.ndarray]]:
+    """Layer name -> weight arrays, in Keras' saved order (trainable, then non-trainable).
+
+    Read by layer name rather than with keras.models.load_model, because Keras 3 cannot rebuild
+    some Keras 2 files (MobileNet's DepthwiseConv2D 'groups' argument) whose weights are fine.
+    """
+    if path.endswith(".keras"):
+        import keras
+
+        model = keras.saving.load_model(path, compile=False)
+        return {layer.name: [np.asarray(v) for v in layer.trainable_weights + layer.non_trainable_weights]
+                for layer in model.layers if layer.weights}
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        group = f["model_weights"] if "model_weights" in f else f
+        if "layer_names" not in group.attrs:
+            raise UserError(f"weights file {path} has no Keras layer names; save the model with "
+                            "model.save('name.keras') or model.save('name.h5')")
+        layers = {_text(name): group[_text(name)] for name in group.attrs["layer_names"]}
+        return {name: [np.asarray(layer[_text(w)]) for w in layer.attrs["weight_names"]]
+                for name, layer in layers.items() if len(layer.attrs["weight_names"])}
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode("utf8") if isinstance(value, bytes) else value
+
+
+def load_by_name(model, saved: dict[str, list[np.ndarray]], source: str) -> None:
+    """Give every layer of model its weights from the file, refusing any layer left random."""
+    missing = [layer.name for layer in model.layers if layer.weights and layer.name not in saved]
+    if missing:
+        raise UserError(f"weights file {source} has no weights for {len(missing)} layers of "
+                        f"{model.name} (e.g. {missing[-1]}); pass a file saved from the same "
+                        "keras.applications model (with its classification head for predictions)")
+    for layer in model.layers:
+        variables = layer.trainable_weights + layer.non_trainable_weights
+        values = saved.get(layer.name, [])
+        expected = [tuple(v.shape) for v in variables]
+        if expected != [v.shape for v in values]:
+            raise UserError(f"weights file {source} does not fit {model.name}: layer {layer.name} "
+                            f"has shapes {[v.shape for v in values]} in the file, {expected} in "
+                            "the model; pass a file saved from the same keras.applications model")
+        for variable, value in zip(variables, values):
+            variable.assign(value)
+
+
+def build_model(spec: ModelSpec, weights: str, include_top: bool):
+    """The model with the same weights on every worker: the 1000-class ImageNet classifier
+    (include_top) or the feature extractor (last conv block, global-average pooled)."""
+    import keras
+
+    constructor = getattr(keras.applications, spec.name)
+    shape = {"include_top": include_top, "pooling": None if include_top else "avg",
+             "input_shape": (spec.input_size, spec.input_size, 3)}
+    if weights == IMAGENET:
+        return constructor(weights=IMAGENET, **shape)  # Keras downloads and caches the file
+    saved = saved_weights(weights)
+    model = constructor(weights=None, **shape, **spec.width_argument(saved, weights))
+    load_by_name(model, saved, weights)
+    return model
+
+
+def resized_rgb(data: bytes, height: int, width: int, channels: int, size: int) -> np.ndarray:
+    """Pixels from Spark's image source (row-major uint8 BGR, BGRA or gray) as size x size RGB.
+
+    Resized before the channels are reordered: PIL filters each channel alike, and flipping the
+    small image is cheaper. Alpha is dropped (as PIL's convert('RGB') does), not composited.
+    """
+    pixels = np.frombuffer(data, dtype=np.uint8).reshape(height, width, channels)
+    if channels == 1:
+        return np.asarray(Image.fromarray(pixels[:, :, 0]).resize((size, size), RESAMPLE).convert("RGB"))
+    if channels not in (3, 4):
+        raise ValueError(f"images have 1, 3 or 4 channels, got {channels}")
+    bgr = Image.fromarray(np.ascontiguousarray(pixels[:, :, :3]))
+    return np.asarray(bgr.resize((size, size), RESAMPLE))[:, :, ::-1]
+
+
+def model_input(spec: ModelSpec, heights, widths, channels, datas) -> np.ndarray:
+    """A preprocessed float32 batch from image-source columns (decoded once by Spark, resized here)."""
+    rgb = np.stack([resized_rgb(d, h, w, c, spec.input_size)
+                    for h, w, c, d in zip(heights, widths, channels, datas)])
+    return spec.preprocess(rgb)
+
+
+def imagenet_labels(labels_path: str = "") -> list[tuple[str, str]]:
+    """(class, description) of the 1000 ImageNet classes in Keras order.
+
+    Without a file: Keras' class index (WordNet ids, downloaded and cached). With a file: one name
+    per line, class = the line's index; a leading `background` line (1001-line files) is skipped.
+    """
+    if not labels_path:
+        from keras.applications.imagenet_utils import decode_predictions
+
+        return [(wnid, name) for ((wnid, name, _),) in decode_predictions(np.eye(1000), top=1)]
+    path = Path(labels_path).expanduser()
+    if not path.is_file():
+        raise UserError(f"labels file not found: {labels_path}; pass a file with one ImageNet "
+                        "class name per line, or no labels file to use Keras' class index")
+    names = path.read_text().splitlines()
+    if len(names) == 1001 and names[0].strip().lower() == "background":
+        names = names[1:]
+    if len(names) != 1000:
+        raise UserError(f"labels file {labels_path} has {len(names)} lines; it needs the 1000 "
+                        "ImageNet classes in Keras order (optionally after a 'background' line)")
+    return [(str(index), name) for index, name in enumerate(names)]
