@@ -46,7 +46,8 @@ def run_local(job: Job, args: list[str], timeout: float, detach: bool = False) -
     with ExitStack() as cleanup:
         if job.launcher == "spark":
             cluster = spark_cluster()
-            placement = Placement(LOCAL_HOST, workers, (), sys.executable, cluster.master_url)
+            placement = Placement(LOCAL_HOST, workers, (), sys.executable, cluster.master_url,
+                                  cluster.spark_home)
             cluster.start()
             if not detach:
                 cleanup.callback(cluster.stop)

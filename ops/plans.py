@@ -28,6 +28,8 @@ class Placement:
     python: str
     """The Python on the hosts (the venv's)."""
     spark_master_url: str = ""
+    spark_home: str = ""
+    """The pyspark package folder on the master (spark-submit needs it as SPARK_HOME)."""
     executor_cores: int = 1
 
 
@@ -46,13 +48,15 @@ def spark_driver(job: Job, placement: Placement, script: str, args: list[str],
                 "spark.pyspark.driver.python": python,
                 "spark.executorEnv.PYTHONUNBUFFERED": "1"}
     conf["spark.driver.host"] = placement.master.privateIp
+    conf.setdefault("spark.log.level", "WARN")  # job output, not Spark's INFO chatter
     submit = python.rsplit("/", 1)[0] + "/spark-submit"
     argv = [submit, "--master", placement.spark_master_url]
     for key, value in conf.items():
         if key != "spark.master":
             argv += ["--conf", f"{key}={value}"]
     argv += [script, *args, "--output", run_dir]
-    env = (("SPARK_LOCAL_IP", placement.master.privateIp), ("PYTHONUNBUFFERED", "1"))
+    env = (("SPARK_HOME", placement.spark_home), ("SPARK_LOCAL_IP", placement.master.privateIp),
+           ("PYTHONUNBUFFERED", "1"))
     return [Process("driver", placement.master, tuple(argv), env, main=True)]
 
 

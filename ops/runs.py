@@ -10,7 +10,7 @@ from ops.cluster import Cluster, console
 from ops.launch import Process, Run
 from ops.plans import Placement, spark_driver, tf_processes
 from ops.remote import PYTHON, RUNS, SPARK_STATE, read_stamp, sh
-from ops.services import DeployContext, SparkMaster, StagedData, master_status
+from ops.services import DeployContext, StagedData, master_status, remote_spark_home
 from ops.targets import runs_root
 from workloads.common import UserError, new_run_id
 from workloads.jobs import Job
@@ -49,8 +49,9 @@ def stage_data(cluster: Cluster, ctx: DeployContext) -> None:
 def placement(cluster: Cluster) -> Placement:
     inventory = cluster.inventory
     cores = cluster.parallel(lambda host, cxn: int(sh(cxn, "nproc")), inventory.workers)
+    spark_home = remote_spark_home(cluster.connection(inventory.master))
     return Placement(inventory.master, inventory.workers, inventory.ps, PYTHON,
-                     inventory.sparkMasterUrl, executor_cores=min(cores.values()))
+                     inventory.sparkMasterUrl, spark_home, min(cores.values()))
 
 
 def launch(cluster: Cluster, job: Job, args: list[str], timeout: float,
