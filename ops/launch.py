@@ -85,6 +85,15 @@ def kill_command(run_dir: str, names: list[str] | None = None) -> str:
             + signal_all.format(pids=pids, sig="KILL") + "; true")
 
 
+def failure(state: str) -> int:
+    """0 for a healthy state; else a rank, lowest for the likeliest first cause of a failure."""
+    if state == "gone":
+        return 1
+    if state.startswith("rc ") and state != "rc 0":
+        return 2 if int(state[3:]) >= 128 else 3
+    return 0
+
+
 class PrefixedOutput:
     """A stream that prints each complete line as `[label] line` (shared lock: no interleaving)."""
 
@@ -176,12 +185,11 @@ class Run:
         main = next(p for p in self.processes if p.main)
         while True:
             states = self.states()
-            failed = [p for p in self.processes
-                      if states.get(p.name, "gone") == "gone"
-                      or (states[p.name].startswith("rc ") and states[p.name] != "rc 0")]
+            failed = [p for p in self.processes if failure(states.get(p.name, "gone"))]
             if failed:
                 self.stop()
-                culprit = failed[0] if len(failed) == 1 or failed[0] != main else failed[-1]
+                # the first cause: a killed process before one that exited on its peer's death
+                culprit = min(failed, key=lambda p: (failure(states.get(p.name, "gone")), p.main))
                 state = states.get(culprit.name, "gone")
                 how = "died (killed?)" if state == "gone" else f"exited with code {state[3:]}"
                 raise UserError(f"{culprit.where} {how}; every process of the run was stopped")
