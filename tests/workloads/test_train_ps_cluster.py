@@ -1,0 +1,147 @@
+"""train-ps on real TensorFlow processes on 127.0.0.1 free ports, with the offline MNIST:
+parameter servers, sync all-reduce, a worker killed mid-training, a chief that fails at once.
+
+Each run leaves no process behind: checked in /proc by the run's unique cluster-spec path."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from workloads.tf_cluster import process_argvs
+from workloads.tf_local import ClusterFailed, launch_local, local_cluster_spec
+
+pytestmark = pytest.mark.slow
+
+ACCURACY_FLOOR = 0.90
+"""Test-set accuracy after 2 epochs on the 5k digits; measured 0.93-0.95 (ps and sync)."""
+SMALL = ["--epochs", "2", "--threads", "1", "--timeout", "60"]
+
+
+def processes_mentioning(marker: str) -> list[str]:
+    """Command lines of live processes whose argv contains marker (psutil-free: /proc)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(marker.encode() in arg for arg in argv):
+            found.append(" ".join(a.decode(errors="replace") for a in argv))
+    return found
+
+
+def check_results(output: Path, assets: Path, strategy: str, cluster: dict) -> dict:
+    """metrics.json, a checkpoint per epoch and a model.keras that loads and scores the same."""
+    import keras
+    import numpy as np
+
+    from workloads.mnist import load_mnist, to_model_input
+
+    metrics = json.loads((output / "metrics.json").read_text())
+    assert metrics["strategy"] == strategy and metrics["cluster"] == cluster
+    assert metrics["epochs"] == 2 and metrics["steps"] == 2 * 79 and metrics["batch_size"] == 64
+    assert metrics["examples_per_second"] > 0 and metrics["test_examples"] == 10_000
+    assert metrics["accuracy"] >= ACCURACY_FLOOR, metrics
+    assert (output / "checkpoints" / "checkpoint").read_text().startswith(
+        'model_checkpoint_path: "ckpt-2"')
+    model = keras.saving.load_model(output / "model.keras")
+    _, (x_test, y_test) = load_mnist(str(assets / "datasets" / "mnist"))
+    predicted = np.argmax(model.predict(to_model_input(x_test), batch_size=1000, verbose=0), 1)
+    assert abs(float(np.mean(predicted == y_test)) - metrics["accuracy"]) < 1e-3
+    return metrics
+
+
+def run_local(tmp_path: Path, spec: dict, args: list[str], timeout: float = 170) -> str:
+    out = io.StringIO()
+    try:
+        launch_local(spec, args, tmp_path, timeout=timeout, out=out)
+    finally:
+        print(out.getvalue())  # shown by pytest when the test fails
+        assert processes_mentioning(str(tmp_path)) == []
+    return out.getvalue()
+
+
+def test_parameter_servers_train_the_cnn(tmp_path, assets):
+    output = tmp_path / "results"
+    spec = local_cluster_spec(workers=2, ps=1)
+    log = run_local(tmp_path, spec, ["--data", str(assets / "datasets" / "mnist"),
+                                     "--output", str(output), *SMALL])
+    for name in ("ps 0", "worker 0", "worker 1"):
+        assert f"[{name}] {name}: the chief is done" in log
+    check_results(output, assets, "ps", {"chief": 1, "worker": 2, "ps": 1})
+
+
+def test_sync_workers_train_the_cnn(tmp_path, assets):
+    output = tmp_path / "results"
+    spec = local_cluster_spec(workers=2, ps=0, chief=False)
+    log = run_local(tmp_path, spec, ["--strategy", "sync", "--data",
+                                     str(assets / "datasets" / "mnist"), "--output", str(output),
+                                     *SMALL])
+    assert "[worker 1] epoch 2/2" in log and "[worker 0] test accuracy" in log
+    check_results(output, assets, "sync", {"chief": 0, "worker": 2, "ps": 0})
+
+
+def test_the_launcher_stops_everything_when_the_chief_fails(tmp_path):
+    spec = local_cluster_spec(workers=2, ps=1)
+    with pytest.raises(ClusterFailed, match=r"^train-ps failed: chief 0 exited with code 2: "
+                                            r"error: MNIST data not found: .*nowhere"):
+        run_local(tmp_path, spec, ["--data", str(tmp_path / "nowhere"), *SMALL], timeout=60)
+
+
+def test_a_killed_worker_fails_the_job_naming_it_and_a_rerun_resumes(tmp_path, assets):
+    """The argvs remote hosts run, without the local launcher: the processes end themselves.
+    Then the local launcher resumes the run from its last checkpoint."""
+    spec = local_cluster_spec(workers=2, ps=1)
+    spec_path = tmp_path / "cluster-spec.json"
+    spec_path.write_text(json.dumps(spec))
+    results = tmp_path / "results"
+
+    def args(epochs: int) -> list[str]:
+        return ["--data", str(assets / "datasets" / "mnist"), "--output", str(results),
+                "--epochs", str(epochs), "--steps-per-epoch", "10", "--threads", "1",
+                "--timeout", "60"]
+
+    processes, logs = {}, {}
+    try:
+        for role, index, _, argv in process_argvs(spec, args(50), str(spec_path), sys.executable):
+            logs[role, index] = tmp_path / f"{role}-{index}.log"
+            with logs[role, index].open("w") as log:
+                processes[role, index] = subprocess.Popen(
+                    argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 120
+        while "epoch 1/50" not in logs["chief", 0].read_text():
+            assert time.monotonic() < deadline and processes["chief", 0].poll() is None
+            time.sleep(0.2)
+
+        processes["worker", 1].send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        assert processes["chief", 0].wait(60) == 1
+        assert time.monotonic() - killed < 60
+        assert f"error: worker 1 at {spec['worker'][1]} " in logs["chief", 0].read_text()
+        for task in (("ps", 0), ("worker", 0)):  # they notice that the chief is gone
+            assert processes[task].wait(30) == 1
+            assert f"error: chief 0 at {spec['chief'][0]} stopped answering" in \
+                logs[task].read_text()
+    finally:
+        for process in processes.values():
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        for task, log in logs.items():  # shown by pytest when the test fails
+            print(f"--- {task}", log.read_text(), sep="\n")
+    assert processes_mentioning(str(spec_path)) == []
+
+    saved = int(re.search(r'"ckpt-(\d+)"', (results / "checkpoints" / "checkpoint").read_text())[1])
+    run_local(tmp_path / "rerun", local_cluster_spec(workers=2, ps=1), args(saved + 1))
+    metrics = json.loads((results / "metrics.json").read_text())
+    assert (metrics["epochs"], metrics["epochs_this_run"]) == (saved + 1, 1)

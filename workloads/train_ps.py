@@ -1,0 +1,335 @@
+"""train-ps: the MNIST CNN trained by a TensorFlow cluster, the book chapter's ps/worker setup.
+
+One program for every process: ``python -m workloads.train_ps ROLE INDEX --cluster-spec
+spec.json [flags]`` (or --ps-hosts/--worker-hosts/--chief-host, or TF_CONFIG).
+
+--strategy ps (default): each ps and worker runs a tf.distribute.Server; the chief trains
+asynchronously with ParameterServerStrategy and a ClusterCoordinator. --strategy sync: every
+worker (and the chief, if any) trains with MultiWorkerMirroredStrategy. Keras 3's model.fit
+supports neither (keras#20585), hence the custom training loop.
+
+Lifecycle: the chief fails with one line naming the task when a peer is not up within
+--timeout or dies (peer_watch). When it is done it tells each server so with a file op run
+on that server; a server exits 0 on that file and 1 when the chief disappears without it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from workloads.common import UserError, results_dir, run_cli, write_metrics
+from workloads.jobs import JOBS
+from workloads.mnist import build_cnn, load_mnist, shuffled, to_model_input
+from workloads.peer_watch import PROBE_SECONDS, PeerWatch, exit_now
+from workloads.tf_cluster import (ROLES, STRATEGIES, ClusterSpec, Task, check_task,
+                                  cluster_spec, describe, host_list, load_cluster_spec,
+                                  parse_tf_config, reachable, split_address, tasks, tf_error_line,
+                                  validate_cluster_spec)
+
+JOB = "train-ps"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are UserErrors: one `error:` line, exit 2."""
+
+    def error(self, message: str):
+        raise UserError(f"{message} (see --help)")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = _Parser(prog="python -m workloads.train_ps", description=__doc__.split("\n")[0])
+    parser.add_argument("role", nargs="?", help=f"one of {', '.join(ROLES)} "
+                        "(default: TF_CONFIG's task)")
+    parser.add_argument("index", nargs="?", type=int, help="task index within the role")
+    cluster = parser.add_argument_group("cluster (one of these, else TF_CONFIG)")
+    cluster.add_argument("--cluster-spec", metavar="FILE.json",
+                         help='{"chief": ["host:port"], "worker": [...], "ps": [...]}')
+    cluster.add_argument("--ps-hosts", default="", help="host:port,host:port")
+    cluster.add_argument("--worker-hosts", default="", help="host:port,host:port")
+    cluster.add_argument("--chief-host", default="", help="host:port")
+    parser.add_argument("--strategy", choices=STRATEGIES, default="ps",
+                        help="ps: asynchronous parameter servers; sync: all-reduce, no ps")
+    parser.add_argument("--data", help="MNIST folder (four IDX .gz files) or mnist.npz; "
+                        "omit to download MNIST")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--steps-per-epoch", type=int,
+                        help="training steps per epoch (default: one pass over the data)")
+    parser.add_argument("--batch-size", type=int, default=64,
+                        help="examples per training step (split across workers in sync)")
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--output", help="results folder (default: runs/train-ps-<time>)")
+    parser.add_argument("--timeout", type=float, default=120.0,
+                        help="seconds to wait for peers to come up or answer")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="intra-op threads per process (0: TensorFlow's default)")
+    args = parser.parse_args(argv)
+    for flag in ("epochs", "batch_size", "timeout"):
+        if getattr(args, flag) <= 0:
+            raise UserError(f"--{flag.replace('_', '-')} must be positive")
+    if args.steps_per_epoch is not None and args.steps_per_epoch <= 0:
+        raise UserError("--steps-per-epoch must be positive (or omit it)")
+    return args
+
+
+def resolve_cluster(args: argparse.Namespace, environ=os.environ) -> tuple[ClusterSpec, str, int]:
+    """(validated spec, role, index) from the flags, the positional task and TF_CONFIG."""
+    host_flags = args.ps_hosts or args.worker_hosts or args.chief_host
+    tf_config = environ.get("TF_CONFIG")
+    if args.cluster_spec and host_flags:
+        raise UserError("give the cluster once: --cluster-spec or the --*-hosts flags, not both")
+    if args.cluster_spec:
+        raw = load_cluster_spec(args.cluster_spec)
+    elif host_flags:
+        raw = cluster_spec(workers=host_list(args.worker_hosts), ps=host_list(args.ps_hosts),
+                           chief=args.chief_host or None)
+    elif tf_config:
+        raw, _ = parse_tf_config(tf_config)
+    else:
+        raise UserError("no cluster given; pass --cluster-spec FILE.json, or --worker-hosts "
+                        "(with --ps-hosts and --chief-host), or set TF_CONFIG")
+    spec = validate_cluster_spec(raw, args.strategy)
+    if args.role is not None:
+        if args.index is None:
+            raise UserError(f"give the task index after the role, e.g. `{args.role} 0`")
+        role, index = args.role, args.index
+    else:
+        _, task = parse_tf_config(tf_config) if tf_config else (None, None)
+        if task is None:
+            raise UserError("no task given; pass the role and index (e.g. `worker 1`) or set "
+                            "TF_CONFIG's task")
+        role, index = task
+    check_task(spec, role, index)
+    return spec, role, index
+
+
+def trainers(spec: ClusterSpec, strategy: str) -> list[Task]:
+    """The tasks that run the training loop: the chief (ps), or the chief and workers (sync)."""
+    if strategy == "ps":
+        return [("chief", 0)]
+    return [(role, index) for role, index, _ in tasks(spec) if role != "ps"]
+
+
+def is_chief(spec: ClusterSpec, role: str, index: int) -> bool:
+    """The task that writes the results: the chief, else worker 0 (TF's convention)."""
+    return role == "chief" or ("chief" not in spec and (role, index) == ("worker", 0))
+
+
+def done_file(args: argparse.Namespace, spec: ClusterSpec, role: str, index: int) -> Path:
+    """Where the chief's file op lands on a server to end it: beside the cluster spec (the run's
+    folder on every host), else in the server's working directory; the port keeps apart
+    tasks that share a host."""
+    folder = Path(args.cluster_spec).parent if args.cluster_spec else Path()
+    return folder / f".{JOB}-{role}-{index}-{split_address(spec[role][index], role)[1]}.done"
+
+
+def serve(spec: ClusterSpec, role: str, index: int, args: argparse.Namespace) -> None:
+    """A ps or worker: serve until the chief's done file appears; fail if the chief vanishes."""
+    import tensorflow as tf
+
+    done = done_file(args, spec, role, index)
+    done.unlink(missing_ok=True)
+    # TF's guide: with fewer cores than workers + 1, servers deadlock on too few inter-op threads.
+    inter_op = max(os.cpu_count() or 1, len(spec["worker"]) + 1)
+    config = tf.compat.v1.ConfigProto(inter_op_parallelism_threads=inter_op,
+                                      intra_op_parallelism_threads=args.threads)
+    tf.distribute.Server(tf.train.ClusterSpec(spec), job_name=role, task_index=index,
+                         protocol="grpc", config=config, start=True)
+    print(f"{describe(spec, role, index)}: serving, waiting for the chief", flush=True)
+    watch = PeerWatch(spec, [("chief", 0)], args.timeout, formed=True)
+    while not done.exists():
+        problem = watch.problem()
+        if problem and not done.exists():
+            exit_now(1, f"{problem}; stopping {role} {index}")
+        time.sleep(PROBE_SECONDS)
+    done.unlink(missing_ok=True)
+    print(f"{role} {index}: the chief is done", flush=True)
+    # Leave after the chief: until it exits it may still talk to us (drop remote functions).
+    chief, deadline = spec["chief"][0], time.monotonic() + args.timeout
+    while reachable(chief) and time.monotonic() < deadline:
+        time.sleep(PROBE_SECONDS / 4)
+
+
+def dataset_fn(tf, images, labels, batch_size: int):
+    """Per input pipeline: its shard of the uint8 digits, shuffled, repeated, batched, scaled."""
+    def make(context):
+        dataset = tf.data.Dataset.from_tensor_slices((images, labels.astype("int64")))
+        dataset = dataset.shard(context.num_input_pipelines, context.input_pipeline_id)
+        dataset = dataset.shuffle(len(images)).repeat()  # each worker its own order
+        dataset = dataset.batch(context.get_per_replica_batch_size(batch_size))
+        dataset = dataset.map(lambda x, y: (tf.cast(x, tf.float32)[..., None] / 255.0, y))
+        return dataset.prefetch(2)
+    return make
+
+
+def join_cluster(tf, spec: ClusterSpec, role: str, index: int, args: argparse.Namespace):
+    """(strategy, coordinator or None) once the cluster has formed; PeerWatch guards the wait."""
+    resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
+        tf.train.ClusterSpec(spec), task_type=role, task_id=index, rpc_layer="grpc")
+    if args.strategy == "ps":
+        strategy = tf.distribute.ParameterServerStrategy(resolver)
+        return strategy, tf.distribute.coordinator.ClusterCoordinator(strategy)
+    options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=args.timeout)
+    return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver,
+                                                     communication_options=options), None
+
+
+def train(spec: ClusterSpec, role: str, index: int, args: argparse.Namespace,
+          started: float) -> None:
+    """The training loop of the chief (ps) or of every trainer (sync); the chief writes results."""
+    (x_train, y_train), test_set = load_mnist(args.data)
+    x_train, y_train = shuffled(x_train, y_train)
+    chief = is_chief(spec, role, index)
+    output = results_dir(args.output, JOB) if chief else None
+    steps_per_epoch = args.steps_per_epoch or math.ceil(len(x_train) / args.batch_size)
+
+    import keras
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+    peers = [(r, i) for r, i, _ in tasks(spec) if (r, i) != (role, index)]
+    watch = PeerWatch(spec, peers, args.timeout)
+    stop_watching = watch.watch_in_background()
+    strategy, coordinator = join_cluster(tf, spec, role, index, args)
+    watch.formed()
+    print(f"{describe(spec, role, index)}: cluster formed ({args.strategy}), "
+          f"{steps_per_epoch} steps/epoch", flush=True)
+
+    with strategy.scope():
+        model = build_cnn()
+        optimizer = keras.optimizers.Adam(args.learning_rate)
+        optimizer.build(model.trainable_variables)
+        epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch)
+    # Non-chief sync trainers must save too (TF's rule), into a folder of their own.
+    checkpoint_dir = output / "checkpoints" if chief else Path(tempfile.mkdtemp(prefix=JOB))
+    manager = tf.train.CheckpointManager(checkpoint, str(checkpoint_dir), max_to_keep=2)
+    if args.output:  # resume from the chief's checkpoints (sync: on a shared filesystem)
+        checkpoint.restore(tf.train.latest_checkpoint(str(Path(args.output) / "checkpoints")))
+
+    make_dataset = dataset_fn(tf, x_train, y_train, args.batch_size)
+    if coordinator:
+        iterator = iter(coordinator.create_per_worker_dataset(
+            tf.function(lambda: strategy.distribute_datasets_from_function(make_dataset))))
+    else:
+        iterator = iter(strategy.distribute_datasets_from_function(make_dataset))
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="none")
+
+    @tf.function
+    def train_step(batches):
+        def replica_step(images, labels):
+            with tf.GradientTape() as tape:
+                loss = tf.nn.compute_average_loss(loss_fn(labels, model(images, training=True)),
+                                                  global_batch_size=args.batch_size)
+            gradients = tape.gradient(loss, model.trainable_variables)
+            optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+            return loss
+        return strategy.reduce("SUM", strategy.run(replica_step, args=next(batches)), axis=None)
+
+    first_epoch = int(epoch.numpy())
+    train_started = time.monotonic()
+    train_loss = float("nan")
+    try:
+        for number in range(first_epoch + 1, args.epochs + 1):
+            epoch_started = time.monotonic()
+            if coordinator:
+                losses = [coordinator.schedule(train_step, args=(iterator,))
+                          for _ in range(steps_per_epoch)]
+                coordinator.join()
+                train_loss = sum(float(loss.fetch()) for loss in losses) / len(losses)
+            else:
+                train_loss = sum(float(train_step(iterator))
+                                 for _ in range(steps_per_epoch)) / steps_per_epoch
+            epoch.assign(number)
+            manager.save()
+            print(f"epoch {number}/{args.epochs}: loss {train_loss:.4f} "
+                  f"({time.monotonic() - epoch_started:.1f}s)", flush=True)
+        train_seconds = time.monotonic() - train_started
+        if chief:
+            steps_run = (args.epochs - first_epoch) * steps_per_epoch
+            evaluate_and_save(model.get_weights(), test_set, output, {
+                "train_loss": train_loss,
+                "epochs": args.epochs,
+                "epochs_this_run": args.epochs - first_epoch,
+                "steps": args.epochs * steps_per_epoch,
+                "steps_per_epoch": steps_per_epoch,
+                "batch_size": args.batch_size,
+                "learning_rate": args.learning_rate,
+                "strategy": args.strategy,
+                "cluster": {role: len(spec.get(role, [])) for role in ROLES},
+                "trainers": len(trainers(spec, args.strategy)),
+                "train_examples": len(x_train),
+                "examples_per_second": steps_run * args.batch_size / train_seconds,
+                "seconds": {"startup": train_started - started, "train": train_seconds},
+            })
+        else:
+            shutil.rmtree(checkpoint_dir, ignore_errors=True)
+        if coordinator:
+            stop_watching.set()  # the servers leave once released
+            release_servers(tf, args, spec)
+        else:
+            # Sync trainers leave together, after the chief's evaluation: TF's coordination
+            # service takes an early exit for a crash. An all-reduce is the barrier.
+            tf.function(lambda: strategy.reduce("SUM", strategy.run(lambda: tf.constant(1)),
+                                                axis=None))()
+            stop_watching.set()
+    except tf.errors.OpError as exc:
+        exit_now(1, tf_error_line(spec, exc.message, (role, index)))
+    print(f"{describe(spec, role, index)}: done in {time.monotonic() - started:.1f}s", flush=True)
+
+
+def evaluate_and_save(weights: list, test_set, output: Path, metrics: dict) -> None:
+    """Test accuracy of the trained weights, model.keras and metrics.json, all from a plain
+    Keras model built outside any strategy, so the saved model loads anywhere."""
+    import keras
+
+    evaluate_started = time.monotonic()
+    x_test, y_test = test_set
+    model = build_cnn()
+    model.set_weights(weights)
+    model.save(output / "model.keras")  # uncompiled: no optimizer state that was never trained
+    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
+    scores = model.evaluate(to_model_input(x_test), y_test, batch_size=500, verbose=0,
+                            return_dict=True)
+    metrics["seconds"]["evaluate"] = time.monotonic() - evaluate_started
+    write_metrics(output, {"accuracy": float(scores["accuracy"]), "loss": float(scores["loss"]),
+                           "test_examples": len(x_test), **metrics})
+    print(f"test accuracy {scores['accuracy']:.4f}; results in {output}", flush=True)
+
+
+def release_servers(tf, args: argparse.Namespace, spec: ClusterSpec) -> None:
+    """End every ps and worker: a file op placed on each of them writes its done file."""
+    for role, index, _ in tasks(spec):
+        if role != "chief":
+            with tf.device(f"/job:{role}/replica:0/task:{index}/device:CPU:0"):
+                tf.io.write_file(str(done_file(args, spec, role, index)), "done")
+
+
+def main(argv: list[str] | None = None) -> None:
+    started = time.monotonic()
+    args = parse_args(JOBS[JOB].with_offline_defaults(list(sys.argv[1:] if argv is None else argv)))
+    spec, role, index = resolve_cluster(args)
+    if args.strategy == "sync" and args.batch_size % len(trainers(spec, "sync")):
+        count = len(trainers(spec, "sync"))
+        raise UserError(f"--batch-size {args.batch_size} does not split evenly over the {count} "
+                        f"sync trainers; use a multiple of {count}")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's C++ info logs out
+    if args.strategy == "sync":
+        train(spec, role, index, args, started)  # and leave through TF's shutdown barrier
+        return
+    if role == "chief":
+        train(spec, role, index, args, started)
+    else:
+        serve(spec, role, index, args)
+    exit_now(0)
+
+
+if __name__ == "__main__":
+    run_cli(main)
