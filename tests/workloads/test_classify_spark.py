@@ -1,0 +1,159 @@
+"""classify on real Spark (local[2]) with the real ImageNet MobileNet file and the chapter's photos."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+from urllib.parse import urlparse
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from workloads import classify
+from workloads.common import UserError
+from workloads.deep_image import DeepImageFeaturizer, DeepImagePredictor, readImages
+
+pytestmark = pytest.mark.slow
+
+BUSES = ("london-2665352-960-720.jpg", "image-21.jpeg", "images-26.jpeg")
+CARS = ("image-22.jpeg", "image-10.jpeg", "images-3.jpeg")
+BUS_LIKE = {"trolleybus, trolley coach, trackless trolley", "school bus", "minibus",
+            "passenger car, coach, carriage", "streetcar, tram, tramcar, trolley, trolley car"}
+
+
+@pytest.fixture(scope="module")
+def spark():
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    from pyspark.sql import SparkSession
+
+    session = (SparkSession.builder.master("local[2]").appName("test-classify")
+               .config("spark.ui.enabled", "false").config("spark.sql.shuffle.partitions", "2")
+               .getOrCreate())
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="module")
+def weights(assets) -> str:
+    return str(assets / "models/mobilenet_v1_0.25_224.h5")
+
+
+@pytest.fixture(scope="module")
+def photos(assets) -> Path:
+    return assets / "datasets/buses-cars"
+
+
+def copy_dataset(root: Path, photos: Path, pick: dict[str, tuple[str, ...]] | None = None) -> Path:
+    """A writable copy of the class folders (all photos, or the picked ones) to add files to."""
+    for folder in sorted(p for p in photos.iterdir() if p.is_dir()):
+        (root / folder.name).mkdir(parents=True)
+        names = pick[folder.name] if pick else [p.name for p in folder.iterdir()]
+        for name in names:
+            shutil.copyfile(folder / name, root / folder.name / name)
+    return root
+
+
+def local_path(origin: str) -> Path:
+    return Path(urlparse(origin).path)
+
+
+def test_features_equal_keras_predict_for_rgb_gray_and_rgba(spark, photos, weights, tmp_path):
+    import keras
+
+    copy_dataset(tmp_path, photos, {"buses": BUSES, "cars": CARS[:1]})
+    Image.open(photos / "buses" / BUSES[1]).convert("L").save(tmp_path / "gray.jpg", quality=90)
+    car = Image.open(photos / "cars" / CARS[0]).convert("RGB")
+    alpha = Image.linear_gradient("L").resize(car.size)
+    car.putalpha(alpha)
+    car.save(tmp_path / "alpha.png")
+
+    featurizer = DeepImageFeaturizer(inputCol="image", outputCol="features", modelName="MobileNet",
+                                     weights=weights)
+    rows = (featurizer.transform(readImages(str(tmp_path), spark))
+            .select("image.origin", "image.nChannels", "features").collect())
+    assert sorted(row.nChannels for row in rows) == [1, 3, 3, 3, 3, 4]
+
+    # The reference: Keras' own loader and preprocessing on PIL-decoded files, no kindling code.
+    model = keras.applications.MobileNet(alpha=0.25, include_top=False, pooling="avg",
+                                         weights=None, input_shape=(224, 224, 3))
+    model.load_weights(weights, by_name=True)
+    pixels = np.stack([np.asarray(Image.open(local_path(row.origin)).convert("RGB")
+                                  .resize((224, 224), Image.Resampling.BILINEAR), dtype=np.float32)
+                       for row in rows])
+    expected = model.predict(keras.applications.mobilenet.preprocess_input(pixels), verbose=0)
+    features = np.array([row.features.toArray() for row in rows])
+    assert features.shape == (6, 256)
+    np.testing.assert_allclose(features, expected, atol=1e-5, rtol=0)
+
+
+def test_classify_buses_cars_drops_a_corrupt_file_and_saved_pipeline_predicts_the_same(
+        spark, photos, weights, tmp_path):
+    """The chapter's 89 photos plus one corrupt file (which must be dropped and counted)."""
+    from pyspark.ml import PipelineModel
+    from pyspark.sql import functions as F
+
+    data = copy_dataset(tmp_path / "buses-cars", photos)
+    (data / "cars" / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    out = tmp_path / "run"
+    classify.main(["--data", str(data), "--model", "MobileNet", "--weights", weights,
+                   "--output", str(out)])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["accuracy"] >= 0.95, metrics
+    assert metrics["counts"] == {"train": 54, "test": 35, "dropped": 1}
+    assert set(metrics["per_class"]) == {"buses", "cars"}
+    assert metrics["per_class"]["buses"]["label"] == 0 and metrics["per_class"]["cars"]["label"] == 1
+    assert set(metrics["timings_s"]) == {"read_split", "fit", "evaluate_save", "total"}
+    assert (out / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = pd.read_csv(out / "predictions.csv")
+    assert len(table) == 35
+    assert (table["class"] == table["path"].str.split("/").str[-2]).all()
+    assert (table["label"] == table["prediction"]).mean() == pytest.approx(metrics["accuracy"])
+
+    loaded = PipelineModel.load(str(out / "model"))
+    featurizer = loaded.stages[0]
+    assert isinstance(featurizer, DeepImageFeaturizer)
+    assert (featurizer.getModelName(), featurizer.getWeights()) == ("MobileNet", weights)
+    images = spark.read.format("image").load([local_path(p).as_posix() for p in table["path"]])
+    again = (loaded.transform(images).select(F.col("image.origin").alias("path"), "prediction", "probability")
+             .toPandas().set_index("path").loc[table["path"]])
+    assert (again["prediction"].to_numpy() == table["prediction"].to_numpy()).all()
+    # TensorFlow's CPU kernels round differently for different batch compositions: ~1e-7.
+    confidence = [p[int(i)] for p, i in zip(again["probability"], again["prediction"])]
+    np.testing.assert_allclose(confidence, table["confidence"], rtol=0, atol=1e-6)
+
+
+def test_class_without_readable_images_is_an_error(spark, photos, weights, tmp_path):
+    data = copy_dataset(tmp_path / "data", photos, {"buses": BUSES, "cars": ()})
+    (data / "cars" / "broken.jpg").write_bytes(b"GIF89a truncated")
+    with pytest.raises(UserError, match=r"class folder .*/cars has no readable images \(1 files dropped\)"):
+        classify.main(["--data", str(data), "--model", "MobileNet", "--weights", weights,
+                       "--output", str(tmp_path / "run")])
+
+
+def test_predictor_names_a_bus_and_saves(spark, photos, weights, assets, tmp_path):
+    images = readImages(str(photos / "buses" / BUSES[0]), spark)
+    predictor = DeepImagePredictor(inputCol="image", outputCol="predicted_labels", modelName="MobileNet",
+                                   weights=weights, topK=3,
+                                   labelsPath=str(assets / "models/imagenet_labels_1001.txt"))
+    top = predictor.transform(images).select("predicted_labels").first().predicted_labels
+    assert len(top) == 3
+    assert top[0]["description"] in BUS_LIKE, top  # measured: trolleybus, p=0.89
+    assert [t["probability"] for t in top] == sorted((t["probability"] for t in top), reverse=True)
+
+    predictor.save(str(tmp_path / "predictor"))
+    loaded = DeepImagePredictor.load(str(tmp_path / "predictor"))
+    def named(stage):
+        return {param.name: value for param, value in stage.extractParamMap().items()}
+
+    assert named(loaded) == named(predictor)
+    probabilities = (loaded.transform(images, {loaded.decodePredictions: False})
+                     .select("predicted_labels").first().predicted_labels.toArray())
+    assert probabilities.shape == (1000,) and probabilities.sum() == pytest.approx(1.0, abs=1e-4)
+    assert str(int(probabilities.argmax())) == top[0]["class"]
+    assert probabilities.max() == pytest.approx(top[0]["probability"], abs=1e-6)
