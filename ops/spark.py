@@ -60,13 +60,9 @@ def daemon_env(base_dir: str, host: str | None = None, python: str | None = None
 
 def _daemon_command(spark_home: str, env: dict[str, str], action: str, daemon_class: str,
                     instance: int, *args: str) -> str:
-    # setsid: the daemon, its executors and their Python workers share one session, so a
-    # stop can find every process the daemon ever started.
-    words = ["env", *(f"{k}={v}" for k, v in env.items())]
-    if action == "start":
-        words += ["setsid", "--wait"]
-    words += ["bash", f"{spark_home}/sbin/spark-daemon.sh", action, daemon_class, str(instance), *args]
-    return shlex.join(words)
+    return shlex.join(["env", *(f"{k}={v}" for k, v in env.items()), "bash",
+                       f"{spark_home}/sbin/spark-daemon.sh", action, daemon_class, str(instance),
+                       *args])
 
 
 def master_start_command(spark_home: str, host: str, base_dir: str, port: int = MASTER_PORT,
@@ -127,19 +123,6 @@ def tfos_submit_conf(master_url: str, cluster_size: int, python: str = sys.execu
     }
 
 
-def _session_of(pid: int) -> int | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(stat.rsplit(")", 1)[1].split()[3])  # state ppid pgrp session
-
-
-def _processes_in_sessions(sessions: set[int]) -> list[int]:
-    pids = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
-    return [pid for pid in pids if pid != os.getpid() and _session_of(pid) in sessions]
-
-
 class LocalSparkCluster:
     """A master and N workers on this machine, for tests, benchmarks and the local target.
 
@@ -153,7 +136,7 @@ class LocalSparkCluster:
                  spark_home: str | None = None):
         self.workers, self.cores, self.memory, self.host = workers, cores, memory, host
         self.port, self.webui_port, self.python = port, webui_port, python
-        self.base_dir = base_dir or tempfile.mkdtemp(prefix="kindling-spark-")
+        self.base_dir = str(Path(base_dir or tempfile.mkdtemp(prefix="kindling-spark-")).resolve())
         self.spark_home = spark_home or local_spark_home()
 
     @property
@@ -176,20 +159,18 @@ class LocalSparkCluster:
     def _worker_instances(self) -> range:
         return range(1, self.workers + 1)
 
-    def _daemon_sessions(self) -> set[int]:
-        """Sessions of the daemons whose pid files say they run (and really are those daemons)."""
-        sessions = set()
-        daemons = [(MASTER_CLASS, 1), *((WORKER_CLASS, i) for i in self._worker_instances)]
-        for daemon_class, instance in daemons:
-            pid_file = Path(self.base_dir) / "pids" / f"spark-{IDENT}-{daemon_class}-{instance}.pid"
+    def processes(self) -> list[int]:
+        """Every live process this cluster started: daemons, executors, their Python workers and
+        TF nodes, orphans included. All inherit SPARK_LOG_DIR from the daemons' environment."""
+        marker = f"SPARK_LOG_DIR={self.log_dir}".encode()
+        found = []
+        for proc in Path("/proc").iterdir():
             try:
-                pid = int(pid_file.read_text().strip())
-                running = daemon_class.encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
-            except (OSError, ValueError):
+                if proc.name.isdigit() and marker in (proc / "environ").read_bytes().split(b"\0"):
+                    found.append(int(proc.name))
+            except OSError:  # gone meanwhile
                 continue
-            if running and (session := _session_of(pid)):
-                sessions.add(session)
-        return sessions
+        return found
 
     def start(self, timeout: float = 60) -> "LocalSparkCluster":
         """Start the daemons and wait until every worker is registered ALIVE with the master."""
@@ -229,16 +210,15 @@ class LocalSparkCluster:
                            f"{timeout:.0f}s; see the daemon logs in {self.log_dir}")
 
     def stop(self, timeout: float = 20) -> None:
-        """Stop workers then master, then kill what they started and left behind. Idempotent,
-        and works from the pid files, so any process can stop a cluster another one started."""
-        sessions = self._daemon_sessions()
+        """Stop workers then master, then kill what they started and left behind. Idempotent;
+        needs only base_dir (pid files, environments), so it stops a cluster any process started."""
         stops = [worker_stop_command(self.spark_home, i, self.base_dir) for i in self._worker_instances]
         stops.append(master_stop_command(self.spark_home, self.base_dir))
         for command in stops:
             subprocess.run(command, shell=True, timeout=60, stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
-        while (left := _processes_in_sessions(sessions)) and time.monotonic() < deadline:
+        while (left := self.processes()) and time.monotonic() < deadline:
             time.sleep(0.5)
         for pid in left:
             try:
