@@ -275,9 +275,8 @@ def train(spec: ClusterSpec, role: str, index: int, args: argparse.Namespace,
             release_servers(tf, args, spec)
         else:
             # Sync trainers leave together, after the chief's evaluation: TF's coordination
-            # service takes an early exit for a crash. An all-reduce is the barrier.
-            tf.function(lambda: strategy.reduce("SUM", strategy.run(lambda: tf.constant(1)),
-                                                axis=None))()
+            # service takes an early exit for a crash.
+            barrier(tf, strategy)
             stop_watching.set()
     except tf.errors.OpError as exc:
         exit_now(1, tf_error_line(spec, exc.message, (role, index)))
@@ -304,6 +303,15 @@ def evaluate_and_save(weights: list, test_set, output: Path, metrics: dict) -> N
     print(f"test accuracy {scores['accuracy']:.4f}; results in {output}", flush=True)
 
 
+def barrier(tf, strategy) -> None:
+    """Return once every sync trainer got here: an all-reduce of ones."""
+    @tf.function
+    def all_reduce_ones():
+        return strategy.reduce("SUM", strategy.run(tf.ones, args=((),)), axis=None)
+
+    all_reduce_ones()
+
+
 def release_servers(tf, args: argparse.Namespace, spec: ClusterSpec) -> None:
     """End every ps and worker: a file op placed on each of them writes its done file."""
     for role, index, _ in tasks(spec):
@@ -321,15 +329,12 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError(f"--batch-size {args.batch_size} does not split evenly over the {count} "
                         f"sync trainers; use a multiple of {count}")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's C++ info logs out
-    if args.strategy == "sync":
-        train(spec, role, index, args, started)  # and leave through TF's shutdown barrier
-        return
-    if role == "chief":
-        train(spec, role, index, args, started)
-    else:
+    if args.strategy == "ps" and role != "chief":
         serve(spec, role, index, args)
-    exit_now(0)
+    else:
+        train(spec, role, index, args, started)
 
 
 if __name__ == "__main__":
     run_cli(main)
+    exit_now(0)  # all is written: skip TensorFlow's slow C++ teardown

@@ -58,6 +58,7 @@ def check_results(output: Path, assets: Path, strategy: str, cluster: dict) -> d
     _, (x_test, y_test) = load_mnist(str(assets / "datasets" / "mnist"))
     predicted = np.argmax(model.predict(to_model_input(x_test), batch_size=1000, verbose=0), 1)
     assert abs(float(np.mean(predicted == y_test)) - metrics["accuracy"]) < 1e-3
+    print(json.dumps(metrics))  # shown with -rP or on failure
     return metrics
 
 

@@ -188,6 +188,8 @@ def test_peer_watch_reports_a_lost_peer_and_a_cluster_that_never_formed(listener
     (["worker", "3", "--worker-hosts", "a:1,b:1", "--strategy", "sync"],
      "error: worker 3 is not in the cluster spec, which has 2 worker task(s) (indices 0..1)"),
     (["chief", "0", "--cluster-spec", "{spec}"], "error: cluster spec {spec} is not valid JSON"),
+    (["worker", "0", "--worker-hosts", "a:1,b:1", "--strategy", "sync", "--batch-size", "63"],
+     "error: --batch-size 63 does not split evenly over the 2 sync trainers"),
     (["worker", "0", "--worker-hosts", "127.0.0.1:1", "--strategy", "sync", "--data",
       "{tmp}/nowhere"], "error: MNIST data not found: {tmp}/nowhere; pass --data"),
 ])
