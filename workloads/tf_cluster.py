@@ -125,9 +125,10 @@ def parse_tf_config(text: str) -> tuple[object, Task | None]:
     task = config.get("task")
     if not task:
         return config["cluster"], None
-    if not isinstance(task, dict) or "type" not in task:
+    if not isinstance(task, dict) or "type" not in task \
+            or not isinstance(task.get("index", 0), int):
         raise UserError("TF_CONFIG 'task' must look like {\"type\": \"worker\", \"index\": 0}")
-    return config["cluster"], (str(task["type"]), int(task.get("index", 0)))
+    return config["cluster"], (str(task["type"]), task.get("index", 0))
 
 
 def check_task(spec: ClusterSpec, role: str, index: int) -> str:

@@ -1,7 +1,7 @@
 """Run a whole train-ps cluster on this machine: every task a real OS process on 127.0.0.1.
 
-This is what `fab run train-ps --target local` calls. The processes get the very argvs that
-remote hosts run (tf_cluster.process_argvs); each gets its own process group so that one
+The processes get the very argvs that remote hosts run (tf_cluster.process_argvs), so a
+local run tries exactly what a cluster will run; each gets its own process group so that one
 failure stops them all, children included. Standard library only.
 """
 

@@ -234,7 +234,7 @@ def train(spec: ClusterSpec, role: str, index: int, args: argparse.Namespace,
 
     first_epoch = int(epoch.numpy())
     train_started = time.monotonic()
-    train_loss = float("nan")
+    train_loss = None  # no epoch left to run when resuming a finished run
     try:
         for number in range(first_epoch + 1, args.epochs + 1):
             epoch_started = time.monotonic()

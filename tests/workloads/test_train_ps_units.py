@@ -89,6 +89,8 @@ def test_parse_tf_config():
         parse_tf_config('{"task": {"type": "worker", "index": 0}}')
     with pytest.raises(UserError, match="'task' must look like"):
         parse_tf_config('{"cluster": {}, "task": {"index": 0}}')
+    with pytest.raises(UserError, match="'task' must look like"):
+        parse_tf_config('{"cluster": {}, "task": {"type": "worker", "index": "one"}}')
 
 
 def resolve(argv, environ=None):
