@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from invoke import Context
+from rich.markup import escape
 
 from ops.cluster import console
 from ops.inventory import Host
@@ -108,7 +109,7 @@ class PrefixedOutput:
         self.partial = lines.pop()
         with self.lock:
             for line in lines:
-                console.print(f"[cyan]\\[{self.prefix}][/] {line}", markup=True, highlight=False,
+                console.print(f"[cyan]\\[{self.prefix}][/] {escape(line)}", highlight=False,
                               soft_wrap=True)
 
     def flush(self) -> None:
@@ -192,7 +193,8 @@ class Run:
                 culprit = min(failed, key=lambda p: (failure(states.get(p.name, "gone")), p.main))
                 state = states.get(culprit.name, "gone")
                 how = "died (killed?)" if state == "gone" else f"exited with code {state[3:]}"
-                raise UserError(f"{culprit.where} {how}; every process of the run was stopped")
+                raise UserError(f"{culprit.where} {how}{self._last_words(culprit)}; every "
+                                "process of the run was stopped")
             if states.get(main.name) == "rc 0":
                 self._let_others_finish()
                 return
@@ -201,6 +203,16 @@ class Run:
                 raise UserError(f"{main.where} did not finish within {timeout:.0f}s; the run was "
                                 "stopped (raise --timeout for longer jobs)")
             time.sleep(POLL_SECONDS)
+
+    def _last_words(self, process: Process) -> str:
+        """': <its last error: line>' (or last line) from the process's log, for the message."""
+        tail = self.contexts[process.host.name].run(
+            f"tail -n 30 \"{self.run_dir}/{process.name}.log\" 2>/dev/null", hide=True, warn=True,
+            timeout=COMMAND_TIMEOUT, in_stream=False).stdout.splitlines()
+        lines = [line.strip() for line in tail if line.strip()]
+        errors = [line for line in lines if line.startswith("error:")]
+        last = (errors or lines or [""])[-1]
+        return f": {last[:300]}" if last else ""
 
     def _let_others_finish(self) -> None:
         deadline = time.monotonic() + self.grace

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import socket
 import sys
-from contextlib import ExitStack, closing
+from contextlib import ExitStack
 from pathlib import Path
 
 from invoke import Context
@@ -16,7 +16,7 @@ from invoke import Context
 from ops import spark
 from ops.inventory import Host
 from ops.launch import Run, kill_command
-from ops.plans import Placement, spark_driver, tf_processes
+from ops.plans import Placement, flag_value, spark_driver, tf_processes
 from ops.targets import runs_root
 from workloads.common import new_run_id
 from workloads.jobs import Job
@@ -27,9 +27,16 @@ STATE_DIR = Path(".kindling") / "local"
 
 
 def free_port() -> int:
-    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports free on 127.0.0.1 now, all held open together so they are distinct."""
+    with ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
 
 
 def spark_cluster() -> spark.LocalSparkCluster:
@@ -40,7 +47,7 @@ def spark_cluster() -> spark.LocalSparkCluster:
 def run_local(job: Job, args: list[str], timeout: float, detach: bool = False) -> Path:
     """Run job here; returns its results folder runs/<id>/."""
     run_id = new_run_id(job.name)
-    run_dir = (runs_root() / run_id).resolve()
+    run_dir = Path(flag_value(args, "--output", str(runs_root() / run_id))).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     workers = tuple(LOCAL_HOST for _ in range(SPARK_WORKERS))
     with ExitStack() as cleanup:
@@ -54,8 +61,8 @@ def run_local(job: Job, args: list[str], timeout: float, detach: bool = False) -
             processes, files = spark_driver(job, placement, job.script, args, str(run_dir)), {}
         else:
             placement = Placement(LOCAL_HOST, workers, (), sys.executable)
-            ports = {"ps": [free_port()], "worker": [free_port() for _ in workers],
-                     "chief": [free_port()]}
+            ps, chief, *worker_ports = free_ports(2 + len(workers))
+            ports = {"ps": [ps], "worker": worker_ports, "chief": [chief]}
             processes, spec = tf_processes(placement, args, str(run_dir), ports)
             files = {"cluster_spec.json": spec}
         run = Run(run_id, str(run_dir), processes, {LOCAL_HOST.name: Context()}, files=files)

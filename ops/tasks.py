@@ -23,6 +23,7 @@ from ops import local, runs
 from ops.cluster import Cluster, console
 from ops.deploy import deploy_context, install_hosts, start_spark
 from ops.launch import kill_command
+from ops.plans import flag_value
 from ops.remote import RUNS, SPARK_STATE, sh
 from ops.services import master_status
 from ops.spark import MASTER_WEBUI_PORT, alive_workers
@@ -80,6 +81,9 @@ def _launch(job_name: str, target: str | None, deploy_first: bool, wheelhouse: s
     if is_local(target):
         results = local.run_local(job, args, timeout, detach)
     else:
+        if flag_value(args, "--output", ""):
+            raise UserError("--output is chosen by fab on a cluster: results come back to "
+                            "runs/<id>/ (set KINDLING_RUNS_DIR to move that folder)")
         cluster = Cluster(load_target(target))
         try:
             cluster.connect_all()
@@ -282,8 +286,9 @@ def ui(c, target=None, seconds=0):
     inventory = load_target(target)
     master = inventory.master
     argv = ssh_command(inventory, master)
-    tunnels = {"Spark master UI": (local.free_port(), MASTER_WEBUI_PORT),
-               "TensorBoard": (local.free_port(), 6006)}
+    spark_port, tensorboard_port = local.free_ports(2)
+    tunnels = {"Spark master UI": (spark_port, MASTER_WEBUI_PORT),
+               "TensorBoard": (tensorboard_port, 6006)}
     forwards = [a for lp, rp in tunnels.values() for a in ("-L", f"127.0.0.1:{lp}:{master.privateIp}:{rp}")]
     tunnel = subprocess.Popen([argv[0], "-N", "-o", "ExitOnForwardFailure=yes", *forwards, *argv[1:]])
     for name, (local_port, _) in tunnels.items():

@@ -207,7 +207,7 @@ def test_killed_worker_fails_train_ps_fast_and_leaves_nothing(netns_cluster, env
             assert time.monotonic() < deadline and run.poll() is None, run.stderr
             time.sleep(1)
         time.sleep(5)
-        netns_cluster.exec("worker-1", "pkill -9 -f 'workloads.train_ps worker 1'", check=True)
+        netns_cluster.exec("worker-1", "pkill -9 -f 'workloads[.]train_ps worker 1'", check=True)
         killed = time.monotonic()
         out, err = run.communicate(timeout=120)
     finally:

@@ -5,7 +5,6 @@ Each run leaves no process behind: checked in /proc by the run's unique cluster-
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
@@ -17,8 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from workloads.tf_cluster import process_argvs
-from workloads.tf_local import ClusterFailed, launch_local, local_cluster_spec
+from ops.local import free_ports, run_local as run_on_local_target
+from workloads.common import UserError
+from workloads.jobs import JOBS
+from workloads.tf_cluster import cluster_spec, process_argvs
 
 pytestmark = pytest.mark.slow
 
@@ -62,47 +63,50 @@ def check_results(output: Path, assets: Path, strategy: str, cluster: dict) -> d
     return metrics
 
 
-def run_local(tmp_path: Path, spec: dict, args: list[str], timeout: float = 170) -> str:
-    out = io.StringIO()
+def run_local(tmp_path: Path, args: list[str], capsys, timeout: float = 170) -> str:
+    """`fab run train-ps --target local`: ps/workers/chief as real processes on 127.0.0.1."""
     try:
-        launch_local(spec, args, tmp_path, timeout=timeout, out=out)
+        run_on_local_target(JOBS["train-ps"], args, timeout)
     finally:
-        print(out.getvalue())  # shown by pytest when the test fails
+        log = capsys.readouterr().out
+        print(log)  # shown by pytest when the test fails
         assert processes_mentioning(str(tmp_path)) == []
-    return out.getvalue()
+    return log
 
 
-def test_parameter_servers_train_the_cnn(tmp_path, assets):
+def test_parameter_servers_train_the_cnn(tmp_path, assets, capsys):
     output = tmp_path / "results"
-    spec = local_cluster_spec(workers=2, ps=1)
-    log = run_local(tmp_path, spec, ["--data", str(assets / "datasets" / "mnist"),
-                                     "--output", str(output), *SMALL])
+    log = run_local(tmp_path, ["--data", str(assets / "datasets" / "mnist"),
+                               "--output", str(output), *SMALL], capsys)
     for name in ("ps 0", "worker 0", "worker 1"):
         assert f"[{name}] {name}: the chief is done" in log
     check_results(output, assets, "ps", {"chief": 1, "worker": 2, "ps": 1})
 
 
-def test_sync_workers_train_the_cnn(tmp_path, assets):
+def test_sync_workers_train_the_cnn(tmp_path, assets, capsys):
     output = tmp_path / "results"
-    spec = local_cluster_spec(workers=2, ps=0, chief=False)
-    log = run_local(tmp_path, spec, ["--strategy", "sync", "--data",
-                                     str(assets / "datasets" / "mnist"), "--output", str(output),
-                                     *SMALL])
+    log = run_local(tmp_path, ["--strategy", "sync", "--data", str(assets / "datasets" / "mnist"),
+                               "--output", str(output), *SMALL], capsys)
     assert "[worker 1] epoch 2/2" in log and "[worker 0] test accuracy" in log
     check_results(output, assets, "sync", {"chief": 0, "worker": 2, "ps": 0})
 
 
-def test_the_launcher_stops_everything_when_the_chief_fails(tmp_path):
-    spec = local_cluster_spec(workers=2, ps=1)
-    with pytest.raises(ClusterFailed, match=r"^train-ps failed: chief 0 exited with code 2: "
-                                            r"error: MNIST data not found: .*nowhere"):
-        run_local(tmp_path, spec, ["--data", str(tmp_path / "nowhere"), *SMALL], timeout=60)
+def test_the_launcher_stops_everything_when_the_chief_fails(tmp_path, capsys):
+    with pytest.raises(UserError, match=r"^chief 0 on local \(127.0.0.1\) exited with code 2: "
+                                        r"error: MNIST data not found: .*nowhere"):
+        run_local(tmp_path, ["--data", str(tmp_path / "nowhere"), "--output",
+                             str(tmp_path / "results"), *SMALL], capsys, timeout=60)
 
 
-def test_a_killed_worker_fails_the_job_naming_it_and_a_rerun_resumes(tmp_path, assets):
-    """The argvs remote hosts run, without the local launcher: the processes end themselves.
-    Then the local launcher resumes the run from its last checkpoint."""
-    spec = local_cluster_spec(workers=2, ps=1)
+def local_spec() -> dict:
+    ps, chief, *workers = (f"127.0.0.1:{port}" for port in free_ports(4))
+    return cluster_spec(workers, [ps], chief)
+
+
+def test_a_killed_worker_fails_the_job_naming_it_and_a_rerun_resumes(tmp_path, assets, capsys):
+    """The argvs remote hosts run, without any launcher: the processes end themselves.
+    Then the local target resumes the run from its last checkpoint."""
+    spec = local_spec()
     spec_path = tmp_path / "cluster-spec.json"
     spec_path.write_text(json.dumps(spec))
     results = tmp_path / "results"
@@ -143,6 +147,6 @@ def test_a_killed_worker_fails_the_job_naming_it_and_a_rerun_resumes(tmp_path, a
     assert processes_mentioning(str(spec_path)) == []
 
     saved = int(re.search(r'"ckpt-(\d+)"', (results / "checkpoints" / "checkpoint").read_text())[1])
-    run_local(tmp_path / "rerun", local_cluster_spec(workers=2, ps=1), args(saved + 1))
+    run_local(tmp_path, args(saved + 1), capsys)
     metrics = json.loads((results / "metrics.json").read_text())
     assert (metrics["epochs"], metrics["epochs_this_run"]) == (saved + 1, 1)
