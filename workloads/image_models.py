@@ -40,14 +40,15 @@ class ModelSpec:
 
         return getattr(keras.applications, self.family).preprocess_input(rgb.astype(np.float32))
 
-    def width_argument(self, saved: dict[str, list[np.ndarray]], source: str) -> dict[str, float]:
+    def width_argument(self, saved: list[tuple[str, list[np.ndarray]]], source: str) -> dict[str, float]:
         """The constructor's width argument matching a weights file ({} for fixed-width models)."""
         if not self.width_layer:
             return {}
-        if self.width_layer not in saved:
+        kernels = {name: values[0] for name, values in saved}
+        if self.width_layer not in kernels:
             raise UserError(f"weights file {source} has no layer {self.width_layer}, so it is not a "
                             f"{self.name}; pass a file saved from keras.applications.{self.name}")
-        return {"alpha": saved[self.width_layer][0].shape[-1] / self.full_width}
+        return {"alpha": kernels[self.width_layer].shape[-1] / self.full_width}
 
 
 MODEL_SPECS: dict[str, ModelSpec] = {spec.name: spec for spec in (
@@ -88,18 +89,19 @@ def weights_source(weights: str | None) -> str:
     return str(path)
 
 
-def saved_weights(path: str) -> dict[str, list[np.ndarray]]:
-    """Layer name -> weight arrays, in Keras' saved order (trainable, then non-trainable).
+def saved_weights(path: str) -> list[tuple[str, list[np.ndarray]]]:
+    """(layer name, weight arrays) of the file's layers that have weights, in the model's order;
+    arrays in Keras' saved order (trainable, then non-trainable).
 
-    Read by layer name rather than with keras.models.load_model, because Keras 3 cannot rebuild
-    some Keras 2 files (MobileNet's DepthwiseConv2D 'groups' argument) whose weights are fine.
+    Read directly rather than with keras.models.load_model, because Keras 3 cannot rebuild some
+    Keras 2 files (MobileNet's DepthwiseConv2D 'groups' argument) whose weights are fine.
     """
     if path.endswith(".keras"):
         import keras
 
         model = keras.saving.load_model(path, compile=False)
-        return {layer.name: [np.asarray(v) for v in layer.trainable_weights + layer.non_trainable_weights]
-                for layer in model.layers if layer.weights}
+        return [(layer.name, [v.numpy() for v in layer.trainable_weights + layer.non_trainable_weights])
+                for layer in model.layers if layer.weights]
     import h5py
 
     with h5py.File(path, "r") as f:
@@ -107,30 +109,34 @@ def saved_weights(path: str) -> dict[str, list[np.ndarray]]:
         if "layer_names" not in group.attrs:
             raise UserError(f"weights file {path} has no Keras layer names; save the model with "
                             "model.save('name.keras') or model.save('name.h5')")
-        layers = {_text(name): group[_text(name)] for name in group.attrs["layer_names"]}
-        return {name: [np.asarray(layer[_text(w)]) for w in layer.attrs["weight_names"]]
-                for name, layer in layers.items() if len(layer.attrs["weight_names"])}
+        layers = [(_text(name), group[_text(name)]) for name in group.attrs["layer_names"]]
+        return [(name, [np.asarray(layer[_text(w)]) for w in layer.attrs["weight_names"]])
+                for name, layer in layers if len(layer.attrs["weight_names"])]
 
 
 def _text(value: str | bytes) -> str:
     return value.decode("utf8") if isinstance(value, bytes) else value
 
 
-def load_by_name(model, saved: dict[str, list[np.ndarray]], source: str) -> None:
-    """Give every layer of model its weights from the file, refusing any layer left random."""
-    missing = [layer.name for layer in model.layers if layer.weights and layer.name not in saved]
-    if missing:
-        raise UserError(f"weights file {source} has no weights for {len(missing)} layers of "
-                        f"{model.name} (e.g. {missing[-1]}); pass a file saved from the same "
+def load_in_order(model, saved: list[tuple[str, list[np.ndarray]]], source: str) -> None:
+    """Give the model's layers with weights those of the file's, pairwise in order, as Keras loads
+    its own application weights: names are no key, since unnamed layers (most of InceptionV3)
+    get a per-process counter in their name. The file may go on after the model's last layer
+    (a full model's classification head, unused by the feature extractor); shapes must match.
+    """
+    layers = [layer for layer in model.layers if layer.weights]
+    if len(saved) < len(layers):
+        raise UserError(f"weights file {source} has {len(saved)} layers with weights, "
+                        f"{model.name} needs {len(layers)}; pass a file saved from the same "
                         "keras.applications model (with its classification head for predictions)")
-    for layer in model.layers:
+    for index, (layer, (name, values)) in enumerate(zip(layers, saved), start=1):
         variables = layer.trainable_weights + layer.non_trainable_weights
-        values = saved.get(layer.name, [])
         expected = [tuple(v.shape) for v in variables]
         if expected != [v.shape for v in values]:
-            raise UserError(f"weights file {source} does not fit {model.name}: layer {layer.name} "
-                            f"has shapes {[v.shape for v in values]} in the file, {expected} in "
-                            "the model; pass a file saved from the same keras.applications model")
+            raise UserError(f"weights file {source} does not fit {model.name}: its layer #{index} "
+                            f"({name}) has shapes {[v.shape for v in values]}, the model's "
+                            f"({layer.name}) needs {expected}; pass a file saved from the same "
+                            "keras.applications model")
         for variable, value in zip(variables, values):
             variable.assign(value)
 
@@ -147,7 +153,7 @@ def build_model(spec: ModelSpec, weights: str, include_top: bool):
         return constructor(weights=IMAGENET, **shape)  # Keras downloads and caches the file
     saved = saved_weights(weights)
     model = constructor(weights=None, **shape, **spec.width_argument(saved, weights))
-    load_by_name(model, saved, weights)
+    load_in_order(model, saved, weights)
     return model
 
 
