@@ -91,33 +91,17 @@ def main(argv: list[str] | None = None) -> dict:
     model_name = model_spec(args.model).name
     weights = weights_source(args.weights)
     folders = class_folders(args.data)
-    output = results_dir(args.output, JOB)
     started = time.monotonic()
 
     from pyspark.ml import Pipeline
     from pyspark.ml.classification import LogisticRegression
-    from pyspark.sql import DataFrame
     from pyspark.sql import functions as F
 
-    from workloads.deep_image import DeepImageFeaturizer, read_image_folder
+    from workloads.deep_image import DeepImageFeaturizer
 
-    spark = spark_session()
-    classes = [folder.name for folder in folders]
-    train_parts, test_parts, dropped = [], [], 0
-    for label, folder in enumerate(folders):
-        read = read_image_folder(str(folder), spark)
-        if read.count == 0:
-            raise UserError(f"class folder {folder} has no readable images ({read.dropped} files "
-                            "dropped); add images or remove the folder")
-        dropped += read.dropped
-        labelled = read.images.withColumn("label", F.lit(float(label)))
-        origins = [row.origin for row in read.images.select("image.origin").collect()]
-        is_test = F.col("image.origin").isin(held_out(origins, args.test_fraction, args.seed, label))
-        train_parts.append(labelled.filter(~is_test))
-        test_parts.append(labelled.filter(is_test))
-    train = functools.reduce(DataFrame.unionByName, train_parts)
-    test = functools.reduce(DataFrame.unionByName, test_parts)
-    counts = {"train": train.count(), "test": test.count(), "dropped": dropped}
+    reads = read_classes(spark_session(), folders)
+    train, test = split_classes(reads, args.test_fraction, args.seed)
+    counts = {"train": train.count(), "test": test.count(), "dropped": sum(r.dropped for r in reads)}
     if counts["test"] == 0:
         raise UserError(f"the test split is empty ({counts['train']} training images); add images "
                         "or raise --test-fraction")
@@ -130,6 +114,8 @@ def main(argv: list[str] | None = None) -> dict:
     model = pipeline.fit(train)
     fit_done = time.monotonic()
 
+    classes = [folder.name for folder in folders]
+    output = results_dir(args.output, JOB)
     predictions = (model.transform(test)
                    .select(F.col("image.origin").alias("path"), "label", "prediction", "probability")
                    .cache())
@@ -146,7 +132,8 @@ def main(argv: list[str] | None = None) -> dict:
     table.to_csv(output / "predictions.csv", index=False)
     plot_confusion(table, classes, output / "confusion_matrix.png")
     model.write().overwrite().save(str(output / "model"))
-    predictions.unpersist()
+    for cached in (predictions, *(read.images for read in reads)):
+        cached.unpersist()
     finished = time.monotonic()
     metrics["timings_s"] = {"read_split": round(read_done - started, 2),
                             "fit": round(fit_done - read_done, 2),
@@ -154,8 +141,36 @@ def main(argv: list[str] | None = None) -> dict:
                             "total": round(finished - started, 2)}
     write_metrics(output, metrics)
     print(f"accuracy {metrics['accuracy']:.3f} on {counts['test']} test images "
-          f"({counts['train']} train, {dropped} dropped); results in {output}")
+          f"({counts['train']} train, {counts['dropped']} dropped); results in {output}")
     return metrics
+
+
+def read_classes(spark, folders: list[Path]) -> list:
+    """Each class folder's images (cached) and counts; a class without a readable image stops."""
+    from workloads.deep_image import read_image_folder
+
+    reads = [read_image_folder(str(folder), spark) for folder in folders]
+    for folder, read in zip(folders, reads):
+        if read.count == 0:
+            raise UserError(f"class folder {folder} has no readable images ({read.dropped} files "
+                            "dropped); add images or remove the folder")
+    return reads
+
+
+def split_classes(reads: list, test_fraction: float, seed: int):
+    """(train, test) DataFrames with a `label` column: the class folder's position."""
+    from pyspark.sql import DataFrame
+    from pyspark.sql import functions as F
+
+    train_parts, test_parts = [], []
+    for label, read in enumerate(reads):
+        origins = [row.origin for row in read.images.select("image.origin").collect()]
+        is_test = F.col("image.origin").isin(held_out(origins, test_fraction, seed, label))
+        labelled = read.images.withColumn("label", F.lit(float(label)))
+        train_parts.append(labelled.filter(~is_test))
+        test_parts.append(labelled.filter(is_test))
+    return (functools.reduce(DataFrame.unionByName, train_parts),
+            functools.reduce(DataFrame.unionByName, test_parts))
 
 
 def evaluate(predictions, classes: list[str]) -> dict:

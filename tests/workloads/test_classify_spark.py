@@ -134,6 +134,7 @@ def test_class_without_readable_images_is_an_error(spark, photos, weights, tmp_p
     with pytest.raises(UserError, match=r"class folder .*/cars has no readable images \(1 files dropped\)"):
         classify.main(["--data", str(data), "--model", "MobileNet", "--weights", weights,
                        "--output", str(tmp_path / "run")])
+    assert not (tmp_path / "run").exists()
 
 
 def test_predictor_names_a_bus_and_saves(spark, photos, weights, assets, tmp_path):
