@@ -292,7 +292,7 @@ def ui(c, target=None, seconds=0):
     forwards = [a for lp, rp in tunnels.values() for a in ("-L", f"127.0.0.1:{lp}:{master.privateIp}:{rp}")]
     tunnel = subprocess.Popen([argv[0], "-N", "-o", "ExitOnForwardFailure=yes", *forwards, *argv[1:]])
     for name, (local_port, _) in tunnels.items():
-        print(f"{name}: http://127.0.0.1:{local_port}/")
+        print(f"{name}: http://127.0.0.1:{local_port}/", flush=True)
     try:
         tunnel.wait(timeout=int(seconds) or None)
     except subprocess.TimeoutExpired:

@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,8 @@ MNIST_FLAGS = ["--epochs", "2", "--input-mode", "tensorflow"]
 MNIST_MIN_ACCURACY = 0.85
 CLASSIFY_MIN_ACCURACY = 0.95
 TRAIN_PS_FLAGS = ["--epochs", "1", "--job-args", "--steps-per-epoch 40"]
+
+NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 pytestmark = pytest.mark.netns
 
@@ -194,6 +197,42 @@ def test_deploy_train_ps_puts_each_role_on_its_host(netns_cluster, env, wheelhou
     while any(job_processes(netns_cluster, h) for h in netns_cluster.hosts) and time.monotonic() < deadline:
         time.sleep(1)
     assert not any(job_processes(netns_cluster, h) for h in netns_cluster.hosts)
+
+
+def test_exec_put_logs_and_ui(netns_cluster, env, tmp_path):
+    inventory = str(netns_cluster.inventory_path)
+    done = fab(env, "exec", "hostname", "--role", "workers", "--target", inventory)
+    assert done.returncode == 0, done.stderr
+    for worker in netns_cluster.inventory.workers:
+        assert f"[{worker.name}] {worker.hostname}" in done.stdout
+    assert "[master]" not in done.stdout
+
+    note = tmp_path / "note.txt"
+    note.write_text("kindling\n")
+    assert fab(env, "put", str(note), "/tmp/note.txt", "--target", inventory).returncode == 0
+    for host in netns_cluster.hosts:
+        assert netns_cluster.exec(host, "cat /tmp/note.txt").stdout == "kindling\n", host.name
+
+    logs = fab(env, "logs", "train-ps", "--target", inventory)
+    assert logs.returncode == 0, logs.stderr
+    assert "chief-0.log" in logs.stdout and "worker-1.log" in logs.stdout
+
+    ui = subprocess.Popen([FAB, "ui", "--seconds", "20", "--target", inventory], cwd=REPO, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        url = re.search(r"Spark master UI: (\S+)", ui.stdout.readline()).group(1)
+        deadline = time.monotonic() + 15
+        while True:  # the tunnel needs a moment after the URL is printed
+            try:
+                page = NO_PROXY.open(url + "json/", timeout=5).read()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, ui.stderr.read() if ui.poll() is not None else ""
+                time.sleep(0.5)
+        assert json.loads(page)["status"] == "ALIVE"
+    finally:
+        ui.terminate()
+        ui.wait(timeout=30)
 
 
 def test_killed_worker_fails_train_ps_fast_and_leaves_nothing(netns_cluster, env):
