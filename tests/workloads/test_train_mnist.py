@@ -135,15 +135,14 @@ def test_executors_advertise_spark_local_ip_to_tfos():
 
 
 @pytest.mark.slow
-def test_tfrecord_shards_split_the_shuffled_digits(assets, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # an executor writes its shard into its own folder
+def test_tfrecord_shards_split_the_shuffled_digits(assets, tmp_path):
     data = str(assets / "datasets" / "mnist")
     (x, y), _ = load_mnist(data)
     x, y = shuffled(x, y, train_mnist.SEED)
     seen_labels = []
     for index in range(2):
-        path = train_mnist.write_shard(data, index, 2)
-        assert path.startswith(str(tmp_path))
+        path = train_mnist.write_shard(data, index, 2, str(tmp_path))
+        assert path == str(tmp_path / f"mnist-train-0000{index}-of-00002.tfrecord")
         [(images, labels)] = train_mnist.tfrecord_records(path).batch(5000).as_numpy_iterator()
         assert len(labels) == 2500
         np.testing.assert_array_equal(images, x[index::2].reshape(2500, -1))

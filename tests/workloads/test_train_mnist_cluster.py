@@ -134,8 +134,10 @@ def test_more_nodes_than_executors_is_one_clear_line(cluster, assets, tmp_path):
     """3 executors asked for (spark.cores.max=3) on a cluster with 2 free cores: detected after
     --startup_timeout instead of TFoS waiting for a node that never comes."""
     result = submit(cluster, tmp_path / "run", "--data", str(assets / "datasets" / "mnist"),
-                    "--startup_timeout", "5", nodes=3)
+                    "--startup_timeout", "10", nodes=3)
     assert result.returncode == 2, result.stdout[-3000:]
-    assert error_lines(result.stdout) == [
-        "error: --cluster_size 3 but only 2 Spark executors joined within 5s; the cluster has "
-        "too few free cores (one executor per TF node): lower --cluster_size or add workers"]
+    [line] = error_lines(result.stdout)
+    # how many of the 2 possible executors made it within 10 s depends on the machine's load
+    assert re.fullmatch(r"error: --cluster_size 3 but only [012] Spark executors joined within "
+                        r"10s; the cluster has too few free cores \(one executor per TF node\): "
+                        r"lower --cluster_size or add workers", line), line
