@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -15,6 +16,13 @@ ASSETS_ENV = "KINDLING_ASSETS"
 
 class UserError(Exception):
     """A mistake the user can fix (bad flag, missing data...). Printed as one line, exit code 2."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose usage errors are UserErrors: one `error:` line and exit 2, like the rest."""
+
+    def error(self, message: str):
+        raise UserError(f"{message} (see --help)")
 
 
 def run_cli(main: Callable[[list[str] | None], object], argv: list[str] | None = None) -> None:

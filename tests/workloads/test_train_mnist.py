@@ -5,6 +5,7 @@ shards. The cluster runs are in test_train_mnist_cluster.py."""
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import subprocess
 import sys
@@ -36,6 +37,13 @@ def test_bad_input_mode_is_one_clear_line():
                                    "TFRecords)"]
 
 
+def test_usage_mistakes_are_one_line_too():
+    result = run_script("--epochs", "two")
+    assert result.returncode == 2
+    assert error_lines(result) == ["error: argument --epochs: invalid int value: 'two' "
+                                   "(see --help)"]
+
+
 def test_missing_data_is_one_clear_line(tmp_path):
     result = run_script("--data", str(tmp_path / "mnist"), "--output", str(tmp_path / "out"))
     assert result.returncode == 2
@@ -54,13 +62,26 @@ def test_offline_default_data_comes_from_kindling_assets(tmp_path):
                                    "models/) or unset it"]
 
 
+def test_barrier_engine_needs_tensorflow_input():
+    with pytest.raises(train_mnist.UserError, match="--engine barrier has no Spark feed: .*add "
+                       "--input_mode tensorflow"):
+        train_mnist.parse_args(["--engine", "barrier"])
+    assert train_mnist.parse_args(["--engine", "barrier", "--input_mode", "tensorflow"]).engine \
+        == "barrier"
+
+
 def test_parameter_servers_point_to_train_ps():
     with pytest.raises(train_mnist.UserError, match="--num_ps 1: .*use --num_ps 0, or the train-ps"):
         train_mnist.parse_args(["--num_ps", "1"])
 
 
-def test_data_dir_is_the_chapter_alias_of_data():
-    assert train_mnist.parse_args(["--data_dir", "/d"]).data == "/d"
+def test_flags_in_the_chapters_spelling_and_in_fabs():
+    chapter = train_mnist.parse_args(["--data_dir", "/d", "--batch_size", "32",
+                                      "--input_mode", "tensorflow", "--cluster_size", "3"])
+    fab = train_mnist.parse_args(["--data", "/d", "--batch-size", "32",
+                                  "--input-mode", "tensorflow", "--cluster-size", "3"])
+    assert chapter == fab
+    assert (fab.data, fab.batch_size, fab.input_mode, fab.cluster_size) == ("/d", 32, "tensorflow", 3)
 
 
 def plan(input_mode: str, steps: int | None = None, epochs: int = 2, nodes: int = 2,
@@ -82,7 +103,7 @@ def test_spark_mode_keeps_a_partition_per_node_in_reserve():
     # a node may get one partition less than its fair share, and tf.data reads ahead
     assert steps * 64 <= fed_per_node - partition - train_mnist.READ_AHEAD_BATCHES * 64
     assert steps >= 60  # ... but not much less than the data allows
-    assert per_epoch == steps // 2
+    assert per_epoch == math.ceil(steps / 2)  # two checkpoints, no stray third "epoch"
 
 
 def test_too_little_data_is_a_user_error():
