@@ -130,8 +130,8 @@ class LocalSparkCluster:
         subprocess.run(["spark-submit", *conf_args(cluster.submit_conf(2)), job])
     """
 
-    def __init__(self, workers: int = 2, cores: int = 1, memory: str = "2g", host: str = "127.0.0.1",
-                 base_dir: str | None = None, port: int = MASTER_PORT,
+    def __init__(self, workers: int = 2, cores: int = 1, memory: str = "2g",
+                 host: str = "127.0.0.1", base_dir: str | None = None, port: int = MASTER_PORT,
                  webui_port: int = MASTER_WEBUI_PORT, python: str = sys.executable,
                  spark_home: str | None = None):
         self.workers, self.cores, self.memory, self.host = workers, cores, memory, host
@@ -206,13 +206,14 @@ class LocalSparkCluster:
             if len(alive) >= self.workers:
                 return
             time.sleep(0.5)
-        raise RuntimeError(f"local Spark cluster: {len(alive)} of {self.workers} workers ALIVE after "
-                           f"{timeout:.0f}s; see the daemon logs in {self.log_dir}")
+        raise RuntimeError(f"local Spark cluster: {len(alive)} of {self.workers} workers ALIVE "
+                           f"after {timeout:.0f}s; see the daemon logs in {self.log_dir}")
 
     def stop(self, timeout: float = 20) -> None:
         """Stop workers then master, then kill what they started and left behind. Idempotent;
         needs only base_dir (pid files, environments), so it stops a cluster any process started."""
-        stops = [worker_stop_command(self.spark_home, i, self.base_dir) for i in self._worker_instances]
+        stops = [worker_stop_command(self.spark_home, i, self.base_dir)
+                 for i in self._worker_instances]
         stops.append(master_stop_command(self.spark_home, self.base_dir))
         for command in stops:
             subprocess.run(command, shell=True, timeout=60, stdout=subprocess.DEVNULL,

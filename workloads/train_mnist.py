@@ -77,14 +77,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(*spellings("--data", "--data_dir"), dest="data",
                         help="MNIST folder (the four IDX .gz files) or an mnist.npz, at the same "
                              "path on every host; omit to download MNIST")
-    parser.add_argument(*spellings("--input_mode"), default="spark",
+    parser.add_argument(*spellings("--input_mode"), choices=INPUT_MODES, default="spark",
                         help="spark (RDD fed through TFNode.DataFeed, the chapter's way) or "
                              "tensorflow (tf.data reads TFRecord shards; faster)")
-    parser.add_argument(*spellings("--engine"), default="tfos",
+    parser.add_argument(*spellings("--engine"), choices=ENGINES, default="tfos",
                         help="tfos (TensorFlowOnSpark, the chapter's) or barrier (Spark barrier "
-                             "mode: nodes start and fail as one unit; needs --input_mode tensorflow)")
+                             "mode: nodes start and fail as one unit; --input_mode tensorflow)")
     parser.add_argument(*spellings("--cluster_size"), type=int,
-                        help="TensorFlow nodes = Spark executors (default: from the Spark conf, or 2)")
+                        help="TF nodes = Spark executors (default: from the Spark conf, or 2)")
     parser.add_argument(*spellings("--num_ps"), type=int, default=0,
                         help="parameter servers; must be 0 (all-reduce training; see train-ps)")
     parser.add_argument(*spellings("--epochs"), type=int, default=3)
@@ -97,18 +97,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(*spellings("--model"),
                         help="where to export the trained model (default <output>/model.keras)")
     parser.add_argument(*spellings("--tensorboard"), action="store_true",
-                        help="log to <output>/tensorboard and serve TensorBoard from the chief")
+                        help="log to <output>/tensorboard; the tfos engine also serves "
+                             "TensorBoard from the chief")
     parser.add_argument(*spellings("--startup_timeout"), type=int, default=120,
                         help="seconds to wait for the executors and the TF nodes to come up")
     parser.add_argument(*spellings("--timeout"), type=int, default=3600,
                         help="seconds the training may take before the job is stopped")
     args = parser.parse_args(argv)
-    if args.input_mode not in INPUT_MODES:
-        raise UserError(f"--input_mode {args.input_mode!r} is not an input mode; use spark "
-                        "(RDD fed through TFNode.DataFeed) or tensorflow (tf.data on TFRecords)")
-    if args.engine not in ENGINES:
-        raise UserError(f"--engine {args.engine!r} is not an engine; use tfos (TensorFlowOnSpark) "
-                        "or barrier (Spark barrier mode)")
     if args.engine == "barrier" and args.input_mode != "tensorflow":
         raise UserError("--engine barrier has no Spark feed: each node reads its data with "
                         "tf.data; add --input_mode tensorflow")
@@ -164,7 +159,8 @@ def main_fun(args: argparse.Namespace, ctx) -> None:
                 tf.summary.scalar("loss", loss, step=step)
         print(f"{log} step {step}: loss {loss:.4f}", flush=True)
 
-    print(f"{log} training {args.steps} steps of {args.batch_size} digits", flush=True)
+    print(f"{log} in cluster {strategy.cluster_resolver.cluster_spec().as_dict()}: training "
+          f"{args.steps} steps of {args.batch_size} digits", flush=True)
     epochs = train(strategy, model, optimizer, iter(batched(records, args.batch_size)), args.steps,
                    args.steps_per_epoch, on_epoch)
     if is_chief:
@@ -363,7 +359,8 @@ def check_cores(conf, wanted: int) -> None:
     if cores_max and int(cores_max) // task_cpus < wanted:
         raise UserError(f"--cluster_size {wanted} needs {wanted} executors but spark.cores.max="
                         f"{cores_max} with spark.task.cpus={task_cpus} allows "
-                        f"{int(cores_max) // task_cpus}; lower --cluster_size or raise spark.cores.max")
+                        f"{int(cores_max) // task_cpus}; lower --cluster_size or raise "
+                        "spark.cores.max")
 
 
 def await_executors(sc, wanted: int, timeout: int) -> None:
@@ -392,7 +389,8 @@ def main(argv: list[str] | None = None) -> None:
     (x_train, y_train), _ = load_mnist(args.data)  # a bad --data fails here, before Spark
     output = results_dir(args.output, "train-mnist").resolve()
     args.output = str(output)
-    args.model = str(Path(args.model).expanduser().resolve()) if args.model else str(output / "model.keras")
+    args.model = str(Path(args.model).expanduser().resolve() if args.model
+                     else output / "model.keras")
     args.train_digits = len(x_train)
 
     from pyspark import SparkConf, SparkContext

@@ -60,7 +60,8 @@ def test_stop_commands_find_the_pid_files_the_starts_wrote():
 
 
 def test_paths_with_spaces_survive_the_shell():
-    command = spark.master_start_command("/opt/my spark", "h", "/srv/my state", python="/p y/python")
+    command = spark.master_start_command("/opt/my spark", "h", "/srv/my state",
+                                         python="/p y/python")
     words, env = words_and_env(command)
     assert words[1] == "/opt/my spark/sbin/spark-daemon.sh"
     assert env["SPARK_LOG_DIR"] == "/srv/my state/logs" and env["PYSPARK_PYTHON"] == "/p y/python"

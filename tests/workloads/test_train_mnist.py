@@ -32,9 +32,8 @@ def error_lines(result: subprocess.CompletedProcess) -> list[str]:
 def test_bad_input_mode_is_one_clear_line():
     result = run_script("--input_mode", "rdd", "--data", "/nowhere")
     assert result.returncode == 2
-    assert error_lines(result) == ["error: --input_mode 'rdd' is not an input mode; use spark "
-                                   "(RDD fed through TFNode.DataFeed) or tensorflow (tf.data on "
-                                   "TFRecords)"]
+    assert error_lines(result) == ["error: argument --input_mode/--input-mode: invalid choice: "
+                                   "'rdd' (choose from 'spark', 'tensorflow') (see --help)"]
 
 
 def test_usage_mistakes_are_one_line_too():
@@ -71,7 +70,8 @@ def test_barrier_engine_needs_tensorflow_input():
 
 
 def test_parameter_servers_point_to_train_ps():
-    with pytest.raises(train_mnist.UserError, match="--num_ps 1: .*use --num_ps 0, or the train-ps"):
+    with pytest.raises(train_mnist.UserError,
+                       match="--num_ps 1: .*use --num_ps 0, or the train-ps"):
         train_mnist.parse_args(["--num_ps", "1"])
 
 
@@ -81,7 +81,8 @@ def test_flags_in_the_chapters_spelling_and_in_fabs():
     fab = train_mnist.parse_args(["--data", "/d", "--batch-size", "32",
                                   "--input-mode", "tensorflow", "--cluster-size", "3"])
     assert chapter == fab
-    assert (fab.data, fab.batch_size, fab.input_mode, fab.cluster_size) == ("/d", 32, "tensorflow", 3)
+    assert (fab.data, fab.batch_size, fab.input_mode, fab.cluster_size) == \
+        ("/d", 32, "tensorflow", 3)
 
 
 def plan(input_mode: str, steps: int | None = None, epochs: int = 2, nodes: int = 2,
