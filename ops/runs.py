@@ -55,8 +55,8 @@ def placement(cluster: Cluster) -> Placement:
 
 
 def launch(cluster: Cluster, job: Job, args: list[str], timeout: float,
-           detach: bool = False) -> Path:
-    """Start job's processes on their hosts; follow them unless detach; fetch results."""
+           detach: bool = False) -> Path | None:
+    """Start job's processes on their hosts; follow them and fetch the results (None: detached)."""
     run_id = new_run_id(job.name)
     run_dir = f"{RUNS}/{run_id}"
     where = placement(cluster)
@@ -80,9 +80,9 @@ def launch(cluster: Cluster, job: Job, args: list[str], timeout: float,
     run.start()
     local = runs_root() / run_id
     if detach:
-        console.print(f"detached: {run_id} runs on the cluster; follow it with `fab logs "
-                      f"{job.name}`, stop it with `fab stop {job.name}`")
-        return local
+        console.print(f"detached: {run_id} runs on the cluster; follow it with `fab logs --job "
+                      f"{job.name}`, stop it with `fab stop --job {job.name}`")
+        return None
     run.stream()
     try:
         run.wait(timeout)

@@ -38,7 +38,7 @@ PASS_THROUGH = ("data", "model", "weights", "epochs", "steps", "batch_size", "in
 TARGET_HELP = "local | path/to/cluster.json | pulumi[:STACK] (default: $KINDLING_TARGET or pulumi)"
 JOB_HELP = {
     "target": TARGET_HELP,
-    "detach": "start the job and return at once (follow with `fab logs JOB`)",
+    "detach": "start the job and return at once (follow with `fab logs --job JOB`)",
     "timeout": "seconds before the job is stopped (default 6 hours)",
     "job_args": "extra job flags, quoted: --job-args '--learning-rate 0.01'",
     "data": "the job's data (a local folder or file, copied to every host)",
@@ -100,7 +100,8 @@ def _launch(job_name: str, target: str | None, deploy_first: bool, wheelhouse: s
             results = runs.launch(cluster, job, remote_args, timeout, detach)
         finally:
             cluster.close()
-    _report(results)
+    if results is not None:
+        _report(results)
 
 
 def _report(results: Path) -> None:

@@ -157,9 +157,9 @@ def test_second_deploy_skips_every_install_step(netns_cluster, env, wheelhouse):
     assert len(steps) == 3 * 5 + 3, done.stdout
     assert all(status == "skipped" for _, _, status in steps), steps
     print(f"second deploy (everything skipped, detached launch): {took:.1f}s")
-    stopped = fab(env, "stop", "train-mnist", "--target", inventory)
+    stopped = fab(env, "stop", "--job", "train-mnist", "--target", inventory)
     assert stopped.returncode == 0, stopped.stderr
-    again = fab(env, "stop", "train-mnist", "--target", inventory)
+    again = fab(env, "stop", "--job", "train-mnist", "--target", inventory)
     assert again.returncode == 0, again.stderr
     time.sleep(3)
     for host in netns_cluster.hosts:
@@ -213,7 +213,7 @@ def test_exec_put_logs_and_ui(netns_cluster, env, tmp_path):
     for host in netns_cluster.hosts:
         assert netns_cluster.exec(host, "cat /tmp/note.txt").stdout == "kindling\n", host.name
 
-    logs = fab(env, "logs", "train-ps", "--target", inventory)
+    logs = fab(env, "logs", "--job", "train-ps", "--target", inventory)
     assert logs.returncode == 0, logs.stderr
     assert "chief-0.log" in logs.stdout and "worker-1.log" in logs.stdout
 
