@@ -86,10 +86,11 @@ def main() -> None:
     print(f"MNIST CNN, {metrics['train_digits']} digits, global batch "
           f"{args.nodes * args.batch_size}, {metrics['steps'] // args.epochs} steps per epoch, "
           f"epochs after the first (warm-up):")
-    print(f"  single process (all {os.cpu_count()} cores)       "
-          f"{' '.join(f'{s:6.2f}s' for s in single[1:])}   median {single_median:6.2f}s")
-    print(f"  TFoS, {args.nodes} executors x 1 core (tensorflow)  "
-          f"{' '.join(f'{s:6.2f}s' for s in distributed[1:])}   median {tfos_median:6.2f}s")
+    for label, seconds, median in (
+            (f"single process (all {os.cpu_count()} cores)", single, single_median),
+            (f"TFoS, {args.nodes} executors x 1 core", distributed, tfos_median)):
+        print(f"  {label:<36}{' '.join(f'{s:6.2f}s' for s in seconds[1:])}   "
+              f"median {median:6.2f}s")
     print(f"  ratio TFoS / single process: {tfos_median / single_median:.2f}x (goal <= 1.3x); "
           f"TFoS test accuracy {metrics['accuracy']:.4f}")
 
