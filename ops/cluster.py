@@ -71,6 +71,12 @@ class Cluster:
             cxn.close()
         self._connections.clear()
 
+    def __enter__(self) -> "Cluster":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
 
 class Progress:
     """Per-host progress lines: `worker-0  python deps  installed  41.2s`."""

@@ -81,4 +81,4 @@ def stop_local() -> None:
     for run_dir in sorted(runs_root().glob("*/")):
         if any(run_dir.glob("*.pid")):
             context.run(kill_command(str(run_dir.resolve())), hide=True, warn=True, timeout=60)
-    spark_cluster().stop_daemons()
+    spark_cluster().stop()

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import re
-import shlex
 from pathlib import Path
 
 from ops.cluster import Cluster, console
-from ops.launch import Process, Run
+from ops.launch import Run
 from ops.plans import Placement, spark_driver, tf_processes
 from ops.remote import PYTHON, RUNS, SPARK_STATE, read_stamp, sh
 from ops.services import DeployContext, StagedData, master_status, remote_spark_home

@@ -227,9 +227,6 @@ class LocalSparkCluster:
             except ProcessLookupError:
                 pass
 
-    stop_daemons = stop
-    """The name ops/local.py calls."""
-
     def __enter__(self) -> "LocalSparkCluster":
         return self.start()
 

@@ -24,7 +24,7 @@ from ops.cluster import Cluster, console
 from ops.deploy import deploy_context, install_hosts, start_spark
 from ops.launch import kill_command
 from ops.plans import flag_value
-from ops.remote import RUNS, SPARK_STATE, sh
+from ops.remote import RUNS, sh
 from ops.services import master_status
 from ops.spark import MASTER_WEBUI_PORT, alive_workers
 from ops.ssh import ssh_command
@@ -84,8 +84,7 @@ def _launch(job_name: str, target: str | None, deploy_first: bool, wheelhouse: s
         if flag_value(args, "--output", ""):
             raise UserError("--output is chosen by fab on a cluster: results come back to "
                             "runs/<id>/ (set KINDLING_RUNS_DIR to move that folder)")
-        cluster = Cluster(load_target(target))
-        try:
+        with Cluster(load_target(target)) as cluster:
             cluster.connect_all()
             ctx, remote_args = deploy_context(cluster, job, args, wheelhouse)
             if deploy_first:
@@ -98,8 +97,6 @@ def _launch(job_name: str, target: str | None, deploy_first: bool, wheelhouse: s
                 runs.check_deployed(cluster, job)
                 runs.stage_data(cluster, ctx)
             results = runs.launch(cluster, job, remote_args, timeout, detach)
-        finally:
-            cluster.close()
     if results is not None:
         _report(results)
 
@@ -149,11 +146,10 @@ def status(c, target=None):
         alive = _local_spark_workers()
         print(f"local: Spark {'up with ' + str(alive) + ' workers' if alive is not None else 'down'}")
         return
-    cluster = Cluster(load_target(target))
-    try:
+    with Cluster(load_target(target)) as cluster:
         running = cluster.parallel(lambda host, cxn: sh(
             cxn, f"for f in {RUNS}/*/*.pid; do [ -e \"$f\" ] || continue; "
-                 f"[ -e \"${{f%.pid}}.rc\" ] || kill -0 $(cat \"$f\") 2>/dev/null && "
+                 f"[ -e \"${{f%.pid}}.rc\" ] && continue; kill -0 $(cat \"$f\") 2>/dev/null && "
                  f"echo \"$(basename $(dirname $f))/$(basename ${{f%.pid}})\"; done; true"))
         master = cluster.inventory.master
         spark_status = master_status(cluster.connection(master), master)
@@ -168,8 +164,6 @@ def status(c, target=None):
             console.print(f"spark: master {cluster.inventory.sparkMasterUrl} ALIVE, "
                           f"{len(alive)}/{len(cluster.inventory.workers)} workers: "
                           + ", ".join(alive))
-    finally:
-        cluster.close()
 
 
 def _local_spark_workers() -> int | None:
@@ -188,14 +182,11 @@ def stop(c, job=None, target=None):
         local.stop_local()
         print("local: stopped")
         return
-    cluster = Cluster(load_target(target))
-    try:
+    with Cluster(load_target(target)) as cluster:
         cluster.parallel(lambda host, cxn: sh(
             cxn, f"for d in {RUNS}/{pattern}/; do [ -d \"$d\" ] && "
                  f"{{ {kill_command('$d')} ; }}; done; true", timeout=120))
         print(f"stopped {job or 'all jobs'} on {len(cluster.inventory.hosts)} hosts")
-    finally:
-        cluster.close()
 
 
 @task(help={"target": TARGET_HELP, "job": "this job's latest run (default: the latest run)"})
@@ -212,8 +203,7 @@ def logs(c, job=None, target=None):
             console.print(f"[bold]== {log}[/]")
             print(log.read_text(errors="replace"))
         return
-    cluster = Cluster(load_target(target))
-    try:
+    with Cluster(load_target(target)) as cluster:
         texts = cluster.parallel(lambda host, cxn: sh(
             cxn, f"d=$(ls -dt {RUNS}/{pattern}/ 2>/dev/null | head -1); [ -n \"$d\" ] && "
                  f"for f in \"$d\"*.log; do [ -e \"$f\" ] && echo \"== $f\" && tail -n 200 \"$f\"; "
@@ -222,8 +212,6 @@ def logs(c, job=None, target=None):
             if text:
                 console.print(f"[bold]{name}[/]")
                 print(text)
-    finally:
-        cluster.close()
 
 
 def _hosts_by_role(cluster: Cluster, role: str | None):
@@ -240,8 +228,7 @@ def _hosts_by_role(cluster: Cluster, role: str | None):
 @user_errors
 def exec_(c, command, role=None, target=None):
     """Run a shell command on every host (or one role), output prefixed by host."""
-    cluster = Cluster(load_target(target))
-    try:
+    with Cluster(load_target(target)) as cluster:
         results = cluster.parallel(
             lambda host, cxn: cxn.run(command, hide=True, warn=True, timeout=600, in_stream=False),
             _hosts_by_role(cluster, role))
@@ -253,8 +240,6 @@ def exec_(c, command, role=None, target=None):
                 failed.append(f"{name} (exit {result.exited})")
         if failed:
             raise UserError(f"command failed on {', '.join(failed)}")
-    finally:
-        cluster.close()
 
 
 @task(help={"target": TARGET_HELP, "role": "master | workers | ps (default: all)"})
@@ -263,12 +248,9 @@ def put(c, src, dest, role=None, target=None):
     """Copy a local file to DEST on every host (or one role)."""
     if not Path(src).is_file():
         raise UserError(f"{src}: no such file")
-    cluster = Cluster(load_target(target))
-    try:
+    with Cluster(load_target(target)) as cluster:
         cluster.parallel(lambda host, cxn: cxn.put(src, dest), _hosts_by_role(cluster, role))
         print(f"copied {src} to {dest} on {len(_hosts_by_role(cluster, role))} hosts")
-    finally:
-        cluster.close()
 
 
 @task(help={"target": TARGET_HELP, "host": "host name (default: master)"})

@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from workloads.common import UserError, results_dir, run_cli, write_metrics
+from workloads.common import ArgumentParser, UserError, results_dir, run_cli, write_metrics
 from workloads.jobs import JOBS
 from workloads.mnist import build_cnn, load_mnist, shuffled, to_model_input
 from workloads.peer_watch import PROBE_SECONDS, PeerWatch, exit_now
@@ -36,15 +36,8 @@ from workloads.tf_cluster import (ROLES, STRATEGIES, ClusterSpec, Task, check_ta
 JOB = "train-ps"
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse whose usage errors are UserErrors: one `error:` line, exit 2."""
-
-    def error(self, message: str):
-        raise UserError(f"{message} (see --help)")
-
-
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = _Parser(prog="python -m workloads.train_ps", description=__doc__.split("\n")[0])
+    parser = ArgumentParser(prog="python -m workloads.train_ps", description=__doc__.split("\n")[0])
     parser.add_argument("role", nargs="?", help=f"one of {', '.join(ROLES)} "
                         "(default: TF_CONFIG's task)")
     parser.add_argument("index", nargs="?", type=int, help="task index within the role")
