@@ -26,7 +26,7 @@ from ops.launch import kill_command
 from ops.plans import flag_value
 from ops.remote import RUNS, sh
 from ops.services import master_status
-from ops.spark import MASTER_WEBUI_PORT, alive_workers
+from ops.spark import MASTER_WEBUI_PORT, alive_workers, master_json
 from ops.ssh import ssh_command
 from ops.targets import is_local, load_target
 from workloads.common import UserError
@@ -168,7 +168,7 @@ def status(c, target=None):
 
 def _local_spark_workers() -> int | None:
     try:
-        return len(alive_workers(__import__("ops.spark").spark.master_json("127.0.0.1")))
+        return len(alive_workers(master_json("127.0.0.1")))
     except OSError:
         return None
 
