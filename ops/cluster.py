@@ -90,7 +90,5 @@ class Progress:
         console.print(f"[bold]{host.name:<{self.width}}[/]  {step:<15} [{colour}]{status}[/]"
                       f"  {seconds:5.1f}s")
 
-    def done(self, what: str) -> float:
-        elapsed = time.monotonic() - self.started
-        console.print(f"{what} in {elapsed:.1f}s")
-        return elapsed
+    def done(self, what: str) -> None:
+        console.print(f"{what} in {time.monotonic() - self.started:.1f}s")

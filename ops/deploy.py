@@ -69,15 +69,12 @@ def stage_plan(job: Job, args: list[str]) -> tuple[dict[str, str], list[str]]:
     return staged, rewritten
 
 
-def install_hosts(cluster: Cluster, ctx: DeployContext) -> dict[str, float]:
-    """Run every host service where it is not current; returns seconds per host."""
+def install_hosts(cluster: Cluster, ctx: DeployContext) -> None:
+    """Run every host service where it is not current, on every host at once."""
     progress = Progress(cluster.inventory.hosts)
 
-    def bring_up(host: Host, cxn) -> float:
-        began = time.monotonic()
+    def bring_up(host: Host, cxn) -> None:
         for service in HOST_SERVICES:
-            if not service.applies_to(host, ctx):
-                continue
             t0 = time.monotonic()
             if service.is_current(cxn, host, ctx):
                 progress.step(host, service.name, "skipped (current)", time.monotonic() - t0)
@@ -89,11 +86,9 @@ def install_hosts(cluster: Cluster, ctx: DeployContext) -> dict[str, float]:
                 progress.step(host, service.name, "failed", time.monotonic() - t0)
                 raise
             progress.step(host, service.name, "installed", time.monotonic() - t0)
-        return time.monotonic() - began
 
-    took = cluster.parallel(bring_up)
+    cluster.parallel(bring_up)
     progress.done("hosts ready")
-    return took
 
 
 def start_spark(cluster: Cluster, ctx: DeployContext) -> None:

@@ -48,9 +48,6 @@ class Service:
 
     name = "service"
 
-    def applies_to(self, host: Host, ctx: DeployContext) -> bool:
-        return True
-
     def is_current(self, cxn: Connection, host: Host, ctx: DeployContext) -> bool:
         raise NotImplementedError
 
