@@ -56,8 +56,8 @@ def stage_plan(job: Job, args: list[str]) -> tuple[dict[str, str], list[str]]:
         value = inline if eq else (args[i + 1] if i + 1 < len(args) else "")
         local = Path(value).expanduser()
         if not local.exists():
-            if flag == "--weights" and not any(c in value for c in "/\\.") :
-                continue  # a keyword such as `imagenet`, downloaded on the hosts
+            if flag == "--weights" and value == "imagenet":
+                continue  # downloaded by Keras on the hosts
             raise UserError(f"{flag} {value}: no such file or folder on this machine; pass an "
                             "existing path (it is copied to every host)")
         remote = remote_path(local.resolve())

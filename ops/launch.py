@@ -77,8 +77,9 @@ def kill_command(run_dir: str, names: list[str] | None = None) -> str:
     run_dir may be a shell expression such as `$d` (run folders have no spaces or quotes).
     """
     pids = " ".join(f"{n}.pid" for n in names) if names else "*.pid"
-    signal_all = ("for f in {pids}; do [ -s \"$f\" ] && kill -{sig} -- -$(cat \"$f\") 2>/dev/null "
-                  "&& live=1; done")
+    # a process with an exit code has ended: its pid may belong to someone else by now
+    signal_all = ("for f in {pids}; do [ -e \"${{f%.pid}}.rc\" ] && continue; [ -s \"$f\" ] && "
+                  "kill -{sig} -- -$(cat \"$f\") 2>/dev/null && live=1; done")
     return (f"cd \"{run_dir}\" 2>/dev/null || exit 0; live=0; "
             + signal_all.format(pids=pids, sig="TERM") + "; "
             f"for i in $(seq {KILL_GRACE_SECONDS * 10}); do [ $live = 0 ] && break; live=0; "
