@@ -23,7 +23,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ops.inventory import Host
+from kindling import Host
 from ops.local import free_port
 from ops.plans import Placement, spark_driver
 from ops.spark import LocalSparkCluster

@@ -16,7 +16,7 @@ from infra.network import ClusterNetwork, ClusterNetworkArgs
 from infra.security import ClusterFirewall, ClusterFirewallArgs
 from infra.storage import DataBucket, DataBucketArgs
 from infra.tags import cluster_tags
-from ops.inventory import spark_master_url
+from kindling import spark_master_url
 
 SSH_USER = "ubuntu"  # the login user of Ubuntu cloud images
 

@@ -16,7 +16,7 @@ import pulumi_tls as tls
 
 from infra.cloud_init import cloud_config
 from infra.tags import HDFS_TAG, ROLE_TAG, cluster_tags
-from ops.inventory import known_hosts_line
+from kindling import known_hosts_line
 
 
 def aws_hostname(private_ip: str) -> str:

@@ -1,7 +1,8 @@
-"""The cluster as ops sees it: connections to every host, work in parallel, per-host progress.
+"""The one parallel runner: hosts, a context per host (local or SSH), work on every host at once.
 
-Like Flintrock's core: every host works at once (one thread each); a failure on one host is
-reported as one line naming that host, after the others have finished their step.
+Like Flintrock's core: every host works at once (one thread each); an expected failure on one
+host is reported as one line naming that host and its role, after the others have finished
+their step. Anything else is a bug and propagates with its traceback.
 """
 
 from __future__ import annotations
@@ -10,65 +11,79 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, TypeVar
 
-from fabric import Connection
+from invoke import Context
 from rich.console import Console
 
-from ops.inventory import Host, Inventory
-from ops.ssh import connect
-from workloads.common import UserError
+from kindling import Host, Inventory, KindlingError, UserError
 
 T = TypeVar("T")
 console = Console(highlight=False)
 
 
 class Cluster:
-    """Open connections to an inventory's hosts; run a function on many hosts in parallel."""
+    """An inventory's hosts, each reached through a context opened on first use."""
 
-    def __init__(self, inventory: Inventory):
+    def __init__(self, inventory: Inventory, connect: Callable[[Inventory, Host], Context]):
         self.inventory = inventory
-        self._connections: dict[str, Connection] = {}
+        self._connect = connect
+        self._connections: dict[str, Context] = {}
+
+    @property
+    def hosts(self) -> tuple[Host, ...]:
+        """Every host once, master first."""
+        return tuple({h.name: h for h in self.inventory.hosts}.values())
 
     def role(self, host: Host) -> str:
-        if host == self.inventory.master:
+        if host.name == self.inventory.master.name:
             return "master"
         return "ps" if host in self.inventory.ps else "worker"
 
-    def connection(self, host: Host) -> Connection:
+    def connection(self, host: Host) -> Context:
+        """The host's context; it carries `where` (host name, role) for error messages."""
         if host.name not in self._connections:
-            self._connections[host.name] = connect(self.inventory, host)
+            cxn = self._connect(self.inventory, host)
+            cxn.where = (host.name, self.role(host))
+            self._connections[host.name] = cxn
         return self._connections[host.name]
 
     def connect_all(self, hosts: tuple[Host, ...] | None = None) -> None:
         """Connect to every host at once, so an unreachable one is named before work begins."""
         self.parallel(lambda host, cxn: None, hosts)
 
-    def parallel(self, work: Callable[[Host, Connection], T],
+    def parallel(self, work: Callable[[Host, Context], T],
                  hosts: tuple[Host, ...] | None = None) -> dict[str, T]:
-        """work(host, connection) on each host in its own thread; errors name their host."""
-        hosts = hosts or self.inventory.hosts
+        """work(host, context) on each host in its own thread.
+
+        Expected failures (KindlingError) are collected into one HostError-style line; any
+        other exception is a bug and is re-raised as is, once every host has finished."""
+        hosts = tuple({h.name: h for h in hosts or self.hosts}.values())
 
         def one(host: Host) -> T:
             return work(host, self.connection(host))
 
         with ThreadPoolExecutor(max_workers=max(1, len(hosts))) as pool:
             futures = {host.name: pool.submit(one, host) for host in hosts}
-        errors = []
+        failures: list[KindlingError] = []
         results: dict[str, T] = {}
-        for name, future in futures.items():
-            exc = future.exception()
+        for host in hosts:
+            exc = futures[host.name].exception()
             if exc is None:
-                results[name] = future.result()
-            elif isinstance(exc, UserError):
-                errors.append(str(exc))
+                results[host.name] = futures[host.name].result()
+            elif isinstance(exc, KindlingError):
+                failures.append(exc)
             else:
-                errors.append(f"{name}: {type(exc).__name__}: {exc}")
-        if errors:
-            raise UserError("; ".join(dict.fromkeys(errors)))
+                raise exc
+        if failures:
+            message = "; ".join(dict.fromkeys(str(e) for e in failures))
+            raise (UserError if all(isinstance(e, UserError) for e in failures)
+                   else KindlingError)(message)
         return results
 
     def close(self) -> None:
         for cxn in self._connections.values():
-            cxn.close()
+            close = getattr(cxn, "close", None)
+            if close:
+                close()
         self._connections.clear()
 
     def __enter__(self) -> "Cluster":

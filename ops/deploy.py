@@ -1,25 +1,28 @@
-"""`fab deploy`: bring every host to the state a job needs, in parallel, skipping what is done."""
+"""A cluster's hosts for a job: `fab deploy` installs (skipping what is done), `fab run` checks
+that it was, stages the job's data, and fetches the results back."""
 
 from __future__ import annotations
 
 import hashlib
+import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from kindling import Host, Inventory, KindlingError, UserError
 from ops.cluster import Cluster, Progress
-from ops.inventory import Host
+from ops.remote import SPARK_STATE, read_stamp, sh
 from ops.services import (BasePackages, DeployContext, Layout, ProjectWheel, PythonDependencies,
-                          Service, SparkMaster, SparkWorker, StagedData)
+                          Service, SparkMaster, SparkWorker, StagedData, master_status)
 from ops.staging import remote_path
-from workloads.common import UserError
 from workloads.jobs import Job
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 HOST_SERVICES: tuple[Service, ...] = (Layout(), BasePackages(), PythonDependencies(),
                                       ProjectWheel(), StagedData())
 WHEEL_BUILD_TIMEOUT = 300
+FETCH_TIMEOUT = 600
 
 
 def project_wheel() -> Path:
@@ -27,8 +30,8 @@ def project_wheel() -> Path:
     if not (PROJECT_ROOT / "pyproject.toml").is_file():
         raise UserError(f"{PROJECT_ROOT} is not a kindling checkout (no pyproject.toml); run fab "
                         "from the cloned repository")
-    sources = sorted(p for pkg in ("infra", "ops", "workloads")
-                     for p in (PROJECT_ROOT / pkg).rglob("*.py"))
+    sources = sorted([PROJECT_ROOT / "kindling.py", *(p for pkg in ("infra", "ops", "workloads")
+                                                      for p in (PROJECT_ROOT / pkg).rglob("*.py"))])
     digest = hashlib.sha256()
     for path in [PROJECT_ROOT / "pyproject.toml", *sources]:
         digest.update(str(path.relative_to(PROJECT_ROOT)).encode() + path.read_bytes())
@@ -45,28 +48,30 @@ def project_wheel() -> Path:
     return wheels[0]
 
 
-def stage_plan(job: Job, args: list[str]) -> tuple[dict[str, str], list[str]]:
-    """Local data/weights named by the job's path flags -> remote paths; args rewritten to them."""
-    staged: dict[str, str] = {}
-    rewritten = list(args)
-    for i, arg in enumerate(args):
-        flag, eq, inline = arg.partition("=")
-        if flag not in job.path_flags:
-            continue
-        value = inline if eq else (args[i + 1] if i + 1 < len(args) else "")
-        local = Path(value).expanduser()
+def staged_paths(job: Job, args: list[str]) -> dict[str, Path]:
+    """Each value of the job's path flags -> the local file or folder it names."""
+    staged = {}
+    for _, value in job.path_values(args):
+        local = Path(value).expanduser().resolve()
         if not local.exists():
-            if flag == "--weights" and value == "imagenet":
-                continue  # downloaded by Keras on the hosts
-            raise UserError(f"{flag} {value}: no such file or folder on this machine; pass an "
-                            "existing path (it is copied to every host)")
-        remote = remote_path(local.resolve())
-        staged[str(local.resolve())] = remote
-        if eq:
-            rewritten[i] = f"{flag}={remote}"
-        else:
-            rewritten[i + 1] = remote
-    return staged, rewritten
+            raise UserError(f"{value}: no such file or folder on this machine; pass an existing "
+                            "path (it is copied to every host)")
+        staged[value] = local
+    return staged
+
+
+def deploy_context(inventory: Inventory, job: Job, args: list[str],
+                   wheelhouse: str | None = None) -> DeployContext:
+    """What the services need, built and checked on the control machine before any host work."""
+    wheelhouse_dir = None
+    if wheelhouse:
+        wheelhouse_dir = Path(wheelhouse).expanduser()
+        if not wheelhouse_dir.is_dir() or not any(wheelhouse_dir.glob("*.whl")):
+            raise UserError(f"--wheelhouse {wheelhouse}: not a folder of wheels; build one with "
+                            "`fab wheelhouse DIR`")
+    staged = {str(local): remote_path(local) for local in staged_paths(job, args).values()}
+    return DeployContext(inventory, PROJECT_ROOT / "constraints.txt", project_wheel(),
+                         wheelhouse_dir, staged)
 
 
 def install_hosts(cluster: Cluster, ctx: DeployContext) -> None:
@@ -111,15 +116,71 @@ def start_spark(cluster: Cluster, ctx: DeployContext) -> None:
                   f"{inventory.sparkMasterUrl}")
 
 
-def deploy_context(cluster: Cluster, job: Job, args: list[str],
-                   wheelhouse: str | None) -> tuple[DeployContext, list[str]]:
-    wheelhouse_dir = None
-    if wheelhouse:
-        wheelhouse_dir = Path(wheelhouse).expanduser()
-        if not wheelhouse_dir.is_dir() or not any(wheelhouse_dir.glob("*.whl")):
-            raise UserError(f"--wheelhouse {wheelhouse}: not a folder of wheels; build one with "
-                            "`fab wheelhouse DIR`")
-    staged, remote_args = stage_plan(job, args)
-    ctx = DeployContext(cluster.inventory, PROJECT_ROOT / "constraints.txt", project_wheel(),
-                        wheelhouse_dir, staged)
-    return ctx, remote_args
+def check_deployed(cluster: Cluster, job: Job) -> None:
+    """One clear error when `fab deploy JOB` has not been run."""
+    def installed(host, cxn) -> bool:
+        return bool(read_stamp(cxn, "python-deps")) and bool(read_stamp(cxn, "project"))
+
+    missing = [name for name, ok in cluster.parallel(installed).items() if not ok]
+    if missing:
+        raise UserError(f"kindling is not deployed on {', '.join(missing)}; run "
+                        f"`fab deploy {job.name}` first")
+
+
+def stage_data(cluster: Cluster, job: Job, args: list[str]) -> list[str]:
+    """The job's local data/weights on every host (skipped where present); args with host paths."""
+    locals_ = staged_paths(job, args)
+    ctx = DeployContext(cluster.inventory, PROJECT_ROOT / "constraints.txt", None, None,
+                        {str(local): remote_path(local) for local in locals_.values()})
+    service = StagedData()
+
+    def stage(host, cxn) -> None:
+        if not service.is_current(cxn, host, ctx):
+            service.install(cxn, host, ctx)
+    cluster.parallel(stage)
+    return job.with_paths(args, {value: ctx.staged[str(local)] for value, local in locals_.items()})
+
+
+def fetch_results(cluster: Cluster, run_dir: str, local: Path, since: float) -> None:
+    """Every file of the run from every host into local/ (logs under logs/<host>/), and the
+    Spark executors' stderr written since the run started."""
+    local.mkdir(parents=True, exist_ok=True)
+
+    def fetch(host, cxn) -> None:
+        listing = sh(cxn, f"cd {run_dir} 2>/dev/null && find . -type f ! -name '*.pid' "
+                          f"! -name '*.rc' -printf '%P\\n'; "
+                          f"find {SPARK_STATE}/work -name stderr -newermt @{int(since) - 1} "
+                          f"2>/dev/null; true", timeout=FETCH_TIMEOUT, what="listing results")
+        for rel in filter(None, listing.splitlines()):
+            if rel.startswith(SPARK_STATE):
+                app, executor = rel.split("/")[-3:-1]
+                target = local / "logs" / host.name / f"executor-{app}-{executor}.stderr"
+                source = rel
+            else:
+                is_log = rel.endswith(".log") and "/" not in rel
+                target = local / "logs" / host.name / rel if is_log else local / rel
+                source = f"{run_dir}/{rel}"
+            if target.exists() and not target.is_relative_to(local / "logs"):
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            cxn.get(source, str(target))
+
+    try:
+        cluster.parallel(fetch)
+    except KindlingError as exc:  # a host that died keeps its files; fetch what the others have
+        print(f"warning: some results could not be fetched: {exc}", file=sys.stderr)
+
+
+def name_failed_host(inventory: Inventory, local: Path, message: str) -> str:
+    """Make a Spark driver failure name the executor host that failed, when its log says."""
+    driver_log = local / "logs" / inventory.master.name / "driver.log"
+    if not message.startswith("driver") or not driver_log.is_file():
+        return message
+    text = driver_log.read_text(errors="replace")
+    ips = re.findall(r"\((\d+\.\d+\.\d+\.\d+) executor \d+\)", text)
+    ips += re.findall(r"Lost executor \d+ on (\d+\.\d+\.\d+\.\d+)", text)
+    for ip in ips:
+        for host in inventory.workers:
+            if host.privateIp == ip:
+                return f"{message}: a task failed on {host.name} ({ip}), see its executor log"
+    return message

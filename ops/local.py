@@ -1,25 +1,27 @@
-"""The built-in `local` target: a Spark standalone master and 2 workers on 127.0.0.1 from the pip
-pyspark, TF processes on free localhost ports, results straight into runs/<id>/.
+"""This machine as a target: the Spark daemons and free ports the `local` target runs on.
 
-`run` needs no prior `deploy`: it starts what the job needs and stops it at the end.
+The local target is one host (this machine, 127.0.0.1) with a Spark standalone master and
+2 workers from the pip pyspark and TF processes on free localhost ports; `fab run` needs no
+`fab deploy` there: it starts what the job needs and stops it at the end.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import socket
+import subprocess
 import sys
+import tempfile
+import time
+import urllib.request
 from contextlib import ExitStack
 from pathlib import Path
 
-from invoke import Context
-
-from ops import spark
-from ops.inventory import Host
-from ops.launch import Run, kill_command
-from ops.plans import Placement, flag_value, spark_driver, tf_processes
-from ops.targets import runs_root
-from workloads.common import new_run_id
-from workloads.jobs import Job
+from kindling import Host
+from ops.spark import (MASTER_PORT, MASTER_WEBUI_PORT, alive_workers, master_start_command,
+                       master_stop_command, worker_start_command, worker_stop_command)
 
 LOCAL_HOST = Host(name="local", hostname=socket.gethostname(), privateIp="127.0.0.1")
 SPARK_WORKERS = 2
@@ -39,46 +41,132 @@ def free_ports(count: int) -> list[int]:
         return [sock.getsockname()[1] for sock in sockets]
 
 
-def spark_cluster() -> spark.LocalSparkCluster:
-    return spark.LocalSparkCluster(workers=SPARK_WORKERS, cores=1, memory="2g",
-                                   base_dir=str((STATE_DIR / "spark").resolve()))
+def spark_cluster() -> "LocalSparkCluster":
+    """The local target's Spark: 2 workers of 1 core, state in .kindling/local/spark."""
+    return LocalSparkCluster(workers=SPARK_WORKERS, cores=1, memory="2g",
+                             base_dir=str((STATE_DIR / "spark").resolve()))
 
 
-def run_local(job: Job, args: list[str], timeout: float, detach: bool = False) -> Path:
-    """Run job here; returns its results folder runs/<id>/."""
-    run_id = new_run_id(job.name)
-    run_dir = Path(flag_value(args, "--output", str(runs_root() / run_id))).resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    workers = tuple(LOCAL_HOST for _ in range(SPARK_WORKERS))
-    with ExitStack() as cleanup:
-        if job.launcher == "spark":
-            cluster = spark_cluster()
-            placement = Placement(LOCAL_HOST, workers, (), sys.executable, cluster.master_url,
-                                  cluster.spark_home)
-            cluster.start()
-            if not detach:
-                cleanup.callback(cluster.stop)
-            processes, files = spark_driver(job, placement, job.script, args, str(run_dir)), {}
-        else:
-            placement = Placement(LOCAL_HOST, workers, (), sys.executable)
-            ps, chief, *worker_ports = free_ports(2 + len(workers))
-            ports = {"ps": [ps], "worker": worker_ports, "chief": [chief]}
-            processes, spec = tf_processes(placement, args, str(run_dir), ports)
-            files = {"cluster_spec.json": spec}
-        run = Run(run_id, str(run_dir), processes, {LOCAL_HOST.name: Context()}, files=files)
-        run.start()
-        if detach:
-            return run_dir
-        cleanup.callback(run.stop)
-        run.stream()
-        run.wait(timeout)
-    return run_dir
+def local_spark_home() -> str:
+    """The installed pyspark package folder, which is a complete SPARK_HOME."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("pyspark")
+    if spec is None or not spec.origin:
+        raise RuntimeError("pyspark is not installed; pip install -e '.[workloads]'")
+    return str(Path(spec.origin).parent)
 
 
-def stop_local() -> None:
-    """Stop every local run's processes and the local Spark daemons (idempotent)."""
-    context = Context()
-    for run_dir in sorted(runs_root().glob("*/")):
-        if any(run_dir.glob("*.pid")):
-            context.run(kill_command(str(run_dir.resolve())), hide=True, warn=True, timeout=60)
-    spark_cluster().stop()
+def master_json(host: str, webui_port: int = MASTER_WEBUI_PORT, timeout: float = 5.0) -> dict:
+    """The master's status document; direct connection, whatever http_proxy says."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(f"http://{host}:{webui_port}/json/", timeout=timeout) as response:
+        return json.load(response)
+
+
+class LocalSparkCluster:
+    """A master and N workers on this machine, for the local target, tests and benchmarks.
+
+    with LocalSparkCluster(workers=2) as cluster:
+        subprocess.run(["spark-submit", "--master", cluster.master_url, job])
+    """
+
+    def __init__(self, workers: int = 2, cores: int = 1, memory: str = "2g",
+                 host: str = "127.0.0.1", base_dir: str | None = None, port: int = MASTER_PORT,
+                 webui_port: int = MASTER_WEBUI_PORT, python: str = sys.executable,
+                 spark_home: str | None = None):
+        self.workers, self.cores, self.memory, self.host = workers, cores, memory, host
+        self.port, self.webui_port, self.python = port, webui_port, python
+        self.base_dir = str(Path(base_dir or tempfile.mkdtemp(prefix="kindling-spark-")).resolve())
+        self.spark_home = spark_home or local_spark_home()
+
+    @property
+    def master_url(self) -> str:
+        return f"spark://{self.host}:{self.port}"
+
+    @property
+    def log_dir(self) -> Path:
+        return Path(self.base_dir) / "logs"
+
+    @property
+    def work_dir(self) -> Path:
+        """Executor folders (app-*/N/stderr holds the executors' Python output)."""
+        return Path(self.base_dir) / "work"
+
+    @property
+    def _worker_instances(self) -> range:
+        return range(1, self.workers + 1)
+
+    def processes(self) -> list[int]:
+        """Every live process this cluster started: daemons, executors, their Python workers and
+        TF nodes, orphans included. All inherit SPARK_LOG_DIR from the daemons' environment."""
+        marker = f"SPARK_LOG_DIR={self.log_dir}".encode()
+        found = []
+        for proc in Path("/proc").iterdir():
+            try:
+                if proc.name.isdigit() and marker in (proc / "environ").read_bytes().split(b"\0"):
+                    found.append(int(proc.name))
+            except OSError:  # gone meanwhile
+                continue
+        return found
+
+    def start(self, timeout: float = 60) -> "LocalSparkCluster":
+        """Start the daemons and wait until every worker is registered ALIVE with the master."""
+        try:
+            self._launch_daemons()
+            self._await_workers(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _launch_daemons(self) -> None:
+        # All at once: workers keep retrying until the master listens, and spark-daemon.sh
+        # spends seconds per daemon checking that its JVM came up.
+        starts = [master_start_command(self.spark_home, self.host, self.base_dir, self.port,
+                                       self.webui_port, self.python)]
+        starts += [worker_start_command(self.spark_home, self.host, self.master_url, instance,
+                                        self.cores, self.memory, self.base_dir, self.python)
+                   for instance in self._worker_instances]
+        launches = [subprocess.Popen(command, shell=True, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL) for command in starts]
+        for launch in launches:
+            launch.wait(timeout=60)
+
+    def _await_workers(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        alive: list[str] = []
+        while time.monotonic() < deadline:
+            try:
+                alive = alive_workers(master_json(self.host, self.webui_port))
+            except (OSError, ValueError):  # not listening yet, or a half-started UI
+                alive = []
+            if len(alive) >= self.workers:
+                return
+            time.sleep(0.5)
+        raise RuntimeError(f"local Spark cluster: {len(alive)} of {self.workers} workers ALIVE "
+                           f"after {timeout:.0f}s; see the daemon logs in {self.log_dir}")
+
+    def stop(self, timeout: float = 20) -> None:
+        """Stop workers then master, then kill what they started and left behind. Idempotent;
+        needs only base_dir (pid files, environments), so it stops a cluster any process started."""
+        stops = [worker_stop_command(self.spark_home, i, self.base_dir)
+                 for i in self._worker_instances]
+        stops.append(master_stop_command(self.spark_home, self.base_dir))
+        for command in stops:
+            subprocess.run(command, shell=True, timeout=60, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while (left := self.processes()) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        for pid in left:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def __enter__(self) -> "LocalSparkCluster":
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()

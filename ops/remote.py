@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import shlex
 
-from fabric import Connection
+from invoke import Context
+from invoke.exceptions import CommandTimedOut
 
-from workloads.common import UserError
+from kindling import HostError
 
 HOME = "/opt/kindling"
 VENV = f"{HOME}/venv"
@@ -22,21 +23,29 @@ INSTALL_TIMEOUT = 1800
 COMMAND_TIMEOUT = 120
 
 
-def sh(cxn: Connection, command: str, timeout: int = COMMAND_TIMEOUT, what: str = "") -> str:
-    """Run a command on a host; a failure becomes one error line naming host and step."""
-    result = cxn.run(command, hide=True, warn=True, timeout=timeout, in_stream=False)
+def where(cxn: Context) -> tuple[str, str]:
+    """(host name, role) of a context opened by ops.cluster.Cluster."""
+    return getattr(cxn, "where", (getattr(cxn, "host", "local"), "host"))
+
+
+def sh(cxn: Context, command: str, timeout: int = COMMAND_TIMEOUT, what: str = "") -> str:
+    """Run a command on a host; a failure is a HostError naming host, role and step."""
+    try:
+        result = cxn.run(command, hide=True, warn=True, timeout=timeout, in_stream=False)
+    except CommandTimedOut:
+        raise HostError(*where(cxn), what or command.split()[0],
+                        f"no answer within {timeout}s") from None
     if result.exited != 0:
         detail = (result.stderr.strip() or result.stdout.strip()).splitlines()[-1:] or ["no output"]
-        raise UserError(f"{cxn.host}: {what or command.split()[0]} failed (exit {result.exited}): "
-                        f"{detail[0]}")
+        raise HostError(*where(cxn), what or command.split()[0], f"exit {result.exited}: {detail[0]}")
     return result.stdout.strip()
 
 
-def read_stamp(cxn: Connection, name: str) -> str:
+def read_stamp(cxn: Context, name: str) -> str:
     return cxn.run(f"cat {STAMPS}/{name} 2>/dev/null || true", hide=True, warn=True,
                    timeout=COMMAND_TIMEOUT, in_stream=False).stdout.strip()
 
 
-def write_stamp(cxn: Connection, name: str, value: str) -> None:
+def write_stamp(cxn: Context, name: str, value: str) -> None:
     sh(cxn, f"mkdir -p {STAMPS} && printf %s {shlex.quote(value)} > {STAMPS}/{name}",
        what="writing install stamp")

@@ -1,134 +1,99 @@
-"""Launching a job on a deployed cluster and fetching its results back to runs/<id>/."""
+"""The run folder: one layout for every target, read by launch, status, logs and stop.
+
+Every process of a run lives in `<runs>/<run id>/`: its output in `<name>.log`, its pid in
+`<name>.pid` and, when it ends, its exit code in `<name>.rc`. The local target keeps runs in
+runs/ (KINDLING_RUNS_DIR), cluster hosts in /srv/kindling/runs; the shell commands below work on
+both, so `--detach`, `fab logs`, `fab status` and `fab stop` work from any later shell.
+"""
 
 from __future__ import annotations
 
-import re
+import os
+import shlex
+import time
 from pathlib import Path
 
-from ops.cluster import Cluster, console
-from ops.launch import Run
-from ops.plans import Placement, spark_driver, tf_processes
-from ops.remote import PYTHON, RUNS, SPARK_STATE, read_stamp, sh
-from ops.services import DeployContext, StagedData, master_status, remote_spark_home
-from ops.targets import runs_root
-from workloads.common import UserError, new_run_id
-from workloads.jobs import Job
+from workloads.jobs import Process
 
-FETCH_TIMEOUT = 600
+KILL_GRACE_SECONDS = 3
+RUNS_DIR_ENV = "KINDLING_RUNS_DIR"
 
 
-def check_deployed(cluster: Cluster, job: Job) -> None:
-    """One clear error when `fab deploy JOB` has not been run (or Spark is down)."""
-    hosts = cluster.inventory.hosts
-
-    def installed(host, cxn) -> bool:
-        return bool(read_stamp(cxn, "python-deps")) and bool(read_stamp(cxn, "project"))
-
-    missing = [name for name, ok in cluster.parallel(installed, hosts).items() if not ok]
-    if missing:
-        raise UserError(f"kindling is not deployed on {', '.join(missing)}; run "
-                        f"`fab deploy {job.name}` first")
-    if job.launcher == "spark":
-        master = cluster.inventory.master
-        status = master_status(cluster.connection(master), master)
-        if status is None:
-            raise UserError(f"the Spark master on {master.name} is not running; run "
-                            f"`fab deploy {job.name}` first")
+def runs_root() -> Path:
+    """The local folder results land in (runs/<id>/); $KINDLING_RUNS_DIR moves it."""
+    return Path(os.environ.get(RUNS_DIR_ENV, "runs")).resolve()
 
 
-def stage_data(cluster: Cluster, ctx: DeployContext) -> None:
-    service = StagedData()
-
-    def stage(host, cxn) -> None:
-        if not service.is_current(cxn, host, ctx):
-            service.install(cxn, host, ctx)
-    cluster.parallel(stage)
+def new_run_id(job: str) -> str:
+    return f"{job}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid() % 10000:04d}"
 
 
-def placement(cluster: Cluster) -> Placement:
-    inventory = cluster.inventory
-    cores = cluster.parallel(lambda host, cxn: int(sh(cxn, "nproc")), inventory.workers)
-    spark_home = remote_spark_home(cluster.connection(inventory.master))
-    return Placement(inventory.master, inventory.workers, inventory.ps, PYTHON,
-                     inventory.sparkMasterUrl, spark_home, min(cores.values()))
+def run_pattern(job_name: str | None) -> str:
+    """Glob of the run folders of one job (or of all)."""
+    return f"{job_name}-*" if job_name else "*"
 
 
-def launch(cluster: Cluster, job: Job, args: list[str], timeout: float,
-           detach: bool = False) -> Path | None:
-    """Start job's processes on their hosts; follow them and fetch the results (None: detached)."""
-    run_id = new_run_id(job.name)
-    run_dir = f"{RUNS}/{run_id}"
-    where = placement(cluster)
-    if job.launcher == "spark":
-        master = cluster.connection(cluster.inventory.master)
-        script = sh(master, f"{PYTHON} -c 'import importlib.util as u; "
-                            f"print(u.find_spec(\"{job.module}\").origin)'",
-                    what=f"locating {job.module}")
-        processes, files = spark_driver(job, where, script, args, run_dir), {}
-    else:
-        processes, spec = tf_processes(where, args, run_dir)
-        files = {"cluster_spec.json": spec}
-    hosts = {p.host.name: p.host for p in processes}
-    involved = tuple(hosts.values())
-    if job.launcher == "spark":
-        involved = (*involved, *(w for w in cluster.inventory.workers if w.name not in hosts))
-    contexts = {host.name: cluster.connection(host) for host in involved}
-    cluster.parallel(lambda host, cxn: sh(cxn, f"mkdir -p {run_dir} && touch {run_dir}/.started"),
-                     involved)
-    run = Run(run_id, run_dir, processes, contexts, files=files)
-    run.start()
-    local = runs_root() / run_id
-    if detach:
-        console.print(f"detached: {run_id} runs on the cluster; follow it with `fab logs --job "
-                      f"{job.name}`, stop it with `fab stop --job {job.name}`")
-        return None
-    run.stream()
-    try:
-        run.wait(timeout)
-    except UserError as exc:
-        fetch_results(cluster, run_dir, local, involved)
-        raise UserError(f"{name_failed_host(cluster, local, exc)}; logs in {local}") from None
-    fetch_results(cluster, run_dir, local, involved)
-    return local
+def start_command(process: Process, run_dir: str) -> str:
+    """Start process detached in its own session, its pid and (when it ends) exit code noted."""
+    exports = "".join(f"export {k}={shlex.quote(v)}; " for k, v in process.env)
+    inner = (f"{exports}{shlex.join(process.argv)} > {process.name}.log 2>&1; "
+             f"echo $? > {process.name}.rc")
+    return (f"mkdir -p {shlex.quote(run_dir)} && cd {shlex.quote(run_dir)} && "
+            f"rm -f {process.name}.rc && "
+            f"(setsid nohup bash -c {shlex.quote(inner)} > /dev/null 2>&1 < /dev/null & "
+            f"echo $! > {process.name}.pid)")
 
 
-def fetch_results(cluster: Cluster, run_dir: str, local: Path, hosts) -> None:
-    """Every file of the run from every host into local/ (logs under logs/<host>/)."""
-    local.mkdir(parents=True, exist_ok=True)
-
-    def fetch(host, cxn) -> None:
-        listing = sh(cxn, f"cd {run_dir} 2>/dev/null && find . -type f ! -name '*.pid' "
-                          f"! -name '*.rc' ! -name .started -printf '%P\\n'; "
-                          f"find {SPARK_STATE}/work -name stderr -newer {run_dir}/.started "
-                          f"2>/dev/null; true", timeout=FETCH_TIMEOUT)
-        for rel in filter(None, listing.splitlines()):
-            if rel.startswith(SPARK_STATE):
-                app, executor = rel.split("/")[-3:-1]
-                target = local / "logs" / host.name / f"executor-{app}-{executor}.stderr"
-                source = rel
-            else:
-                is_log = rel.endswith(".log") and "/" not in rel
-                target = local / "logs" / host.name / rel if is_log else local / rel
-                source = f"{run_dir}/{rel}"
-            if target.exists() and not target.is_relative_to(local / "logs"):
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            cxn.get(source, str(target))
-
-    cluster.parallel(fetch, hosts)
+def write_files_command(run_dir: str, files: dict[str, str]) -> str:
+    writes = " && ".join(f"printf %s {shlex.quote(text)} > {shlex.quote(name)}"
+                         for name, text in files.items())
+    return f"mkdir -p {shlex.quote(run_dir)} && cd {shlex.quote(run_dir)} && {writes or 'true'}"
 
 
-def name_failed_host(cluster: Cluster, local: Path, error: UserError) -> str:
-    """Make a Spark driver failure name the executor host that failed, when its log says."""
-    message = str(error)
-    driver_log = local / "logs" / cluster.inventory.master.name / "driver.log"
-    if not message.startswith("driver") or not driver_log.is_file():
-        return message
-    text = driver_log.read_text(errors="replace")
-    ips = re.findall(r"\((\d+\.\d+\.\d+\.\d+) executor \d+\)", text)
-    ips += re.findall(r"Lost executor \d+ on (\d+\.\d+\.\d+\.\d+)", text)
-    for ip in ips:
-        for host in cluster.inventory.workers:
-            if host.privateIp == ip:
-                return f"{message}: a task failed on {host.name} ({ip}), see its executor log"
-    return message
+def state_command(run_dir: str, names: list[str]) -> str:
+    """Prints `<name> rc N`, `<name> alive` or `<name> gone` per process (zombies count as gone)."""
+    checks = []
+    for name in names:
+        checks.append(
+            f"if [ -s {name}.rc ]; then echo \"{name} rc $(cat {name}.rc)\"; "
+            f"elif p=$(cat {name}.pid 2>/dev/null) && kill -0 \"$p\" 2>/dev/null && "
+            f"! grep -qE '^[0-9]+ \\(.*\\) [ZX]' /proc/\"$p\"/stat 2>/dev/null; then echo '{name} alive'; "
+            f"elif [ -s {name}.rc ]; then echo \"{name} rc $(cat {name}.rc)\"; "
+            f"else echo '{name} gone'; fi")
+    return f"cd \"{run_dir}\" 2>/dev/null && {{ {'; '.join(checks)}; }}"
+
+
+def kill_command(run_dir: str, names: list[str] | None = None) -> str:
+    """TERM then KILL the process group of every (or the named) process of a run.
+
+    run_dir may be a shell expression such as `$d` (run folders have no spaces or quotes).
+    """
+    pids = " ".join(f"{n}.pid" for n in names) if names else "*.pid"
+    # a process with an exit code has ended: its pid may belong to someone else by now
+    signal_all = ("for f in {pids}; do [ -e \"${{f%.pid}}.rc\" ] && continue; [ -s \"$f\" ] && "
+                  "kill -{sig} -- -$(cat \"$f\") 2>/dev/null && live=1; done")
+    return (f"cd \"{run_dir}\" 2>/dev/null || exit 0; live=0; "
+            + signal_all.format(pids=pids, sig="TERM") + "; "
+            f"for i in $(seq {KILL_GRACE_SECONDS * 10}); do [ $live = 0 ] && break; live=0; "
+            + signal_all.format(pids=pids, sig="0") + "; sleep 0.1; done; "
+            + signal_all.format(pids=pids, sig="KILL") + "; true")
+
+
+def stop_command(runs_dir: str, job_name: str | None) -> str:
+    """Stop every process of every run (of one job) under runs_dir; idempotent."""
+    return (f"for d in {runs_dir}/{run_pattern(job_name)}/; do [ -d \"$d\" ] && "
+            f"{{ ( {kill_command('$d')} ) ; }}; done; true")
+
+
+def live_command(runs_dir: str) -> str:
+    """Prints `<run id>/<process name>` for every live process under runs_dir."""
+    return (f"for f in {runs_dir}/*/*.pid; do [ -e \"$f\" ] || continue; "
+            f"[ -e \"${{f%.pid}}.rc\" ] && continue; kill -0 $(cat \"$f\") 2>/dev/null && "
+            f"echo \"$(basename $(dirname $f))/$(basename ${{f%.pid}})\"; done; true")
+
+
+def latest_logs_command(runs_dir: str, job_name: str | None, lines: int = 200) -> str:
+    """Prints `== <log>` and the last lines of each log of the latest run (of one job)."""
+    return (f"d=$(ls -dt {runs_dir}/{run_pattern(job_name)}/ 2>/dev/null | head -1); "
+            f"[ -n \"$d\" ] && for f in \"$d\"*.log; do [ -e \"$f\" ] && echo \"== $f\" && "
+            f"tail -n {lines} \"$f\"; done; true")

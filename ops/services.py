@@ -18,11 +18,11 @@ from pathlib import Path
 from fabric import Connection
 
 from ops import spark
-from ops.inventory import Host, Inventory
+from kindling import Host, Inventory
 from ops.remote import (COMMAND_TIMEOUT, HOME, INSTALL_TIMEOUT, PYTHON, RUNS, SPARK_STATE, SRV,
                         STAMPS, VENV, WHEELHOUSE, DATA, read_stamp, sh, write_stamp)
 from ops.staging import push_path, staged_check
-from workloads.common import UserError
+from kindling import UserError
 
 def file_digest(paths: list[Path]) -> str:
     digest = hashlib.sha256()
@@ -37,7 +37,7 @@ class DeployContext:
     """What every service may need to know about this deploy (built once on the control machine)."""
     inventory: Inventory
     constraints: Path
-    project_wheel: Path
+    project_wheel: Path | None
     wheelhouse: Path | None = None
     staged: dict[str, str] = field(default_factory=dict)
     """Local path -> remote path of data/weights staged on every host."""

@@ -15,8 +15,8 @@ from pathlib import Path
 import paramiko
 from fabric import Connection
 
-from ops.inventory import Host, Inventory
-from workloads.common import UserError
+from kindling import Host, Inventory
+from kindling import UserError
 
 CONNECT_TIMEOUT = 10
 """Seconds for one TCP/SSH handshake."""

@@ -1,6 +1,8 @@
-"""Where fab acts: `local` (this machine), an inventory JSON file, or a Pulumi stack.
+"""Where fab acts: the `local` target (this machine) or a cluster (an inventory or a Pulumi stack).
 
-All three give one schema (ops.inventory); only `local` needs no inventory at all.
+Both are a `Target`: hosts reached through ops.cluster's one runner, run folders laid out by
+ops.runs, the job's own process plan. They differ only in how hosts are reached, what `deploy`
+installs, where Spark comes from, and whether results must be fetched back.
 """
 
 from __future__ import annotations
@@ -9,14 +11,260 @@ import json
 import os
 import shutil
 import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
-from ops.inventory import Inventory, InventoryError, load_inventory, parse_inventory
-from workloads.common import UserError
+from invoke import Context
+
+from kindling import Inventory, KindlingError, UserError, load_inventory, parse_inventory
+from ops import local, runs, ssh
+from ops.cluster import Cluster, console
+from ops.deploy import (check_deployed, deploy_context, fetch_results, install_hosts,
+                        name_failed_host, stage_data, start_spark)
+from ops.launch import Run
+from ops.remote import PYTHON, RUNS, sh
+from ops.services import master_status, remote_spark_home
+from ops.spark import alive_workers, worker_states
+from workloads.jobs import Download, Job, Placement, split_output
 
 TARGET_ENV = "KINDLING_TARGET"
 LOCAL = "local"
 PULUMI_TIMEOUT = 120
+DOWNLOAD_CHECK_TIMEOUT = 10
+
+
+class Target:
+    """A place to deploy and run jobs: hosts, their runner, and where run folders live."""
+
+    cluster: Cluster
+    runs_dir: str
+
+    # -- what each target does its own way -----------------------------------------------------
+
+    def deploy(self, job: Job, args: list[str], wheelhouse: str | None) -> None:
+        raise NotImplementedError
+
+    def run_folder(self, run_id: str, output: str | None) -> str:
+        """Where the run's processes keep their files (and the job its results) on the hosts."""
+        raise NotImplementedError
+
+    def prepare(self, job: Job, args: list[str]) -> list[str]:
+        """Make the target ready for a run of job; returns args as the hosts see them."""
+        raise NotImplementedError
+
+    def placement(self, job: Job) -> Placement:
+        raise NotImplementedError
+
+    def results(self, run: Run, since: float) -> Path:
+        """The run's results folder on this machine."""
+        raise NotImplementedError
+
+    def explain(self, error: KindlingError, results: Path) -> str:
+        """The failure message, naming the host that failed when the target can tell."""
+        return str(error)
+
+    def release(self, job: Job) -> None:
+        """Undo what prepare started for one run (after the run, not after --detach)."""
+
+    def spark_status(self) -> dict | None:
+        """The Spark master's /json/ document, or None when it is not running."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.cluster.close()
+
+    def __enter__(self) -> "Target":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    # -- the same on every target --------------------------------------------------------------
+
+    def run(self, job: Job, args: list[str], timeout: float, detach: bool = False,
+            deploy: bool = False, wheelhouse: str | None = None) -> Path | None:
+        """Refuse bad flags/data first, then (deploy and) launch job; its results folder, or
+        None when detached."""
+        args, output = split_output(job.with_offline_defaults(args))
+        run_id = runs.new_run_id(job.name)
+        run_dir = self.run_folder(run_id, output)
+        check_downloads(job.downloads(job.parse(args)))
+        if deploy:
+            self.deploy(job, args, wheelhouse)
+        host_args = self.prepare(job, args)
+        try:
+            launch = job.plan(job, self.placement(job), host_args, run_dir)
+            run = Run(run_id, run_dir, launch.processes, self.cluster, files=launch.files)
+            started = time.time()
+            run.start()
+            if detach:
+                console.print(f"detached: {run_id}; follow it with `fab logs --job {job.name}`, "
+                              f"stop it with `fab stop --job {job.name}`")
+                return None
+            run.stream()
+            try:
+                run.wait(timeout)
+            except KindlingError as exc:
+                results = self.results(run, started)
+                raise KindlingError(f"{self.explain(exc, results)}; logs in "
+                                    f"{os.path.relpath(results)}") from None
+            return self.results(run, started)
+        finally:
+            if not detach:
+                self.release(job)
+
+    def status(self) -> None:
+        live = self.cluster.parallel(lambda host, cxn: sh(cxn, runs.live_command(self.runs_dir)))
+        for host in self.cluster.hosts:
+            processes = live[host.name].split() or ["no job processes"]
+            console.print(f"[bold]{host.name}[/] {host.address} ({self.cluster.role(host)}): "
+                          "reachable; " + ", ".join(processes))
+        status = self.spark_status()
+        if status is None:
+            console.print("spark: master not running (`fab run JOB` or `fab deploy JOB` starts it)")
+            return
+        alive = alive_workers(status)
+        console.print(f"spark: master {status.get('url', '')} ALIVE, {len(alive)} workers: "
+                      + ", ".join(alive))
+
+    def logs(self, job: Job | None) -> None:
+        texts = self.cluster.parallel(lambda host, cxn: sh(
+            cxn, runs.latest_logs_command(self.runs_dir, job.name if job else None)))
+        if not any(texts.values()):
+            raise UserError(f"no runs{' of ' + job.name if job else ''} yet; start one with "
+                            "`fab run JOB`")
+        for name, text in texts.items():
+            if text:
+                console.print(f"[bold]{name}[/]")
+                print(text)
+
+    def stop(self, job: Job | None) -> None:
+        self.cluster.parallel(lambda host, cxn: sh(
+            cxn, runs.stop_command(self.runs_dir, job.name if job else None), timeout=120))
+
+
+class LocalTarget(Target):
+    """This machine: a local Spark standalone cluster and TF processes on free ports."""
+
+    def __init__(self) -> None:
+        inventory = Inventory(clusterName=LOCAL, region=LOCAL, sshUser="", sshPrivateKey="",
+                              knownHosts="", master=local.LOCAL_HOST,
+                              workers=(local.LOCAL_HOST,))
+        self.cluster = Cluster(inventory, lambda inventory, host: Context())
+        self.runs_dir = str(runs.runs_root())
+        self.spark = local.spark_cluster()
+
+    def deploy(self, job, args, wheelhouse):
+        if wheelhouse:
+            raise UserError("--wheelhouse is for cluster hosts; the local target uses this "
+                            "machine's installation")
+
+    def run_folder(self, run_id, output):
+        return str(Path(output).resolve()) if output else f"{self.runs_dir}/{run_id}"
+
+    def prepare(self, job, args):
+        if job.uses_spark:
+            self.spark.start()
+        return args
+
+    def placement(self, job):
+        workers = (local.LOCAL_HOST,) * local.SPARK_WORKERS
+        ps, chief, *worker_ports = local.free_ports(2 + len(workers))
+        return Placement(local.LOCAL_HOST, workers, (), sys.executable, self.spark.master_url,
+                         self.spark.spark_home,
+                         ports={"ps": [ps], "worker": worker_ports, "chief": [chief]})
+
+    def results(self, run, since):
+        return Path(run.run_dir)
+
+    def release(self, job):
+        if job.uses_spark:
+            self.spark.stop()
+
+    def spark_status(self):
+        try:
+            return local.master_json("127.0.0.1")
+        except OSError:
+            return None
+
+    def stop(self, job):
+        super().stop(job)
+        if job is None:
+            self.spark.stop()
+
+
+class ClusterTarget(Target):
+    """Hosts over SSH, host keys pinned; Spark daemons installed and started by `fab deploy`."""
+
+    def __init__(self, inventory: Inventory):
+        self.inventory = inventory
+        self.cluster = Cluster(inventory, ssh.connect)
+        self.runs_dir = RUNS
+        self.cluster.connect_all()
+
+    def deploy(self, job, args, wheelhouse):
+        started = time.monotonic()
+        ctx = deploy_context(self.inventory, job, args, wheelhouse)
+        install_hosts(self.cluster, ctx)
+        if job.uses_spark:
+            start_spark(self.cluster, ctx)
+        console.print(f"deploy took {time.monotonic() - started:.1f}s")
+
+    def run_folder(self, run_id, output):
+        if output is not None:
+            raise UserError("--output is chosen by fab on a cluster: results come back to "
+                            f"runs/<id>/ (set {runs.RUNS_DIR_ENV} to move that folder)")
+        return f"{self.runs_dir}/{run_id}"
+
+    def prepare(self, job, args):
+        check_deployed(self.cluster, job)
+        if job.uses_spark:
+            self.check_spark_workers(job)
+        return stage_data(self.cluster, job, args)
+
+    def check_spark_workers(self, job: Job) -> None:
+        """Every worker host's Spark worker ALIVE on the master, or which one is not and the fix."""
+        status = self.spark_status()
+        if status is None:
+            master = self.inventory.master
+            raise KindlingError(f"the Spark master on {master.name} is not running; "
+                                f"`fab deploy {job.name}` starts it")
+        states = worker_states(status)
+        down = [f"{w.name} ({w.privateIp}) is {states.get(w.privateIp, 'not registered')}"
+                for w in self.inventory.workers if states.get(w.privateIp) != "ALIVE"]
+        if down:
+            raise KindlingError(f"the Spark worker on {', '.join(down)} on the master; "
+                                f"`fab deploy {job.name}` restarts it")
+
+    def placement(self, job):
+        inventory = self.inventory
+        cores = self.cluster.parallel(lambda host, cxn: int(sh(cxn, "nproc")), inventory.workers)
+        spark_home = remote_spark_home(self.cluster.connection(inventory.master))
+        return Placement(inventory.master, inventory.workers, inventory.ps, PYTHON,
+                         inventory.sparkMasterUrl, spark_home, spark_home.rsplit("/", 1)[0],
+                         min(cores.values()))
+
+    def results(self, run, since):
+        local_dir = runs.runs_root() / run.run_id
+        fetch_results(self.cluster, run.run_dir, local_dir, since)
+        return local_dir
+
+    def explain(self, error, results):
+        status = self.spark_status()
+        states = worker_states(status) if status else {}
+        dead = [w for w in self.inventory.workers if states and states.get(w.privateIp) != "ALIVE"]
+        if dead:
+            names = ", ".join(f"{w.name} ({w.privateIp})" for w in dead)
+            return (f"the Spark worker on {names} died during the run ({error}); "
+                    "`fab deploy JOB` restarts it")
+        return name_failed_host(self.inventory, results, str(error))
+
+    def spark_status(self):
+        master = self.inventory.master
+        return master_status(self.cluster.connection(master), master)
 
 
 def target_spec(target: str | None) -> str:
@@ -24,19 +272,34 @@ def target_spec(target: str | None) -> str:
     return target or os.environ.get(TARGET_ENV) or "pulumi"
 
 
-def is_local(target: str | None) -> bool:
-    return target_spec(target) == LOCAL
-
-
-def load_target(target: str | None) -> Inventory:
-    """The inventory of a remote target: `pulumi[:STACK]` or a JSON file path."""
+def load_target(target: str | None) -> Target:
+    """`local`, an inventory JSON file, or `pulumi[:STACK]`."""
     spec = target_spec(target)
-    try:
-        if spec == "pulumi" or spec.startswith("pulumi:"):
-            return _from_pulumi(spec.partition(":")[2])
-        return load_inventory(spec)
-    except InventoryError as exc:
-        raise UserError(str(exc)) from None
+    if spec == LOCAL:
+        return LocalTarget()
+    return ClusterTarget(load_cluster_inventory(spec))
+
+
+def load_cluster_inventory(spec: str) -> Inventory:
+    if spec == "pulumi" or spec.startswith("pulumi:"):
+        return _from_pulumi(spec.partition(":")[2])
+    return load_inventory(spec)
+
+
+def check_downloads(downloads: list[Download]) -> None:
+    """Everything the job would download is reachable, or one line naming it and the fix.
+
+    Any HTTP answer counts as reachable; a proxy in $https_proxy is honoured, as Keras does."""
+    for download in downloads:
+        try:
+            request = urllib.request.Request(download.url, method="HEAD")
+            urllib.request.urlopen(request, timeout=DOWNLOAD_CHECK_TIMEOUT).close()
+        except urllib.error.HTTPError:
+            continue
+        except (OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise UserError(f"cannot fetch {download.what} from {download.url} ({reason}); "
+                            f"{download.fix}") from None
 
 
 def _from_pulumi(stack: str) -> Inventory:
@@ -63,8 +326,3 @@ def _from_pulumi(stack: str) -> Inventory:
     if not outputs:
         raise UserError("the Pulumi stack has no outputs; run `pulumi up` first")
     return parse_inventory(outputs, source=f"pulumi stack {stack or '(current)'}")
-
-
-def runs_root() -> Path:
-    """Local folder that results are fetched into: runs/<id>/."""
-    return Path(os.environ.get("KINDLING_RUNS_DIR", "runs"))

@@ -37,8 +37,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from ops.inventory import Host, Inventory, known_hosts_line, load_inventory, spark_master_url
-from workloads.common import UserError, run_cli
+from kindling import Host, Inventory, known_hosts_line, load_inventory, spark_master_url
+from kindling import UserError
+from workloads.common import run_cli
 
 STATE_DIR = Path("/run/kindling-netns")
 SHARED_FILE = STATE_DIR / "shared.json"

@@ -18,41 +18,21 @@ from pathlib import Path
 
 import numpy as np
 
-from workloads.common import UserError, results_dir, run_cli, write_metrics
+from kindling import UserError
+from workloads.common import results_dir, run_cli, write_metrics
 from workloads.jobs import JOBS
 
 JOB = "classify"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    """Flags, with the offline defaults (data, MobileNet weights) when $KINDLING_ASSETS is set."""
-    parser = argparse.ArgumentParser(
-        prog="python -m workloads.classify",
-        description="Transfer learning: DeepImageFeaturizer + LogisticRegression on a folder "
-                    "with one subfolder of images per class.")
-    parser.add_argument("--data", help="folder with one subfolder per class (labels follow the "
-                        "sorted subfolder names)")
-    parser.add_argument("--model", default="InceptionV3", help="Keras ImageNet model (default: "
-                        "InceptionV3, the chapter's)")
-    parser.add_argument("--weights", default="imagenet", help="'imagenet' (downloaded by Keras) "
-                        "or a Keras .h5/.keras file of that model")
-    parser.add_argument("--output", help="results folder (default: runs/classify-<timestamp>)")
-    parser.add_argument("--seed", type=int, default=42, help="seed of the per-class train/test split")
-    parser.add_argument("--test-fraction", type=float, default=0.4,
-                        help="share of each class held out for testing")
-    parser.add_argument("--max-iter", type=int, default=30, help="LogisticRegression iterations")
-    args = parser.parse_args(JOBS[JOB].with_offline_defaults(
-        list(sys.argv[1:] if argv is None else argv)))
-    if not 0.0 < args.test_fraction < 1.0:
-        raise UserError(f"--test-fraction must be between 0 and 1, got {args.test_fraction}")
-    return args
+    """The job's flags (workloads.jobs), offline defaults included, checked."""
+    return JOBS[JOB].parse(list(sys.argv[1:] if argv is None else argv),
+                           JOBS[JOB].parser(prog="python -m workloads.classify"))
 
 
-def class_folders(data: str | None) -> list[Path]:
-    """The class subfolders, sorted: their position is the label."""
-    if not data:
-        raise UserError("no data folder; pass --data DIR with one subfolder of images per class "
-                        "(or set KINDLING_ASSETS for the offline buses-cars set)")
+def class_folders(data: str) -> list[Path]:
+    """The class subfolders, sorted: their position is the label. Each must hold a file."""
     root = Path(data).expanduser()
     if not root.is_dir():
         raise UserError(f"data folder not found: {data}; pass --data DIR with one subfolder of "
@@ -61,6 +41,10 @@ def class_folders(data: str | None) -> list[Path]:
     if len(folders) < 2:
         raise UserError(f"data folder {data} has {len(folders)} class subfolder(s); it needs at "
                         "least 2, one per class (e.g. buses/ and cars/)")
+    empty = [f.name for f in folders if not any(p.is_file() for p in f.rglob("*"))]
+    if empty:
+        raise UserError(f"class folder(s) {', '.join(empty)} in {data} hold no files; put images "
+                        "in every class folder or remove the empty ones")
     return folders
 
 

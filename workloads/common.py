@@ -10,12 +10,10 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from kindling import KindlingError, UserError
+
 ASSETS_ENV = "KINDLING_ASSETS"
 """Folder laid out like ../shared (datasets/, models/): offline data and weights for the jobs."""
-
-
-class UserError(Exception):
-    """A mistake the user can fix (bad flag, missing data...). Printed as one line, exit code 2."""
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -26,12 +24,12 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def run_cli(main: Callable[[list[str] | None], object], argv: list[str] | None = None) -> None:
-    """Run a job's main(); a UserError becomes one `error: ...` line instead of a traceback."""
+    """Run a job's main(); an expected failure becomes one `error: ...` line, not a traceback."""
     try:
         main(argv)
-    except UserError as exc:
+    except KindlingError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
-        sys.exit(2)
+        sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr, flush=True)
         sys.exit(130)

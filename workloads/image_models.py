@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from workloads.common import UserError
+from kindling import UserError
 
 IMAGENET = "imagenet"
 WEIGHT_FILE_SUFFIXES = (".h5", ".hdf5", ".keras")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from workloads.common import UserError
+from kindling import UserError
 
 IDX_FILES = {
     "x_train": "train-images-idx3-ubyte.gz",
@@ -39,22 +39,13 @@ def read_idx(path: Path) -> np.ndarray:
     return array.reshape(shape)
 
 
-def load_mnist(data: str | None) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
-    """((x_train, y_train), (x_test, y_test)) as uint8 arrays, x of shape (n, 28, 28)."""
-    if data is None:
-        import keras  # the public MNIST, downloaded and cached by Keras
-
-        return keras.datasets.mnist.load_data()
+def mnist_source(data: str) -> Path:
+    """The mnist.npz or MNIST folder that --data names, checked without reading it."""
     path = Path(data).expanduser()
     if path.is_dir() and (path / "mnist.npz").is_file():
-        path = path / "mnist.npz"
+        return path / "mnist.npz"
     if path.is_file() and path.suffix == ".npz":
-        with np.load(path) as npz:
-            missing = [k for k in IDX_FILES if k not in npz]
-            if missing:
-                raise UserError(f"{path} lacks arrays {missing}; an mnist.npz holds x_train, "
-                                "y_train, x_test, y_test")
-            return (npz["x_train"], npz["y_train"]), (npz["x_test"], npz["y_test"])
+        return path
     if not path.is_dir():
         raise UserError(f"MNIST data not found: {data}; pass --data with a folder of the four "
                         "MNIST .gz files or an mnist.npz (omit --data to download MNIST)")
@@ -62,6 +53,23 @@ def load_mnist(data: str | None) -> tuple[tuple[np.ndarray, np.ndarray], tuple[n
     if missing:
         raise UserError(f"MNIST folder {path} lacks {', '.join(missing)}; it needs the four "
                         "standard IDX .gz files")
+    return path
+
+
+def load_mnist(data: str | None) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """((x_train, y_train), (x_test, y_test)) as uint8 arrays, x of shape (n, 28, 28)."""
+    if data is None:
+        import keras  # the public MNIST, downloaded and cached by Keras
+
+        return keras.datasets.mnist.load_data()
+    path = mnist_source(data)
+    if path.suffix == ".npz":
+        with np.load(path) as npz:
+            missing = [k for k in IDX_FILES if k not in npz]
+            if missing:
+                raise UserError(f"{path} lacks arrays {missing}; an mnist.npz holds x_train, "
+                                "y_train, x_test, y_test")
+            return (npz["x_train"], npz["y_train"]), (npz["x_test"], npz["y_test"])
     arrays = {key: read_idx(path / name) for key, name in IDX_FILES.items()}
     return (arrays["x_train"], arrays["y_train"]), (arrays["x_test"], arrays["y_test"])
 

@@ -14,7 +14,7 @@ import socket
 from collections import Counter
 from pathlib import Path
 
-from workloads.common import UserError
+from kindling import UserError
 
 ROLES = ("chief", "worker", "ps")
 STRATEGIES = ("ps", "sync")

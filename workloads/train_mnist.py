@@ -21,7 +21,6 @@ checkpoints into --output on its host.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import math
 import os
@@ -38,18 +37,18 @@ from typing import NamedTuple
 import numpy as np
 from tensorflowonspark import util as tfos_util
 
-from workloads.common import ArgumentParser, UserError, results_dir, run_cli, write_metrics
+from kindling import UserError
+from workloads.common import results_dir, run_cli, write_metrics
 from workloads.jobs import JOBS
 from workloads.mnist import IMAGE_SHAPE, build_cnn, load_mnist, shuffled, to_model_input
 
-INPUT_MODES = ("spark", "tensorflow")
-ENGINES = ("tfos", "barrier")
 PARTITIONS_PER_NODE = 5
 """SPARK mode: partitions per node and epoch; smaller partitions waste less data at the end."""
 READ_AHEAD_BATCHES = 3
 """Batches a node's tf.data pipeline may hold beyond its last step: prefetch(1), the batch the
 generator is filling, one spare."""
 SEED = 0
+JOB = "train-mnist"
 
 
 def _advertise_spark_local_ip() -> None:
@@ -67,58 +66,9 @@ def _advertise_spark_local_ip() -> None:
 _advertise_spark_local_ip()
 
 
-def spellings(*flags: str) -> list[str]:
-    """Each flag as the chapter spells it (--batch_size) and as fab passes it (--batch-size)."""
-    return list(dict.fromkeys(f for flag in flags for f in (flag, flag.replace("_", "-"))))
-
-
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = ArgumentParser(prog="train-mnist", description=__doc__.split("\n\n")[0])
-    parser.add_argument(*spellings("--data", "--data_dir"), dest="data",
-                        help="MNIST folder (the four IDX .gz files) or an mnist.npz, at the same "
-                             "path on every host; omit to download MNIST")
-    parser.add_argument(*spellings("--input_mode"), choices=INPUT_MODES, default="spark",
-                        help="spark (RDD fed through TFNode.DataFeed, the chapter's way) or "
-                             "tensorflow (tf.data reads TFRecord shards; faster)")
-    parser.add_argument(*spellings("--engine"), choices=ENGINES, default="tfos",
-                        help="tfos (TensorFlowOnSpark, the chapter's) or barrier (Spark barrier "
-                             "mode: nodes start and fail as one unit; --input_mode tensorflow)")
-    parser.add_argument(*spellings("--cluster_size"), type=int,
-                        help="TF nodes = Spark executors (default: from the Spark conf, or 2)")
-    parser.add_argument(*spellings("--num_ps"), type=int, default=0,
-                        help="parameter servers; must be 0 (all-reduce training; see train-ps)")
-    parser.add_argument(*spellings("--epochs"), type=int, default=3)
-    parser.add_argument(*spellings("--batch_size"), type=int, default=64, help="per node and step")
-    parser.add_argument(*spellings("--steps"), type=int,
-                        help="at most this many steps per node (default: --epochs of the data)")
-    parser.add_argument(*spellings("--learning_rate"), type=float, default=1e-3)
-    parser.add_argument(*spellings("--output"),
-                        help="results folder (default runs/train-mnist-<time>)")
-    parser.add_argument(*spellings("--model"),
-                        help="where to export the trained model (default <output>/model.keras)")
-    parser.add_argument(*spellings("--tensorboard"), action="store_true",
-                        help="log to <output>/tensorboard; the tfos engine also serves "
-                             "TensorBoard from the chief")
-    parser.add_argument(*spellings("--startup_timeout"), type=int, default=120,
-                        help="seconds to wait for the executors and the TF nodes to come up")
-    parser.add_argument(*spellings("--timeout"), type=int, default=3600,
-                        help="seconds the training may take before the job is stopped")
-    args = parser.parse_args(argv)
-    if args.engine == "barrier" and args.input_mode != "tensorflow":
-        raise UserError("--engine barrier has no Spark feed: each node reads its data with "
-                        "tf.data; add --input_mode tensorflow")
-    if args.num_ps != 0:
-        raise UserError(f"--num_ps {args.num_ps}: train-mnist trains with all-reduce "
-                        "(MultiWorkerMirroredStrategy), without parameter servers; use "
-                        "--num_ps 0, or the train-ps job for parameter servers")
-    if args.tensorboard and importlib.util.find_spec("tensorboard") is None:
-        raise UserError("--tensorboard needs the tensorboard package on every host; "
-                        "pip install tensorboard, or drop --tensorboard")
-    for flag in ("epochs", "batch_size", "steps", "cluster_size", "startup_timeout", "timeout"):
-        value = getattr(args, flag)
-        if value is not None and value < 1:
-            raise UserError(f"--{flag} must be at least 1, got {value}")
-    return args
+    """The job's flags (workloads.jobs), in the chapter's spellings too, checked."""
+    return JOBS[JOB].parse(argv, JOBS[JOB].parser(description=__doc__.split("\n\n")[0]))
 
 
 # ---------------------------------------------------------------- on the executors
@@ -382,8 +332,7 @@ def training_rdd(sc, x: np.ndarray, y: np.ndarray, nodes: int):
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = JOBS["train-mnist"].with_offline_defaults(sys.argv[1:] if argv is None else argv)
-    args = parse_args(argv)
+    args = parse_args(list(sys.argv[1:] if argv is None else argv))
     if args.data:
         args.data = str(Path(args.data).expanduser().resolve())
     (x_train, y_train), _ = load_mnist(args.data)  # a bad --data fails here, before Spark

@@ -24,11 +24,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from workloads.common import ArgumentParser, UserError, results_dir, run_cli, write_metrics
+from kindling import UserError
+from workloads.common import results_dir, run_cli, write_metrics
 from workloads.jobs import JOBS
 from workloads.mnist import build_cnn, load_mnist, shuffled, to_model_input
 from workloads.peer_watch import PROBE_SECONDS, PeerWatch, exit_now
-from workloads.tf_cluster import (ROLES, STRATEGIES, ClusterSpec, Task, check_task,
+from workloads.tf_cluster import (ROLES, ClusterSpec, Task, check_task,
                                   cluster_spec, describe, host_list, load_cluster_spec,
                                   parse_tf_config, reachable, split_address, tasks, tf_error_line,
                                   validate_cluster_spec)
@@ -37,7 +38,9 @@ JOB = "train-ps"
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = ArgumentParser(prog="python -m workloads.train_ps", description=__doc__.split("\n")[0])
+    """The job's flags (workloads.jobs) plus the task this process is and its cluster."""
+    parser = JOBS[JOB].parser(prog="python -m workloads.train_ps",
+                              description=__doc__.split("\n")[0])
     parser.add_argument("role", nargs="?", help=f"one of {', '.join(ROLES)} "
                         "(default: TF_CONFIG's task)")
     parser.add_argument("index", nargs="?", type=int, help="task index within the role")
@@ -47,28 +50,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     cluster.add_argument("--ps-hosts", default="", help="host:port,host:port")
     cluster.add_argument("--worker-hosts", default="", help="host:port,host:port")
     cluster.add_argument("--chief-host", default="", help="host:port")
-    parser.add_argument("--strategy", choices=STRATEGIES, default="ps",
-                        help="ps: asynchronous parameter servers; sync: all-reduce, no ps")
-    parser.add_argument("--data", help="MNIST folder (four IDX .gz files) or mnist.npz; "
-                        "omit to download MNIST")
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--steps-per-epoch", type=int,
-                        help="training steps per epoch (default: one pass over the data)")
-    parser.add_argument("--batch-size", type=int, default=64,
-                        help="examples per training step (split across workers in sync)")
-    parser.add_argument("--learning-rate", type=float, default=1e-3)
-    parser.add_argument("--output", help="results folder (default: runs/train-ps-<time>)")
-    parser.add_argument("--timeout", type=float, default=120.0,
-                        help="seconds to wait for peers to come up or answer")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="intra-op threads per process (0: TensorFlow's default)")
-    args = parser.parse_args(argv)
-    for flag in ("epochs", "batch_size", "timeout"):
-        if getattr(args, flag) <= 0:
-            raise UserError(f"--{flag.replace('_', '-')} must be positive")
-    if args.steps_per_epoch is not None and args.steps_per_epoch <= 0:
-        raise UserError("--steps-per-epoch must be positive (or omit it)")
-    return args
+    return JOBS[JOB].parse(argv, parser)
 
 
 def resolve_cluster(args: argparse.Namespace, environ=os.environ) -> tuple[ClusterSpec, str, int]:
@@ -315,7 +297,7 @@ def release_servers(tf, args: argparse.Namespace, spec: ClusterSpec) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     started = time.monotonic()
-    args = parse_args(JOBS[JOB].with_offline_defaults(list(sys.argv[1:] if argv is None else argv)))
+    args = parse_args(list(sys.argv[1:] if argv is None else argv))
     spec, role, index = resolve_cluster(args)
     if args.strategy == "sync" and args.batch_size % len(trainers(spec, "sync")):
         count = len(trainers(spec, "sync"))

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from ops.inventory import known_hosts_line
+from kindling import known_hosts_line
 
 REPO = Path(__file__).resolve().parents[2]
 FAB = str(Path(sys.executable).parent / "fab")

@@ -14,7 +14,7 @@ import pytest
 
 import netns_cluster
 from netns_cluster import NetnsCluster, missing_prerequisites
-from ops.inventory import HOST_KEYS, SCHEMA_KEYS, load_inventory
+from kindling import HOST_KEYS, SCHEMA_KEYS, load_inventory
 
 pytestmark = pytest.mark.netns
 needs_root = pytest.mark.skipif(missing_prerequisites() is not None,

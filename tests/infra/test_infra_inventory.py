@@ -10,7 +10,7 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 
 from infra_mocks import Deployment, MockedStack, deploy
-from ops.inventory import SCHEMA_KEYS, load_inventory, parse_inventory
+from kindling import SCHEMA_KEYS, load_inventory, parse_inventory
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:pulumi_aws.*")
 

@@ -8,7 +8,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from ops.inventory import InventoryError, known_hosts_line, load_inventory, parse_inventory
+from kindling import InventoryError, known_hosts_line, load_inventory, parse_inventory
 
 
 def openssh_keypair() -> tuple[str, str]:

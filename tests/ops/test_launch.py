@@ -9,11 +9,11 @@ import time
 from pathlib import Path
 
 import pytest
-from invoke import Context
 
-from ops.inventory import Host
-from ops.launch import Process, Run
-from workloads.common import UserError
+from kindling import Host, KindlingError
+from ops.launch import Run
+from ops.targets import LocalTarget
+from workloads.jobs import Process
 
 HOST = Host(name="local", hostname="localhost", privateIp="127.0.0.1")
 
@@ -23,7 +23,7 @@ def proc(label: str, code: str, main: bool = False) -> Process:
 
 
 def make_run(tmp_path: Path, processes: list[Process]) -> Run:
-    return Run("test", str(tmp_path), processes, {HOST.name: Context()}, grace=2)
+    return Run("test", str(tmp_path), processes, LocalTarget().cluster, grace=2)
 
 
 def alive(pid: int) -> bool:
@@ -59,7 +59,7 @@ def test_failing_process_is_named_and_everything_stops(tmp_path):
     ])
     run.start()
     started = time.monotonic()
-    with pytest.raises(UserError, match=r"^worker 1 on local \(127\.0\.0\.1\) exited with code 3"):
+    with pytest.raises(KindlingError, match=r"^worker 1 on local \(127\.0\.0\.1\) exited with code 3"):
         run.wait(timeout=60)
     assert time.monotonic() - started < 20
     assert not any(alive(p) for p in pids(tmp_path))
@@ -67,14 +67,17 @@ def test_failing_process_is_named_and_everything_stops(tmp_path):
 
 def test_killed_process_reported_as_died(tmp_path):
     run = make_run(tmp_path, [
-        proc("worker 0", "import time; time.sleep(300)"),
+        proc("worker 0", "import time; print('running', flush=True); time.sleep(300)"),
         proc("chief 0", "import time; time.sleep(300)", main=True),
     ])
     run.start()
-    time.sleep(1)
+    deadline = time.monotonic() + 10
+    while "running" not in (tmp_path / "worker-0.log").read_text():
+        assert time.monotonic() < deadline, "worker 0 never started"
+        time.sleep(0.05)
     worker_pid = int((tmp_path / "worker-0.pid").read_text())
     os.killpg(worker_pid, signal.SIGKILL)
-    with pytest.raises(UserError, match=r"worker 0 on local .* (died|exited with code)"):
+    with pytest.raises(KindlingError, match=r"worker 0 on local .* (died|exited with code)"):
         run.wait(timeout=60)
     assert not any(alive(p) for p in pids(tmp_path))
 
@@ -82,6 +85,6 @@ def test_killed_process_reported_as_died(tmp_path):
 def test_timeout_stops_the_run(tmp_path):
     run = make_run(tmp_path, [proc("driver", "import time; time.sleep(300)", main=True)])
     run.start()
-    with pytest.raises(UserError, match="did not finish within 2s"):
+    with pytest.raises(KindlingError, match="did not finish within 2s"):
         run.wait(timeout=2)
     assert not any(alive(p) for p in pids(tmp_path))

@@ -8,7 +8,7 @@ import shlex
 import pytest
 
 from ops import spark
-from ops.local import free_port
+from ops.local import LocalSparkCluster, free_port, master_json
 
 SPARK_HOME = "/opt/venv/lib/python3.11/site-packages/pyspark"
 
@@ -78,30 +78,26 @@ def test_alive_workers_lists_alive_ones_once_per_worker():
     assert spark.alive_workers({"status": "ALIVE"}) == []
 
 
-def test_tfos_conf_gives_one_task_per_executor_and_no_retries():
-    conf = spark.tfos_submit_conf("spark://m:7077", 3, "/py", 4)
-    assert conf["spark.master"] == "spark://m:7077"
-    assert (conf["spark.cores.max"], conf["spark.executor.cores"], conf["spark.task.cpus"]) == \
-        ("12", "4", "4")
-    assert conf["spark.task.maxFailures"] == "1"
-    assert conf["spark.python.worker.reuse"] == "true"
-    assert conf["spark.pyspark.python"] == "/py"
+def test_worker_states_prefer_alive_over_an_older_dead_registration():
+    status = {"workers": [{"host": "10.0.1.12", "state": "DEAD"}, {"host": "10.0.1.12", "state": "ALIVE"},
+                          {"host": "10.0.1.13", "state": "DEAD"}]}
+    assert spark.worker_states(status) == {"10.0.1.12": "ALIVE", "10.0.1.13": "DEAD"}
 
 
 @pytest.mark.slow
 def test_local_cluster_registers_workers_and_stops_without_leftovers(tmp_path):
-    cluster = spark.LocalSparkCluster(workers=2, base_dir=str(tmp_path), port=free_port(),
+    cluster = LocalSparkCluster(workers=2, base_dir=str(tmp_path), port=free_port(),
                                       webui_port=free_port()).start()
     try:
-        status = spark.master_json(cluster.host, cluster.webui_port)
+        status = master_json(cluster.host, cluster.webui_port)
         assert spark.alive_workers(status) == ["127.0.0.1", "127.0.0.1"]
         assert status["url"] == cluster.master_url
         assert len(cluster.processes()) >= 3
         # what `fab stop` does: a fresh object stops the cluster from its pid files
-        spark.LocalSparkCluster(workers=2, base_dir=str(tmp_path)).stop()
+        LocalSparkCluster(workers=2, base_dir=str(tmp_path)).stop()
         assert cluster.processes() == []
         with pytest.raises(OSError):
-            spark.master_json(cluster.host, cluster.webui_port, timeout=2)
+            master_json(cluster.host, cluster.webui_port, timeout=2)
     finally:
         cluster.stop()  # idempotent
     assert cluster.processes() == []
@@ -109,7 +105,7 @@ def test_local_cluster_registers_workers_and_stops_without_leftovers(tmp_path):
 
 @pytest.mark.slow
 def test_start_timeout_names_the_logs_and_leaves_nothing_running(tmp_path):
-    cluster = spark.LocalSparkCluster(workers=1, base_dir=str(tmp_path), port=free_port(),
+    cluster = LocalSparkCluster(workers=1, base_dir=str(tmp_path), port=free_port(),
                                       webui_port=free_port(), memory="0m")  # the worker refuses
     with pytest.raises(RuntimeError, match=f"0 of 1 workers ALIVE.*{tmp_path}/logs"):
         cluster.start(timeout=6)

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from workloads import classify
-from workloads.common import UserError
+from kindling import UserError
 from workloads.deep_image import DeepImageFeaturizer, DeepImagePredictor, readImages
 
 pytestmark = pytest.mark.slow

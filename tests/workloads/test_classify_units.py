@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from workloads import classify
-from workloads.common import UserError
+from workloads.jobs import JOBS
+from kindling import UserError
 from workloads.image_models import (MODEL_SPECS, build_model, imagenet_labels, model_spec,
                                     resized_rgb, saved_weights, weights_source)
 
@@ -144,17 +145,20 @@ def test_labels_file_skips_background_and_keeps_keras_order(assets, tmp_path):
 def test_labels_follow_sorted_class_folders(tmp_path):
     for name in ("cars", "buses", ".cache"):
         (tmp_path / name).mkdir()
+        (tmp_path / name / "1.jpg").write_bytes(b"")
     (tmp_path / "notes.txt").write_text("not a class")
     assert [p.name for p in classify.class_folders(str(tmp_path))] == ["buses", "cars"]
 
 
 def test_class_folder_errors(tmp_path):
-    with pytest.raises(UserError, match="no data folder; pass --data DIR"):
-        classify.class_folders(None)
     with pytest.raises(UserError, match="data folder not found: .*missing"):
         classify.class_folders(str(tmp_path / "missing"))
     (tmp_path / "buses").mkdir()
     with pytest.raises(UserError, match="has 1 class subfolder\\(s\\); it needs at least 2"):
+        classify.class_folders(str(tmp_path))
+    (tmp_path / "buses" / "1.jpg").write_bytes(b"")
+    (tmp_path / "cars").mkdir()
+    with pytest.raises(UserError, match="class folder\\(s\\) cars in .* hold no files"):
         classify.class_folders(str(tmp_path))
 
 
@@ -175,7 +179,7 @@ def test_offline_defaults_fill_data_model_and_weights(assets, monkeypatch):
     assert (args.data, args.model, args.weights) == (
         str(assets / "datasets/buses-cars"), "MobileNet", str(assets / MOBILENET))
     assert (args.test_fraction, args.max_iter) == (0.4, 30)
-    assert classify.parse_args(["--data", "/elsewhere"]).data == "/elsewhere"
+    assert JOBS["classify"].with_offline_defaults(["--data", "/elsewhere"])[:2] == ["--data", "/elsewhere"]
 
 
 def run_classify(*flags: str) -> subprocess.CompletedProcess:

@@ -32,7 +32,7 @@ def error_lines(result: subprocess.CompletedProcess) -> list[str]:
 def test_bad_input_mode_is_one_clear_line():
     result = run_script("--input_mode", "rdd", "--data", "/nowhere")
     assert result.returncode == 2
-    assert error_lines(result) == ["error: argument --input_mode/--input-mode: invalid choice: "
+    assert error_lines(result) == ["error: argument --input-mode/--input_mode: invalid choice: "
                                    "'rdd' (choose from 'spark', 'tensorflow') (see --help)"]
 
 
@@ -63,7 +63,7 @@ def test_offline_default_data_comes_from_kindling_assets(tmp_path):
 
 def test_barrier_engine_needs_tensorflow_input():
     with pytest.raises(train_mnist.UserError, match="--engine barrier has no Spark feed: .*add "
-                       "--input_mode tensorflow"):
+                       "--input-mode tensorflow"):
         train_mnist.parse_args(["--engine", "barrier"])
     assert train_mnist.parse_args(["--engine", "barrier", "--input_mode", "tensorflow"]).engine \
         == "barrier"
@@ -71,18 +71,19 @@ def test_barrier_engine_needs_tensorflow_input():
 
 def test_parameter_servers_point_to_train_ps():
     with pytest.raises(train_mnist.UserError,
-                       match="--num_ps 1: .*use --num_ps 0, or the train-ps"):
+                       match="--num-ps 1: .*use --num-ps 0, or the train-ps"):
         train_mnist.parse_args(["--num_ps", "1"])
 
 
-def test_flags_in_the_chapters_spelling_and_in_fabs():
-    chapter = train_mnist.parse_args(["--data_dir", "/d", "--batch_size", "32",
+def test_flags_in_the_chapters_spelling_and_in_fabs(assets):
+    data = str(assets / "datasets" / "mnist")
+    chapter = train_mnist.parse_args(["--data_dir", data, "--batch_size", "32",
                                       "--input_mode", "tensorflow", "--cluster_size", "3"])
-    fab = train_mnist.parse_args(["--data", "/d", "--batch-size", "32",
+    fab = train_mnist.parse_args(["--data", data, "--batch-size", "32",
                                   "--input-mode", "tensorflow", "--cluster-size", "3"])
     assert chapter == fab
     assert (fab.data, fab.batch_size, fab.input_mode, fab.cluster_size) == \
-        ("/d", 32, "tensorflow", 3)
+        (data, 32, "tensorflow", 3)
 
 
 def plan(input_mode: str, steps: int | None = None, epochs: int = 2, nodes: int = 2,

@@ -1,5 +1,5 @@
 """train-mnist on a real Spark standalone cluster (master + 2 workers, ops/spark.py) through
-spark-submit with the argv ops builds (ops.plans.spark_driver), on the offline MNIST.
+spark-submit with the argv of the job's own plan (workloads.jobs), on the offline MNIST.
 
 The cluster binds 127.0.0.2, not the 127.0.0.1 TFoS would find by itself (the hostname's
 address): the TF nodes can only meet, and be fed, if every executor advertises SPARK_LOCAL_IP.
@@ -20,11 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from ops.inventory import Host
-from ops.local import free_port
-from ops.plans import Placement, spark_driver
-from ops.spark import LocalSparkCluster
-from workloads.jobs import JOBS
+from kindling import Host
+from ops.local import LocalSparkCluster, free_port
+from workloads.jobs import JOBS, Placement
 
 pytestmark = pytest.mark.slow
 
@@ -46,14 +44,14 @@ def cluster(tmp_path_factory):
 
 def submit(cluster: LocalSparkCluster, output: Path, *args: str,
            nodes: int = 2) -> subprocess.CompletedProcess:
-    """spark-submit the job as ops does, with `nodes` executors asked for (one per worker host)."""
+    """spark-submit the job as its plan says, with `nodes` executors (one per worker host)."""
     master = Host(name="master", hostname="master", privateIp=HOST)
     workers = tuple(Host(name=f"worker-{i}", hostname=f"w{i}", privateIp=HOST)
                     for i in range(nodes))
     placement = Placement(master, workers, (), sys.executable, cluster.master_url,
                           cluster.spark_home)
     job = JOBS["train-mnist"]
-    [driver] = spark_driver(job, placement, job.script, list(args), str(output))
+    [driver] = job.plan(job, placement, list(args), str(output)).processes
     process = subprocess.Popen(driver.argv, env={**os.environ, **dict(driver.env)},
                                cwd=output.parent, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, start_new_session=True)

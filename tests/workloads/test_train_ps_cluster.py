@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from ops.local import free_ports, run_local as run_on_local_target
-from workloads.common import UserError
+from kindling import KindlingError
+from ops.local import free_ports
+from ops.targets import LocalTarget
 from workloads.jobs import JOBS
 from workloads.tf_cluster import cluster_spec, process_argvs
 
@@ -66,7 +67,8 @@ def check_results(output: Path, assets: Path, strategy: str, cluster: dict) -> d
 def run_local(tmp_path: Path, args: list[str], capsys, timeout: float = 170) -> str:
     """`fab run train-ps --target local`: ps/workers/chief as real processes on 127.0.0.1."""
     try:
-        run_on_local_target(JOBS["train-ps"], args, timeout)
+        with LocalTarget() as local:
+            local.run(JOBS["train-ps"], args, timeout)
     finally:
         log = capsys.readouterr().out
         print(log)  # shown by pytest when the test fails
@@ -92,7 +94,7 @@ def test_sync_workers_train_the_cnn(tmp_path, assets, capsys):
 
 
 def test_the_launcher_stops_everything_when_the_chief_fails(tmp_path, capsys):
-    with pytest.raises(UserError, match=r"^chief 0 on local \(127.0.0.1\) exited with code 2: "
+    with pytest.raises(KindlingError, match=r"^chief 0 on local \(127.0.0.1\) exited with code 2: "
                                         r"error: MNIST data not found: .*nowhere"):
         run_local(tmp_path, ["--data", str(tmp_path / "nowhere"), "--output",
                              str(tmp_path / "results"), *SMALL], capsys, timeout=60)

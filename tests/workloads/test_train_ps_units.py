@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from workloads import peer_watch
-from workloads.common import UserError
+from kindling import UserError
 from workloads.peer_watch import PeerWatch
 from workloads.tf_cluster import (check_task, cluster_spec, host_list, load_cluster_spec,
                                   parse_tf_config, process_argvs, tf_error_line,
@@ -120,7 +120,7 @@ def test_the_cluster_comes_from_a_file_the_host_flags_or_tf_config(tmp_path):
      "worker 5 is not in the cluster spec"),
     (["worker", "x"], {}, "argument index: invalid int value"),
     (["worker", "0", "--strategy", "async"], {}, "argument --strategy: invalid choice"),
-    (["worker", "0", "--epochs", "0"], {}, "--epochs must be positive"),
+    (["worker", "0", "--epochs", "0"], {}, "--epochs must be at least 1"),
 ])
 def test_task_and_flag_errors(argv, environ, expected):
     with pytest.raises(UserError) as error:

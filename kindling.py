@@ -1,4 +1,16 @@
-"""The cluster inventory: the one schema shared by infra/ (stack outputs) and ops/ (what fab reads).
+"""What infra/, ops/ and workloads/ share: the error types and the cluster inventory schema.
+
+Standard library only, so infra/ imports it without Fabric, ops/ without Pulumi and the jobs
+without either.
+
+Errors. A `KindlingError` is an expected failure told in one line (no traceback):
+
+- `UserError`: a mistake the user can fix (a bad flag, a missing file); exit code 2.
+- `HostError`: a step that failed on a host; the message names the host, its role and the step.
+
+Anything else escaping a command is a bug in kindling and is shown with its traceback.
+
+The cluster inventory: the one schema shared by infra/ (stack outputs) and ops/ (what fab reads).
 
 A cluster is described by a JSON object whose keys are exactly the Pulumi stack outputs, so
 ``pulumi stack output --json --show-secrets > cluster.json`` is a valid inventory file::
@@ -19,12 +31,10 @@ A cluster is described by a JSON object whose keys are exactly the Pulumi stack 
     HOST = {"name": "worker-0", "hostname": "ip-10-0-1-12", "publicIp": "3.4.5.6",
             "privateIp": "10.0.1.12", "publicDns": "ec2-3-4-5-6.compute-1.amazonaws.com"}
 
-ops connects to ``publicIp`` (``privateIp`` when the host has no public address); cluster
-members talk to each other on ``privateIp``. Every address ops connects to must have a line in
-``knownHosts``: host keys are pinned, never learned.
-
-This module is standard library only, so infra/ can import it without Fabric and ops/ without
-Pulumi.
+ops connects to a host's ``publicIp``; a host without one (``""``) is reached on its
+``privateIp`` through the master as SSH jump host. Cluster members talk to each other on
+``privateIp``. Every address ops connects to must have a line in ``knownHosts``: host keys are
+pinned, never learned.
 """
 
 from __future__ import annotations
@@ -40,7 +50,27 @@ HOST_KEYS = ("name", "hostname", "publicIp", "privateIp", "publicDns")
 SPARK_MASTER_PORT = 7077
 
 
-class InventoryError(ValueError):
+class KindlingError(Exception):
+    """An expected failure: printed as one `error: ...` line, never with a traceback."""
+
+    exit_code = 1
+
+
+class UserError(KindlingError):
+    """A mistake the user can fix (bad flag, missing data...); exit code 2."""
+
+    exit_code = 2
+
+
+class HostError(KindlingError):
+    """A step that failed on one host: the message names the host, its role and the step."""
+
+    def __init__(self, host: str, role: str, step: str, detail: str):
+        super().__init__(f"{host} ({role}): {step} failed: {detail}")
+        self.host, self.role, self.step, self.detail = host, role, step, detail
+
+
+class InventoryError(UserError):
     """A malformed or incomplete inventory; the message names the field and the fix."""
 
 
