@@ -2,8 +2,8 @@
 
 Every task takes `--target`: `local`, an inventory JSON file, or `pulumi[:STACK]` (the default,
 read with `pulumi stack output --json --show-secrets`); $KINDLING_TARGET sets the default.
-Job flags pass through: `fab run classify --data photos/ --model ResNet50`, and anything else
-with `--job-args "--learning-rate 0.01"`. Which flags exist is each job's declaration
+Job flags pass through (`fab run JOB --data DIR`), and any other job flag with
+`--job-args "--flag value"`. Which flags exist is each job's declaration
 (workloads.jobs): this module knows no job and no job flag.
 """
 
@@ -36,7 +36,7 @@ LAUNCH_HELP = {
     "target": TARGET_HELP,
     "detach": "start the job and return at once (follow with `fab logs --job JOB`)",
     "timeout": "seconds before the job is stopped (default 6 hours)",
-    "job_args": "extra job flags, quoted: --job-args '--learning-rate 0.01'",
+    "job_args": "extra job flags, quoted: --job-args '--flag value --other-flag'",
 }
 BUG_EXIT_CODE = 70  # EX_SOFTWARE
 

@@ -86,8 +86,9 @@ def test_bad_input_is_one_line_and_changes_nothing(netns_cluster, env, tmp_path)
                                      | {"workers": []}))
     assert "'workers' is empty" in one_error_line(fab(env, "deploy", "classify", "--target",
                                                       str(no_workers)))
-    assert "no such file" in one_error_line(fab(env, "deploy", "classify", "--target", inventory,
-                                                "--data", str(tmp_path / "no-photos")))
+    assert "data folder not found" in one_error_line(fab(env, "deploy", "classify", "--target",
+                                                         inventory, "--data",
+                                                         str(tmp_path / "no-photos")))
     assert "run `fab deploy classify` first" in one_error_line(
         fab(env, "run", "classify", "--target", inventory))
     for host in netns_cluster.hosts:
@@ -253,7 +254,7 @@ def test_killed_worker_fails_train_ps_fast_and_leaves_nothing(netns_cluster, env
         run.kill()
     print(f"train-ps failed {time.monotonic() - killed:.1f}s after worker 1 was killed")
     assert time.monotonic() - killed < 60
-    assert run.returncode == 2
+    assert run.returncode == 1
     assert "worker 1 on worker-1" in err, err
     time.sleep(2)
     assert not any(job_processes(netns_cluster, h) for h in netns_cluster.hosts)

@@ -1,0 +1,127 @@
+"""The job interface seen from ops: a new job needs nothing in ops/, bad input is refused before
+anything starts, a failed step names its host, and a bug shows its traceback."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from invoke import Context
+from invoke.exceptions import Exit
+
+from kindling import HostError, UserError
+from ops import tasks
+from ops.remote import sh
+from ops.targets import LocalTarget, check_downloads
+from workloads.jobs import JOBS, Download, Flag, Job, Launch, Process
+
+REPO = Path(__file__).resolve().parents[2]
+FAB = str(Path(sys.executable).parent / "fab")
+
+
+def echo_plan(job: Job, placement, args: list[str], run_dir: str) -> Launch:
+    """One process on the master that writes the flag's value and a metrics.json."""
+    word = job.values(args).word
+    code = (f"import json; print({word!r}); "
+            f"json.dump({{'accuracy': 1.0, 'word': {word!r}}}, open('metrics.json', 'w'))")
+    return Launch([Process("say 0", placement.master, (sys.executable, "-c", code), main=True)])
+
+
+def test_a_fourth_job_is_declared_in_workloads_only(tmp_path, monkeypatch, capsys):
+    echo = Job("echo", "workloads.echo", "prints a word", plan=echo_plan, uses_spark=False,
+               flags=(Flag("--word", "what to print", default="hi", minimum=None),))
+    monkeypatch.setitem(JOBS, "echo", echo)
+    monkeypatch.setenv("KINDLING_RUNS_DIR", str(tmp_path))
+    run = tasks.launch_task("run", False, "")  # built from JOBS, as ops.tasks does at import
+    assert "word" in inspect.signature(run.body).parameters
+    run(Context(), "echo", target="local", word="kindling")
+    printed = capsys.readouterr().out
+    results = REPO / re.search(r"^results: (\S+)$", printed, re.M).group(1)
+    assert json.loads((results / "metrics.json").read_text())["word"] == "kindling"
+    assert (results / "say-0.log").read_text().strip() == "kindling"
+
+
+def test_ops_names_no_job_and_no_job_flag():
+    sources = {path: path.read_text() for path in (REPO / "ops").glob("*.py")}
+    for job in JOBS.values():
+        words = [job.name, *(f'"{s}"' for flag in job.flags for s in flag.spellings),
+                 *(f"'{s}'" for flag in job.flags for s in flag.spellings)]
+        for path, text in sources.items():
+            found = [w for w in words if w in text]
+            assert not found, f"{path.name} mentions {found}"
+
+
+def test_a_failed_step_names_host_role_and_step():
+    cxn = Context()
+    cxn.where = ("worker-1", "worker")
+    with pytest.raises(HostError) as failure:
+        sh(cxn, "echo 'disk full' >&2; exit 3", what="unpacking data")
+    assert str(failure.value) == "worker-1 (worker): unpacking data failed: exit 3: disk full"
+
+
+def test_a_bug_shows_its_traceback_and_says_so(monkeypatch, capsys):
+    def broken(self):
+        raise ZeroDivisionError("division by zero")
+    monkeypatch.setattr(LocalTarget, "status", broken)
+    with pytest.raises(Exit) as ended:
+        tasks.status(Context(), target="local")
+    assert ended.value.code == tasks.BUG_EXIT_CODE
+    assert "this is a bug in kindling (ZeroDivisionError" in ended.value.message
+    assert "Traceback (most recent call last)" in capsys.readouterr().err
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def offline_env(**extra: str) -> dict[str, str]:
+    """No $KINDLING_ASSETS, and every HTTP(S) request sent to a closed port on this machine."""
+    proxy = f"http://127.0.0.1:{closed_port()}"
+    env = {k: v for k, v in os.environ.items() if k not in ("KINDLING_ASSETS", "no_proxy", "NO_PROXY")}
+    return env | {"https_proxy": proxy, "http_proxy": proxy, "HTTPS_PROXY": proxy,
+                  "HTTP_PROXY": proxy} | extra
+
+
+def test_an_unreachable_download_is_one_line_with_the_fix(monkeypatch):
+    monkeypatch.setenv("https_proxy", f"http://127.0.0.1:{closed_port()}")
+    with pytest.raises(UserError, match=r"^cannot fetch the MNIST dataset from https://\S+ "
+                                        r"\(.*\); pass --data DIR"):
+        check_downloads(JOBS["train-mnist"].downloads(JOBS["train-mnist"].values([])))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["run", "train-mnist", "--target", "local"], "cannot fetch the MNIST dataset from "),
+    (["run", "classify", "--target", "local", "--data", "{assets}/datasets/buses-cars",
+      "--model", "MobileNet"], "cannot fetch the ImageNet weights of MobileNet from "),
+    (["run", "train-mnist", "--target", "local", "--epochs", "-1"], "--epochs must be at least 1"),
+    (["run", "train-ps", "--target", "local", "--strategy", "foo"], "invalid choice: 'foo'"),
+    (["run", "classify", "--target", "local", "--model", "NoSuchNet"], "unknown model 'NoSuchNet'"),
+    (["run", "classify", "--target", "local", "--data", "{empty_class}"], "hold no files"),
+    (["run", "classify", "--target", "local", "--strategy", "sync"], "classify has no --strategy"),
+])
+def test_bad_input_is_refused_before_anything_starts(argv, message, tmp_path, assets):
+    empty_class = tmp_path / "photos"
+    (empty_class / "buses").mkdir(parents=True)
+    (empty_class / "buses" / "1.jpg").write_bytes(b"")
+    (empty_class / "cars").mkdir()
+    argv = [a.format(assets=assets, empty_class=empty_class) for a in argv]
+    started = time.monotonic()
+    done = subprocess.run([FAB, *argv], cwd=REPO, env=offline_env(KINDLING_RUNS_DIR=str(tmp_path / "runs")),
+                          capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    took = time.monotonic() - started
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+    assert not (tmp_path / "runs").exists()  # no run folder: nothing was started
+    assert LocalTarget().spark_status() is None
+    print(f"{' '.join(argv[:2])}: refused in {took:.1f}s")
