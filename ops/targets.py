@@ -41,6 +41,8 @@ class Target:
 
     cluster: Cluster
     runs_dir: str
+    spark_workers: int
+    """How many Spark workers the target runs when Spark is up."""
 
     # -- what each target does its own way -----------------------------------------------------
 
@@ -127,8 +129,8 @@ class Target:
             console.print("spark: master not running (`fab run JOB` or `fab deploy JOB` starts it)")
             return
         alive = alive_workers(status)
-        console.print(f"spark: master {status.get('url', '')} ALIVE, {len(alive)} workers: "
-                      + ", ".join(alive))
+        console.print(f"spark: master {status.get('url', '')} ALIVE, {len(alive)}/"
+                      f"{self.spark_workers} workers: " + ", ".join(alive))
 
     def logs(self, job: Job | None) -> None:
         texts = self.cluster.parallel(lambda host, cxn: sh(
@@ -156,6 +158,7 @@ class LocalTarget(Target):
         self.cluster = Cluster(inventory, lambda inventory, host: Context())
         self.runs_dir = str(runs.runs_root())
         self.spark = local.spark_cluster()
+        self.spark_workers = local.SPARK_WORKERS
 
     def deploy(self, job, args, wheelhouse):
         if wheelhouse:
@@ -203,6 +206,7 @@ class ClusterTarget(Target):
         self.inventory = inventory
         self.cluster = Cluster(inventory, ssh.connect)
         self.runs_dir = RUNS
+        self.spark_workers = len(inventory.workers)
         self.cluster.connect_all()
 
     def deploy(self, job, args, wheelhouse):
