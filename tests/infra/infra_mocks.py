@@ -283,7 +283,7 @@ class MockedStack:
 
         @pulumi.runtime.test
         def program() -> pulumi.Output:
-            outputs = build()
+            outputs = {key: pulumi.Output.from_input(value) for key, value in build().items()}
             secrets = {key: pulumi.Output.from_input(asyncio.ensure_future(output.is_secret()))
                        for key, output in outputs.items()}
             return pulumi.Output.all(values=pulumi.Output.all(**outputs),
