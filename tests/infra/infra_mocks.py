@@ -37,7 +37,7 @@ GET_INSTANCE_TYPE = "aws:ec2/getInstanceType:getInstanceType"
 GET_QUOTA = "aws:servicequotas/getServiceQuota:getServiceQuota"
 # The families each zone offers: the first zone lacks m7i, as some us-east-1 zones really do.
 ZONE_FAMILIES = {"us-east-1a": {"t3", "c7i"}, "us-east-1b": {"t3", "c7i", "m7i"},
-                 "us-east-1c": {"t3", "c7i", "m7i", "r7i"}, "us-east-1d": {"t3", "m7i", "r7i"}}
+                 "us-east-1c": {"t3", "c7i", "m7i", "r7i"}, "us-east-1d": {"t3", "m7i", "r7i", "x2idn"}}
 EXISTING_SUBNET = {"id": "subnet-0123456789abcdef0", "vpcId": "vpc-0123456789abcdef0",
                    "cidrBlock": "172.31.32.0/24", "availabilityZone": "us-east-1c"}
 # Quota code -> value: what a young account has been granted. Elastic IPs at AWS's default of 5.
