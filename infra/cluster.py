@@ -46,16 +46,16 @@ class SparkCluster(pulumi.ComponentResource):
         ami = args.ami or ubuntu_ami(pulumi.InvokeOutputOptions(parent=self))
 
         def host(host_name: str, role_name: str, instance_type: str, spot: bool = False) -> ClusterHost:
-            master = role_name == "master"
-            groups = [firewall.members_group_id, *([firewall.ssh_group_id] if master else [])]
+            is_master = role_name == "master"  # the SSH jump host: reachable from sshCidr, Elastic IP
+            groups = [firewall.members_group_id, *([firewall.ssh_group_id] if is_master else [])]
             return ClusterHost(f"{name}-{host_name}", ClusterHostArgs(
                 cluster_name=cluster, host_name=host_name, role=role_name, instance_type=instance_type,
                 ami=ami, pin_ami=args.ami is not None, subnet_id=network.subnet_id,
                 private_ip=plan.addresses[host_name], security_group_ids=groups, key_name=login.key_name,
                 instance_profile=role.instance_profile_name, root_volume_gib=args.root_volume_gib,
-                running=args.running, hdfs=args.hdfs, elastic_ip=master, spot=spot,
+                running=args.running, hdfs=args.hdfs, elastic_ip=is_master, spot=spot,
                 spot_max_price=args.spot_max_price, placement_group=placement.name if placement else None,
-                ready=[*network.internet_route, *firewall.members_rules, *(firewall.ssh_rules if master else [])]),
+                ready=[*network.internet_route, *firewall.members_rules, *(firewall.ssh_rules if is_master else [])]),
                 child)
 
         master = host("master", "master", args.master_instance_type)

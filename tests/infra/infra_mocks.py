@@ -48,7 +48,8 @@ MAIN = Path(__file__).resolve().parents[2] / "infra" / "__main__.py"
 @dataclass(frozen=True)
 class Registered:
     """One resource registration: inputs as the engine saw them (camelCase keys), outputs returned,
-    and the options that matter (parent, explicit dependencies, ignoreChanges)."""
+    and the options that matter (parent, explicit dependencies, ignoreChanges, replaceOnChanges,
+    deleteBeforeReplace)."""
     type: str
     name: str
     id: str
@@ -254,7 +255,7 @@ class MockedStack:
         self.monitor = RecordingMonitor(self.mocks)
         self.records = _Records()
         logger = logging.getLogger(f"kindling.mocks.{id(self)}")
-        logger.setLevel(logging.DEBUG)
+        logger.setLevel(logging.INFO)  # the SDK logs its own RPCs at DEBUG
         logger.propagate = False
         logger.addHandler(self.records)
         pulumi.runtime.set_mocks(self.mocks, project="kindling", stack=stack, preview=False,
