@@ -1,6 +1,7 @@
-"""`pulumi up` entry point: stack config in, the cluster inventory out.
+"""`pulumi up` entry point: stack config in, the cluster inventory (and its hourly cost) out.
 
-`pulumi stack output --json --show-secrets > cluster.json` is then what `fab deploy` reads.
+`pulumi stack output --json --show-secrets > cluster.json` is then what `fab deploy` reads; the
+inventory parser ignores hourlyCostUsd.
 """
 
 import pulumi
@@ -11,3 +12,4 @@ from infra.config import load_config
 cluster = SparkCluster("kindling", load_config())
 for key, value in cluster.inventory.items():
     pulumi.export(key, value)
+pulumi.export("hourlyCostUsd", cluster.hourly_cost_usd)

@@ -1,13 +1,19 @@
 """cloud-init user data: only what must exist at first boot (name, pinned host key, base packages).
 
 Everything else (Python env, Spark, TensorFlow) is ops' job, so `fab deploy` never redoes this.
+The packages are named as both Ubuntu 24.04 and Debian 13 call them (OpenJDK 21 on both).
 """
 
 from __future__ import annotations
 
 import yaml
 
-BASE_PACKAGES = ("python3-venv", "openjdk-17-jre-headless")
+BASE_PACKAGES = ("python3-venv", "default-jre-headless")
+HOST_KEY_FILE = "/etc/ssh/ssh_host_ed25519_key"  # where cloud-init writes ssh_keys.ed25519_private
+# sshd reads sshd_config.d/*.conf before its own settings; once any HostKey is named, it offers only
+# the named keys, so keys an openssh-server upgrade generates (its postinst looks for HostKey in
+# sshd_config only) are never offered.
+SSHD_HOST_KEY_DROP_IN = "/etc/ssh/sshd_config.d/00-kindling-host-key.conf"
 
 
 class _BlockStyleDumper(yaml.SafeDumper):
@@ -24,10 +30,11 @@ def cloud_config(hostname: str, host_private_key: str, host_public_key: str) -> 
     config = {
         "hostname": hostname,
         "preserve_hostname": False,
-        # Drop the image's keys and generate none: the pinned key in knownHosts is the only one.
+        # Drop the image's keys; with ssh_keys given, cloud-init generates none (cc_ssh).
         "ssh_deletekeys": True,
-        "ssh_genkeytypes": [],
         "ssh_keys": {"ed25519_private": host_private_key, "ed25519_public": host_public_key.strip()},
+        "write_files": [{"path": SSHD_HOST_KEY_DROP_IN, "permissions": "0644",
+                         "content": f"HostKey {HOST_KEY_FILE}\n"}],
         "package_update": True,
         "packages": list(BASE_PACKAGES),
     }

@@ -13,6 +13,7 @@ from infra.host import ClusterHost, ClusterHostArgs
 from infra.iam import InstanceRole, InstanceRoleArgs
 from infra.keys import LoginKey, LoginKeyArgs
 from infra.network import ClusterNetwork, ClusterNetworkArgs
+from infra.plan import plan_cluster
 from infra.security import ClusterFirewall, ClusterFirewallArgs
 from infra.storage import DataBucket, DataBucketArgs
 from infra.tags import cluster_tags
@@ -23,14 +24,17 @@ SSH_USER = "ubuntu"  # the login user of Ubuntu cloud images
 
 class SparkCluster(pulumi.ComponentResource):
     inventory: dict[str, pulumi.Output]
-    """One output per ops.inventory.SCHEMA_KEYS key; sshPrivateKey is a secret."""
+    """One output per kindling.SCHEMA_KEYS key; sshPrivateKey is a secret."""
+    hourly_cost_usd: Optional[dict[str, float]]
+    """{"running": USD/h, "stopped": USD/h} from infra/prices.py, None where it has no prices."""
 
     def __init__(self, name: str, args: SparkClusterArgs, opts: Optional[pulumi.ResourceOptions] = None):
+        plan = plan_cluster(args)  # may refuse the config: before any resource, even this component
         super().__init__("kindling:infra:SparkCluster", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         cluster = args.cluster_name
         network = ClusterNetwork(f"{name}-network", ClusterNetworkArgs(
-            cluster, args.availability_zone, args.vpc_id, args.subnet_id), child)
+            cluster, plan.availability_zone, plan.zone_picked, args.subnet_id, plan.vpc_id), child)
         firewall = ClusterFirewall(f"{name}-firewall", ClusterFirewallArgs(
             cluster, network.vpc_id, args.ssh_cidr), child)
         login = LoginKey(f"{name}-login", LoginKeyArgs(cluster, args.ssh_public_key, args.ssh_private_key), child)
@@ -42,14 +46,17 @@ class SparkCluster(pulumi.ComponentResource):
         ami = args.ami or ubuntu_ami(pulumi.InvokeOutputOptions(parent=self))
 
         def host(host_name: str, role_name: str, instance_type: str, spot: bool = False) -> ClusterHost:
+            is_master = role_name == "master"  # the SSH jump host: reachable from sshCidr, Elastic IP
+            groups = [firewall.members_group_id, *([firewall.ssh_group_id] if is_master else [])]
             return ClusterHost(f"{name}-{host_name}", ClusterHostArgs(
                 cluster_name=cluster, host_name=host_name, role=role_name, instance_type=instance_type,
                 ami=ami, pin_ami=args.ami is not None, subnet_id=network.subnet_id,
-                security_group_id=firewall.security_group_id, key_name=login.key_name,
+                private_ip=plan.addresses[host_name], security_group_ids=groups, key_name=login.key_name,
                 instance_profile=role.instance_profile_name, root_volume_gib=args.root_volume_gib,
-                running=args.running, hdfs=args.hdfs, spot=spot, spot_max_price=args.spot_max_price,
-                placement_group=placement.name if placement else None,
-                internet_route=network.internet_route), child)
+                running=args.running, hdfs=args.hdfs, elastic_ip=is_master, spot=spot,
+                spot_max_price=args.spot_max_price, placement_group=placement.name if placement else None,
+                ready=[*network.internet_route, *firewall.members_rules, *(firewall.ssh_rules if is_master else [])]),
+                child)
 
         master = host("master", "master", args.master_instance_type)
         workers = [host(f"worker-{i}", "worker", args.worker_instance_type, spot=args.spot_workers)
@@ -69,4 +76,5 @@ class SparkCluster(pulumi.ComponentResource):
             "bucket": data.bucket_name,
             "sparkMasterUrl": master.entry.apply(lambda entry: spark_master_url(entry["privateIp"])),
         }
+        self.hourly_cost_usd = plan.hourly_cost_usd
         self.register_outputs(self.inventory)

@@ -13,6 +13,8 @@ from typing import Callable, NoReturn, Optional
 
 import pulumi
 
+from infra.addresses import MAX_PS_HOSTS
+
 EXAMPLE_SSH_CIDR = "203.0.113.7/32"
 MIN_ROOT_VOLUME_GIB = 16   # Ubuntu + JDK + TensorFlow + Spark take ~10 GiB
 MAX_ROOT_VOLUME_GIB = 16384  # gp3 limit
@@ -46,9 +48,10 @@ class SparkClusterArgs:
     placement_group: bool = False                   # placementGroup
     hdfs: bool = False                              # hdfs (recorded as the kindling:hdfs tag)
     running: bool = True                            # running (false: stop instances, keep disks)
-    availability_zone: Optional[str] = None         # availabilityZone (own VPC only)
-    vpc_id: Optional[str] = None                    # vpcId  } use an existing network
-    subnet_id: Optional[str] = None                 # subnetId }
+    availability_zone: Optional[str] = None         # availabilityZone (own VPC only; default: a zone
+                                                    #   offering every instance type chosen)
+    subnet_id: Optional[str] = None                 # subnetId (use an existing subnet and its VPC)
+    vpc_id: Optional[str] = None                    # vpcId (optional: checked against the subnet's)
     ssh_public_key: Optional[str] = None            # sshPublicKey  } your own login key
     ssh_private_key: Optional[pulumi.Input[str]] = None  # sshPrivateKey (secret) }
 
@@ -68,9 +71,9 @@ class SparkClusterArgs:
         if self.worker_count < 1:
             _fail(f"workerCount is {self.worker_count}; a Spark cluster needs at least one worker: "
                   "`pulumi config set workerCount 2`")
-        if self.ps_count < 0:
-            _fail(f"psCount is {self.ps_count}; use 0 (parameter servers run on the master) or more: "
-                  "`pulumi config set psCount 0`")
+        if not 0 <= self.ps_count <= MAX_PS_HOSTS:
+            _fail(f"psCount is {self.ps_count}; use 0 (parameter servers run on the master) up to "
+                  f"{MAX_PS_HOSTS}: `pulumi config set psCount 0`")
         if not MIN_ROOT_VOLUME_GIB <= self.root_volume_gib <= MAX_ROOT_VOLUME_GIB:
             _fail(f"rootVolumeSize is {self.root_volume_gib} GiB; use {MIN_ROOT_VOLUME_GIB}.."
                   f"{MAX_ROOT_VOLUME_GIB}: `pulumi config set rootVolumeSize 40`")
@@ -89,10 +92,7 @@ class SparkClusterArgs:
             _fail("set both sshPublicKey and sshPrivateKey (or neither, to let kindling generate a key): "
                   "`pulumi config set sshPublicKey \"$(cat ~/.ssh/id_ed25519.pub)\"` and "
                   "`pulumi config set --secret sshPrivateKey < ~/.ssh/id_ed25519`")
-        if self.ssh_public_key is not None and not re.fullmatch(
-                r"(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp\d+) [A-Za-z0-9+/=]+( .*)?", self.ssh_public_key.strip()):
-            _fail("sshPublicKey is not an OpenSSH public key line; "
-                  "`pulumi config set sshPublicKey \"$(cat ~/.ssh/id_ed25519.pub)\"`")
+        self._check_login_key()
 
     def _checked_ssh_cidr(self) -> str:
         """The normalised IPv4 network SSH is open to; anything wider than asked for is refused."""
@@ -110,10 +110,22 @@ class SparkClusterArgs:
                   "or accept it with `pulumi config set allowSshFromAnywhere true`")
         return str(network)
 
+    def _check_login_key(self) -> None:
+        """EC2 imports RSA and ED25519 keys only: anything else would fail at KeyPair creation."""
+        if self.ssh_public_key is None:
+            return
+        fix = "`pulumi config set sshPublicKey \"$(cat ~/.ssh/id_ed25519.pub)\"`"
+        key_type = (self.ssh_public_key.split() or [""])[0]
+        if key_type.startswith(("ecdsa-", "sk-")):
+            _fail(f"sshPublicKey is a {key_type} key, which EC2 cannot import (RSA and ED25519 only); "
+                  f"make one with `ssh-keygen -t ed25519` and {fix}")
+        if not re.fullmatch(r"(ssh-ed25519|ssh-rsa) [A-Za-z0-9+/=]+( .*)?", self.ssh_public_key.strip()):
+            _fail(f"sshPublicKey is not an OpenSSH public key line; {fix}")
+
     def _check_network(self) -> None:
-        if (self.vpc_id is None) != (self.subnet_id is None):
-            _fail("set both vpcId and subnetId to use an existing network (or neither to create one): "
-                  "`pulumi config set vpcId vpc-...` and `pulumi config set subnetId subnet-...`")
+        if self.vpc_id is not None and self.subnet_id is None:
+            _fail("vpcId is set without subnetId; kindling uses an existing subnet (its VPC follows): "
+                  "`pulumi config set subnetId subnet-...`, or `pulumi config rm vpcId` to create a network")
         if self.vpc_id is not None and not re.fullmatch(r"vpc-[0-9a-f]{8,17}", self.vpc_id):
             _fail(f"vpcId {self.vpc_id!r} is not a VPC id (vpc-...); fix it with `pulumi config set vpcId vpc-...`")
         if self.subnet_id is not None and not re.fullmatch(r"subnet-[0-9a-f]{8,17}", self.subnet_id):

@@ -1,8 +1,14 @@
-"""One cluster host: pinned host key, network interface with a stable public address, instance.
+"""One cluster host: pinned host key, a fixed private address, the instance.
 
-The network interface and Elastic IP exist before the instance, so the hostname (from the private
-IP) goes into cloud-init and both addresses survive stop/start: the inventory and knownHosts stay
-true while `running` toggles.
+The address comes from the address plan (infra/addresses.py), so the name (ip-a-b-c-d) and the
+known_hosts line exist before the instance, and a replaced host comes back with the same name,
+address and key. Replacements delete the old instance first: only one instance can hold an
+address (and the master's network interface).
+
+Only the master has an Elastic IP, on its own network interface, so it reaches the internet
+from the first boot and keeps its public address across stop/start and replacement. Workers and
+ps hosts get an auto-assigned public IPv4 for their own egress (apt, pip) and are reached over
+SSH through the master on their private address, so a cluster of any size needs one Elastic IP.
 """
 
 from __future__ import annotations
@@ -36,23 +42,27 @@ class ClusterHostArgs:
     pin_ami: bool
     """False when the AMI is looked up: a newer image then leaves existing hosts alone."""
     subnet_id: pulumi.Input[str]
-    security_group_id: pulumi.Input[str]
+    private_ip: str
+    security_group_ids: list[pulumi.Input[str]]
     key_name: pulumi.Input[str]
     instance_profile: pulumi.Input[str]
     root_volume_gib: int
     running: bool
     hdfs: bool
+    elastic_ip: bool = False
+    """The master: reached from outside on a stable public address."""
     spot: bool = False
     spot_max_price: Optional[str] = None
     placement_group: Optional[pulumi.Input[str]] = None
-    internet_route: list[pulumi.Resource] = field(default_factory=list)
+    ready: list[pulumi.Resource] = field(default_factory=list)
+    """What must exist before the host boots: the internet route and the security-group rules."""
 
 
 class ClusterHost(pulumi.ComponentResource):
     entry: pulumi.Output[dict]
     """The inventory HOST object: name, hostname, publicIp, privateIp, publicDns."""
     known_hosts: pulumi.Output[str]
-    """This host's known_hosts line: all its addresses and its pinned ED25519 host key."""
+    """This host's known_hosts line: every address ops may reach it on, and its pinned ED25519 key."""
 
     def __init__(self, name: str, args: ClusterHostArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("kindling:infra:ClusterHost", name, None, opts)
@@ -60,44 +70,58 @@ class ClusterHost(pulumi.ComponentResource):
         tags = cluster_tags(args.cluster_name, args.host_name,
                             **{ROLE_TAG: args.role, HDFS_TAG: str(args.hdfs).lower()})
         host_key = tls.PrivateKey(f"{name}-host-key", algorithm="ED25519", opts=child)
-        interface = aws.ec2.NetworkInterface(
-            f"{name}-eni", subnet_id=args.subnet_id, security_groups=[args.security_group_id],
-            description=f"kindling {args.cluster_name} {args.host_name}", tags=tags,
-            opts=pulumi.ResourceOptions(parent=self, depends_on=args.internet_route))
-        address = aws.ec2.Eip(
-            f"{name}-eip", domain="vpc", network_interface=interface.id, tags=tags,
-            opts=pulumi.ResourceOptions(parent=self, depends_on=args.internet_route))
-        hostname = interface.private_ip.apply(aws_hostname)
-        user_data = pulumi.Output.all(hostname, host_key.private_key_openssh,
-                                      host_key.public_key_openssh).apply(lambda v: cloud_config(*v))
-        instance = aws.ec2.Instance(
-            f"{name}-instance",
-            ami=args.ami,
-            instance_type=args.instance_type,
-            key_name=args.key_name,
-            iam_instance_profile=args.instance_profile,
-            primary_network_interface=aws.ec2.InstancePrimaryNetworkInterfaceArgs(
-                network_interface_id=interface.id),
-            metadata_options=aws.ec2.InstanceMetadataOptionsArgs(
-                http_endpoint="enabled", http_tokens="required", http_put_response_hop_limit=1),
-            root_block_device=aws.ec2.InstanceRootBlockDeviceArgs(
-                volume_type="gp3", volume_size=args.root_volume_gib, encrypted=True,
-                delete_on_termination=True),
-            instance_market_options=_spot_market(args) if args.spot else None,
-            placement_group=args.placement_group,
-            user_data=user_data,
-            user_data_replace_on_change=True,  # a new host key or name means a new host
-            tags=tags,
-            volume_tags=tags,
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[address],
-                                        ignore_changes=[] if args.pin_ami else ["ami"]))
-        aws.ec2transitgateway.InstanceState(
-            f"{name}-state", instance_id=instance.id, state="running" if args.running else "stopped",
-            opts=child)
-        self.entry = pulumi.Output.all(hostname, address.public_ip, interface.private_ip,
-                                       address.public_dns).apply(
-            lambda v: {"name": args.host_name, "hostname": v[0], "publicIp": v[1],
-                       "privateIp": v[2], "publicDns": v[3]})
+        hostname = aws_hostname(args.private_ip)
+        user_data = pulumi.Output.all(host_key.private_key_openssh, host_key.public_key_openssh).apply(
+            lambda keys: cloud_config(hostname, *keys))
+        if args.elastic_ip:
+            interface = aws.ec2.NetworkInterface(
+                f"{name}-eni", subnet_id=args.subnet_id, private_ips=[args.private_ip],
+                security_groups=args.security_group_ids,
+                description=f"kindling {args.cluster_name} {args.host_name}", tags=tags,
+                opts=pulumi.ResourceOptions(parent=self, depends_on=args.ready))
+            address = aws.ec2.Eip(f"{name}-eip", domain="vpc", network_interface=interface.id, tags=tags,
+                                  opts=pulumi.ResourceOptions(parent=self, depends_on=args.ready))
+            network = {"primary_network_interface": aws.ec2.InstancePrimaryNetworkInterfaceArgs(
+                network_interface_id=interface.id)}
+            public = pulumi.Output.all(address.public_ip, address.public_dns)
+            boot_after = [*args.ready, address]
+        else:
+            network = {"subnet_id": args.subnet_id, "private_ip": args.private_ip,
+                       "vpc_security_group_ids": args.security_group_ids, "associate_public_ip_address": True}
+            public = pulumi.Output.from_input(["", ""])
+            boot_after = args.ready
+        # One-time spot instances cannot be stopped: `running=false` removes spot workers instead.
+        if args.running or not args.spot:
+            instance = aws.ec2.Instance(
+                f"{name}-instance",
+                ami=args.ami,
+                instance_type=args.instance_type,
+                key_name=args.key_name,
+                iam_instance_profile=args.instance_profile,
+                metadata_options=aws.ec2.InstanceMetadataOptionsArgs(
+                    http_endpoint="enabled", http_tokens="required", http_put_response_hop_limit=1),
+                root_block_device=aws.ec2.InstanceRootBlockDeviceArgs(
+                    volume_type="gp3", volume_size=args.root_volume_gib, encrypted=True,
+                    delete_on_termination=True),
+                instance_market_options=_spot_market(args) if args.spot else None,
+                placement_group=args.placement_group,
+                user_data=user_data,
+                tags=tags,
+                volume_tags=tags,
+                **network,
+                opts=pulumi.ResourceOptions(
+                    parent=self, depends_on=boot_after, delete_before_replace=True,
+                    # cloud-init reads user data once, at first boot: a newer template must not
+                    # stop/start or replace running hosts (a replacement reuses the recorded text).
+                    ignore_changes=["userData"] + ([] if args.pin_ami else ["ami"]),
+                    # EC2 cannot change a spot instance's type in place (stop, modify, start).
+                    replace_on_changes=["instanceType"] if args.spot else []))
+            if not args.spot:
+                aws.ec2transitgateway.InstanceState(
+                    f"{name}-state", instance_id=instance.id, state="running" if args.running else "stopped",
+                    opts=child)
+        self.entry = public.apply(lambda v: {"name": args.host_name, "hostname": hostname, "publicIp": v[0],
+                                             "privateIp": args.private_ip, "publicDns": v[1]})
         self.known_hosts = pulumi.Output.all(self.entry, host_key.public_key_openssh).apply(
             lambda v: known_hosts_line([v[0]["publicIp"], v[0]["privateIp"], v[0]["hostname"],
                                         v[0]["publicDns"]], v[1]))
@@ -105,9 +129,14 @@ class ClusterHost(pulumi.ComponentResource):
 
 
 def _spot_market(args: ClusterHostArgs) -> aws.ec2.InstanceInstanceMarketOptionsArgs:
-    """Persistent spot, stopped (not terminated) on interruption: the only spot kind EC2 can stop."""
+    """One-time spot, terminated on interruption: no request outlives its instance.
+
+    A persistent request survives `pulumi destroy` and replacements (the provider does not cancel
+    it: terraform-provider-aws#38142) and would start an untracked instance; a one-time request
+    closes with its instance.
+    """
     return aws.ec2.InstanceInstanceMarketOptionsArgs(
         market_type="spot",
         spot_options=aws.ec2.InstanceInstanceMarketOptionsSpotOptionsArgs(
-            spot_instance_type="persistent", instance_interruption_behavior="stop",
+            spot_instance_type="one-time", instance_interruption_behavior="terminate",
             max_price=args.spot_max_price))

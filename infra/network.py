@@ -1,4 +1,4 @@
-"""The cluster's network: its own VPC with one public subnet, or an existing VPC/subnet."""
+"""The cluster's network: its own VPC with one public subnet in a chosen zone, or an existing subnet."""
 
 from __future__ import annotations
 
@@ -17,17 +17,21 @@ SUBNET_CIDR = "10.42.0.0/20"
 @dataclass(frozen=True)
 class ClusterNetworkArgs:
     cluster_name: str
-    availability_zone: Optional[str] = None
-    vpc_id: Optional[str] = None
-    """With subnet_id: use this existing network (it must route 0.0.0.0/0 to an internet gateway)."""
+    availability_zone: str
+    zone_picked: bool = False
+    """kindling chose the zone: later runs keep the subnet where it is even if they would choose
+    another zone (a new zone would replace the subnet and so every host)."""
     subnet_id: Optional[str] = None
+    """Use this existing subnet (its route table must send 0.0.0.0/0 to an internet gateway)..."""
+    vpc_id: Optional[str] = None
+    """...which is in this VPC (looked up from the subnet by ClusterPlan)."""
 
 
 class ClusterNetwork(pulumi.ComponentResource):
     vpc_id: pulumi.Output[str]
     subnet_id: pulumi.Output[str]
     internet_route: list[pulumi.Resource]
-    """What hosts must wait for: Elastic IPs need the internet gateway, cloud-init needs the route."""
+    """What hosts must wait for: the Elastic IP needs the internet gateway, cloud-init needs the route."""
 
     def __init__(self, name: str, args: ClusterNetworkArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("kindling:infra:ClusterNetwork", name, None, opts)
@@ -46,8 +50,10 @@ class ClusterNetwork(pulumi.ComponentResource):
         vpc = aws.ec2.Vpc(f"{name}-vpc", cidr_block=VPC_CIDR, enable_dns_support=True,
                           enable_dns_hostnames=True, tags=cluster_tags(cluster, "vpc"), opts=child)
         gateway = aws.ec2.InternetGateway(f"{name}-igw", vpc_id=vpc.id, tags=cluster_tags(cluster, "igw"), opts=child)
-        subnet = aws.ec2.Subnet(f"{name}-subnet", vpc_id=vpc.id, cidr_block=SUBNET_CIDR,
-                                availability_zone=args.availability_zone, tags=cluster_tags(cluster, "subnet"), opts=child)
+        subnet = aws.ec2.Subnet(
+            f"{name}-subnet", vpc_id=vpc.id, cidr_block=SUBNET_CIDR, availability_zone=args.availability_zone,
+            tags=cluster_tags(cluster, "subnet"),
+            opts=pulumi.ResourceOptions(parent=self, ignore_changes=["availabilityZone"] if args.zone_picked else []))
         routes = aws.ec2.RouteTable(
             f"{name}-routes", vpc_id=vpc.id,
             routes=[aws.ec2.RouteTableRouteArgs(cidr_block="0.0.0.0/0", gateway_id=gateway.id)],

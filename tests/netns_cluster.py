@@ -13,7 +13,7 @@ cloud account. Each host here is
 * an `ubuntu` user with passwordless sudo whose authorized key is the cluster key.
 
 `up()` writes the inventory JSON `pulumi stack output --json --show-secrets` would give for a
-real cluster (ops.inventory schema, region "local"), so fab needs no special case.
+real cluster (kindling schema, region "local"), so fab needs no special case.
 
 Every kernel object and file the cluster creates is named in a state file under /run before it is
 created; `down()` (or `python tests/netns_cluster.py down` after a crash) removes whatever of it
@@ -343,7 +343,7 @@ class NetnsCluster:
         path.touch(mode=0o600)
         path.write_text(json.dumps(inventory.to_outputs(), indent=2) + "\n")
         if load_inventory(path) != inventory:
-            raise ClusterError(f"inventory {path} does not round-trip through ops.inventory")
+            raise ClusterError(f"inventory {path} does not round-trip through kindling")
 
 
 # -- teardown (also after a crash, from the state file alone) ----------------------------------

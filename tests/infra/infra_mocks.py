@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
+import re
 import runpy
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable
 from unittest.mock import patch
@@ -29,13 +31,25 @@ ACCOUNT = "123456789012"
 AMI_ID = "ami-0a1b2c3d4e5f60718"
 AMI_NAME = "ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-amd64-server-20260115"
 GET_AMI = "aws:ec2/getAmi:getAmi"
+GET_SUBNET = "aws:ec2/getSubnet:getSubnet"
+GET_OFFERINGS = "aws:ec2/getInstanceTypeOfferings:getInstanceTypeOfferings"
+GET_INSTANCE_TYPE = "aws:ec2/getInstanceType:getInstanceType"
+GET_QUOTA = "aws:servicequotas/getServiceQuota:getServiceQuota"
+# The families each zone offers: the first zone lacks m7i, as some us-east-1 zones really do.
+ZONE_FAMILIES = {"us-east-1a": {"t3", "c7i"}, "us-east-1b": {"t3", "c7i", "m7i"},
+                 "us-east-1c": {"t3", "c7i", "m7i", "r7i"}, "us-east-1d": {"t3", "m7i", "r7i", "x2idn"}}
+EXISTING_SUBNET = {"id": "subnet-0123456789abcdef0", "vpcId": "vpc-0123456789abcdef0",
+                   "cidrBlock": "172.31.32.0/24", "availabilityZone": "us-east-1c"}
+# Quota code -> value: what a young account has been granted. Elastic IPs at AWS's default of 5.
+QUOTAS = {"L-0263D0A3": 5.0, "L-1216C47A": 64.0, "L-34B43A08": 64.0}
 MAIN = Path(__file__).resolve().parents[2] / "infra" / "__main__.py"
 
 
 @dataclass(frozen=True)
 class Registered:
     """One resource registration: inputs as the engine saw them (camelCase keys), outputs returned,
-    and the options that matter (parent, explicit dependencies, ignoreChanges)."""
+    and the options that matter (parent, explicit dependencies, ignoreChanges, replaceOnChanges,
+    deleteBeforeReplace)."""
     type: str
     name: str
     id: str
@@ -46,6 +60,8 @@ class Registered:
     parent: str = ""
     dependencies: frozenset[str] = frozenset()
     ignore_changes: tuple[str, ...] = ()
+    replace_on_changes: tuple[str, ...] = ()
+    delete_before_replace: bool = False
 
 
 class RecordingMonitor(pulumi.runtime.mocks.MockMonitor):
@@ -59,7 +75,9 @@ class RecordingMonitor(pulumi.runtime.mocks.MockMonitor):
         response = super().RegisterResource(request)
         self.options[(request.type, request.name)] = {
             "urn": response.urn, "parent": request.parent,
-            "dependencies": frozenset(request.dependencies), "ignore_changes": tuple(request.ignoreChanges)}
+            "dependencies": frozenset(request.dependencies), "ignore_changes": tuple(request.ignoreChanges),
+            "replace_on_changes": tuple(request.replaceOnChanges),
+            "delete_before_replace": request.deleteBeforeReplace}
         return response
 
 
@@ -76,7 +94,10 @@ def _openssh_keypair() -> dict:
 class AwsMocks(pulumi.runtime.Mocks):
     """Answers like AWS/tls for every resource type the program uses; anything else is an error."""
 
-    def __init__(self) -> None:
+    def __init__(self, quotas: dict[str, float] = QUOTAS, unanswered: frozenset[str] = frozenset()) -> None:
+        """quotas: the account's EC2 quotas by code; unanswered: codes whose lookup fails as a denied call does."""
+        self.quotas = quotas
+        self.unanswered = unanswered
         self.registered: list[Registered] = []
         self.invokes: list[tuple[str, dict]] = []
         self._serial = itertools.count(1)
@@ -93,9 +114,9 @@ class AwsMocks(pulumi.runtime.Mocks):
             "aws:ec2/keyPair:KeyPair": self._key_pair,
             "tls:index/privateKey:PrivateKey": lambda i, name, n: (f"tls-{n}", _openssh_keypair()),
             "aws:ec2/networkInterface:NetworkInterface": lambda i, name, n: (
-                f"eni-{n:017x}", {"privateIp": f"10.42.{n // 200}.{10 + n % 200}"}),
+                f"eni-{n:017x}", {"privateIp": i["privateIps"][0]}),
             "aws:ec2/eip:Eip": self._elastic_ip,
-            "aws:ec2/instance:Instance": lambda i, name, n: self._with_arn("i", n, "instance"),
+            "aws:ec2/instance:Instance": self._instance,
             "aws:ec2transitgateway/instanceState:InstanceState": lambda i, name, n: (i["instanceId"], {}),
             "aws:ec2/placementGroup:PlacementGroup": lambda i, name, n: (
                 f"{name}-{n:07x}", {"name": f"{name}-{n:07x}", "placementGroupId": f"pg-{n:017x}"}),
@@ -126,7 +147,33 @@ class AwsMocks(pulumi.runtime.Mocks):
         if args.token == GET_AMI:
             return {"id": AMI_ID, "imageId": AMI_ID, "name": AMI_NAME, "architecture": "x86_64",
                     "ownerId": "099720109477", "rootDeviceName": "/dev/sda1"}
+        if args.token == GET_SUBNET:
+            if args.args["id"] != EXISTING_SUBNET["id"]:
+                return {}, [("id", f"no matching EC2 Subnet found for {args.args['id']}")]
+            return dict(EXISTING_SUBNET)
+        if args.token == GET_OFFERINGS:
+            [wanted] = [f["values"] for f in args.args["filters"] if f["name"] == "instance-type"]
+            offered = [(t, zone) for zone, families in ZONE_FAMILIES.items() for t in wanted
+                       if t.split(".")[0] in families]
+            return {"id": "us-east-1", "instanceTypes": [t for t, _ in offered],
+                    "locations": [zone for _, zone in offered],
+                    "locationTypes": [args.args["locationType"]] * len(offered)}
+        if args.token == GET_INSTANCE_TYPE:
+            return {"id": args.args["instanceType"], "defaultVcpus": _vcpus(args.args["instanceType"])}
+        if args.token == GET_QUOTA:
+            code = args.args["quotaCode"]
+            if code in self.unanswered or code not in self.quotas:
+                # How the engine reports a failed call: a failure, which the SDK raises as an exception.
+                return {}, [("quotaCode", f"AccessDeniedException: not authorized to read {code}")]
+            return {"id": f"ec2/{code}", "quotaCode": code, "serviceCode": "ec2", "value": self.quotas[code]}
         raise NotImplementedError(f"AwsMocks does not answer {args.token}")
+
+    @staticmethod
+    def _instance(inputs: dict, name: str, n: int) -> tuple[str, dict]:
+        """Private IP as asked (or the master's interface), a public IP only when auto-assigned."""
+        resource_id, outputs = AwsMocks._with_arn("i", n, "instance")
+        public_ip = f"54.160.{n // 250}.{n % 250 + 1}" if inputs.get("associatePublicIpAddress") else ""
+        return resource_id, {**outputs, "publicIp": public_ip, "privateIp": inputs.get("privateIp", "")}
 
     @staticmethod
     def _with_arn(prefix: str, n: int, kind: str) -> tuple[str, dict]:
@@ -162,14 +209,34 @@ class AwsMocks(pulumi.runtime.Mocks):
         return computed
 
 
+def _vcpus(instance_type: str) -> int:
+    """vCPUs as EC2 counts them: 2 up to .large, 4 per xlarge."""
+    size = instance_type.split(".")[1]
+    match = re.fullmatch(r"(\d*)xlarge", size)
+    return 4 * int(match.group(1) or 1) if match else 2
+
+
+class _Records(logging.Handler):
+    """pulumi.log messages as the engine would print them, kept for the test."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[tuple[str, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append((record.levelname.lower(), record.getMessage()))
+
+
 @dataclass(frozen=True)
 class Deployment:
-    """What one mocked `pulumi up` registered, invoked and exported."""
+    """What one mocked `pulumi up` registered, invoked, logged and exported."""
     resources: list[Registered]
     invokes: list[tuple[str, dict]]
     inventory: dict
     """The stack outputs, resolved: the JSON `pulumi stack output --json --show-secrets` prints."""
     secret_outputs: frozenset[str]
+    logs: list[tuple[str, str]] = field(default_factory=list)
+    """(level, message) of every pulumi.log call: what `pulumi preview` shows under Diagnostics."""
 
     def of_type(self, type_: str) -> list[Registered]:
         return [r for r in self.resources if r.type == type_]
@@ -183,11 +250,16 @@ class Deployment:
 class MockedStack:
     """One fresh mocked stack. Pulumi's runtime is process-global, so every scenario makes its own."""
 
-    def __init__(self, stack: str = "test") -> None:
-        self.mocks = AwsMocks()
+    def __init__(self, stack: str = "test", mocks: AwsMocks | None = None) -> None:
+        self.mocks = mocks or AwsMocks()
         self.monitor = RecordingMonitor(self.mocks)
+        self.records = _Records()
+        logger = logging.getLogger(f"kindling.mocks.{id(self)}")
+        logger.setLevel(logging.INFO)  # the SDK logs its own RPCs at DEBUG
+        logger.propagate = False
+        logger.addHandler(self.records)
         pulumi.runtime.set_mocks(self.mocks, project="kindling", stack=stack, preview=False,
-                                 monitor=self.monitor)
+                                 logger=logger, monitor=self.monitor)
         pulumi.runtime.set_all_config({}, [])  # no config left over from an earlier scenario
 
     def set_config(self, config: dict[str, str], secret_keys: Iterable[str] = ()) -> None:
@@ -212,7 +284,7 @@ class MockedStack:
 
         @pulumi.runtime.test
         def program() -> pulumi.Output:
-            outputs = build()
+            outputs = {key: pulumi.Output.from_input(value) for key, value in build().items()}
             secrets = {key: pulumi.Output.from_input(asyncio.ensure_future(output.is_secret()))
                        for key, output in outputs.items()}
             return pulumi.Output.all(values=pulumi.Output.all(**outputs),
@@ -223,7 +295,8 @@ class MockedStack:
         assert set(resolved) == {"values", "secrets"}, "the mocked deployment resolved no outputs"
         resources = [replace(r, **self.monitor.options[(r.type, r.name)]) for r in self.mocks.registered]
         return Deployment(resources, list(self.mocks.invokes), resolved["values"],
-                          frozenset(key for key, secret in resolved["secrets"].items() if secret))
+                          frozenset(key for key, secret in resolved["secrets"].items() if secret),
+                          list(self.records.lines))
 
 
 def cluster_args(**overrides) -> SparkClusterArgs:
@@ -232,9 +305,9 @@ def cluster_args(**overrides) -> SparkClusterArgs:
                                "ssh_cidr": "203.0.113.7/32", **overrides})
 
 
-def deploy(**overrides) -> Deployment:
-    """A fresh mocked `pulumi up` of cluster_args(**overrides)."""
-    return MockedStack().deploy(cluster_args(**overrides))
+def deploy(mocks: AwsMocks | None = None, **overrides) -> Deployment:
+    """A fresh mocked `pulumi up` of cluster_args(**overrides), against mocks (default: AwsMocks())."""
+    return MockedStack(mocks=mocks).deploy(cluster_args(**overrides))
 
 
 def preview_lines(deployment: Deployment) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pulumi
@@ -17,6 +18,18 @@ ROOT = Path(__file__).resolve().parents[2]
 MINIMAL = {"aws:region": "us-east-1", "kindling:sshCidr": "203.0.113.7/32"}
 PUBLIC_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBvLqvV6ZcKXrKUvFzHmsR3FSE3hhfi3mQIwVW0WeNk5 me@laptop"
 PRIVATE_KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjE=\n-----END OPENSSH PRIVATE KEY-----\n"
+
+
+def resolved(output: pulumi.Output) -> tuple[object, bool]:
+    """(value, is_secret) of an Output, as the engine would see it."""
+    seen = {}
+
+    @pulumi.runtime.test
+    def program():
+        secret = pulumi.Output.from_input(asyncio.ensure_future(output.is_secret()))
+        return pulumi.Output.all(output, secret).apply(lambda v: seen.update(value=v[0], secret=v[1]))
+    program()
+    return seen["value"], seen["secret"]
 
 
 def loaded(config: dict, stack: str = "test", secret_keys=()) -> SparkClusterArgs:
@@ -50,14 +63,16 @@ def test_every_config_key_reaches_its_field():
     }
     assert {key.split(":")[1] for key in config} | {"availabilityZone"} == set(CONFIG_KEYS)
     args = loaded(config, secret_keys=["kindling:sshPrivateKey"])
-    assert args == SparkClusterArgs(
+    expected = SparkClusterArgs(
         cluster_name="spark-lab", region="us-east-1", ssh_cidr="0.0.0.0/0", allow_ssh_from_anywhere=True,
         master_instance_type="m7i.2xlarge", worker_instance_type="c7i.4xlarge", ps_instance_type="r7i.large",
         worker_count=5, ps_count=2, spot_workers=True, spot_max_price="0.31", root_volume_gib=100,
         ami="ami-0123456789abcdef0", placement_group=True, hdfs=True, running=False,
         vpc_id="vpc-0123456789abcdef0", subnet_id="subnet-0123456789abcdef0", ssh_public_key=PUBLIC_KEY,
-        ssh_private_key=args.ssh_private_key)
-    assert isinstance(args.ssh_private_key, pulumi.Output)  # read with get_secret: stays a secret
+        ssh_private_key=PRIVATE_KEY)
+    assert {**vars(args), "ssh_private_key": PRIVATE_KEY} == vars(expected)
+    # Read with get_secret: the private key stays a secret all the way to the sshPrivateKey output.
+    assert resolved(args.ssh_private_key) == (PRIVATE_KEY, True)
     assert loaded({"kindling:availabilityZone": "us-east-1c"}).availability_zone == "us-east-1c"
 
 
@@ -73,6 +88,8 @@ def test_every_config_key_reaches_its_field():
      "pulumi config set clusterName"),
     ({"kindling:workerCount": "0"}, "workerCount is 0", "pulumi config set workerCount 2"),
     ({"kindling:psCount": "-1"}, "psCount is -1", "pulumi config set psCount 0"),
+    ({"kindling:psCount": "17"}, "psCount is 17; use 0 (parameter servers run on the master) up to 16",
+     "pulumi config set psCount 0"),
     ({"kindling:rootVolumeSize": "8"}, "rootVolumeSize is 8 GiB", "pulumi config set rootVolumeSize 40"),
     ({"kindling:rootVolumeSize": "20000"}, "rootVolumeSize is 20000 GiB", "pulumi config set rootVolumeSize"),
     ({"kindling:workerInstanceType": "m7i-large"}, "workerInstanceType 'm7i-large' is not an EC2 instance type",
@@ -84,8 +101,7 @@ def test_every_config_key_reaches_its_field():
     ({"kindling:spotMaxPrice": "0.1", "kindling:spotWorkers": "false"}, "spotWorkers is false",
      "pulumi config rm spotMaxPrice"),
     ({"kindling:ami": "ubuntu"}, "ami 'ubuntu' is not an AMI id", "pulumi config rm ami"),
-    ({"kindling:vpcId": "vpc-0123456789abcdef0"}, "set both vpcId and subnetId", "pulumi config set subnetId"),
-    ({"kindling:subnetId": "subnet-0123456789abcdef0"}, "set both vpcId and subnetId", "pulumi config set vpcId"),
+    ({"kindling:vpcId": "vpc-0123456789abcdef0"}, "vpcId is set without subnetId", "pulumi config set subnetId"),
     ({"kindling:vpcId": "vpc_1", "kindling:subnetId": "subnet-0123456789abcdef0"}, "vpcId 'vpc_1' is not a VPC id",
      "pulumi config set vpcId"),
     ({"kindling:vpcId": "vpc-0123456789abcdef0", "kindling:subnetId": "sn-1"}, "subnetId 'sn-1' is not a subnet id",
@@ -98,6 +114,11 @@ def test_every_config_key_reaches_its_field():
      "pulumi config set sshPublicKey"),
     ({"kindling:sshPublicKey": "AAAA me", "kindling:sshPrivateKey": PRIVATE_KEY},
      "sshPublicKey is not an OpenSSH public key line", "pulumi config set sshPublicKey"),
+    # EC2's key import takes RSA and ED25519 only: an ECDSA key would fail at KeyPair creation.
+    ({"kindling:sshPublicKey": "ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTY= me@laptop",
+      "kindling:sshPrivateKey": PRIVATE_KEY},
+     "sshPublicKey is a ecdsa-sha2-nistp256 key, which EC2 cannot import (RSA and ED25519 only)",
+     "ssh-keygen -t ed25519"),
 ])
 def test_each_config_mistake_is_one_line_naming_problem_and_fix(config, problem, fix):
     with pytest.raises(ClusterConfigError) as error:

@@ -4,11 +4,14 @@ match what cloud-init installs."""
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 
 import pytest
 import yaml
 from cryptography.hazmat.primitives import serialization
 
+from infra.cloud_init import HOST_KEY_FILE
 from infra_mocks import Deployment, MockedStack, deploy
 from kindling import SCHEMA_KEYS, load_inventory, parse_inventory
 
@@ -23,6 +26,11 @@ TLS_KEY = "tls:index/privateKey:PrivateKey"
 @pytest.fixture(scope="module")
 def cluster() -> Deployment:
     return deploy(worker_count=3, ps_count=1)
+
+
+def addresses_of(host) -> frozenset[str]:
+    """Every address ops may reach a host on: the master from outside, the others via the master."""
+    return frozenset(a for a in (host.publicIp, host.privateIp, host.hostname, host.publicDns) if a)
 
 
 def user_data(instance) -> dict:
@@ -48,16 +56,20 @@ def test_inventory_round_trips_through_ops(cluster, tmp_path):
     assert load_inventory(path) == inventory
 
 
-def test_hosts_have_distinct_addresses_from_their_interface_and_elastic_ip(cluster):
+def test_only_the_master_has_a_public_address_in_the_inventory(cluster):
+    """Workers and ps hosts have a public IPv4 for egress only: ops reaches them through the master."""
     inventory = parse_inventory(cluster.inventory)
+    master_address = cluster.named(EIP, "kindling-master-eip")
+    assert inventory.master.publicIp == master_address.outputs["publicIp"]
+    assert inventory.master.publicDns == master_address.outputs["publicDns"]
+    assert inventory.master.privateIp == cluster.named(ENI, "kindling-master-eni").outputs["privateIp"]
+    for host in (*inventory.workers, *inventory.ps):
+        instance = cluster.named(INSTANCE, f"kindling-{host.name}-instance")
+        assert (host.publicIp, host.publicDns) == ("", "")
+        assert host.privateIp == instance.inputs["privateIp"] == host.address
     for host in inventory.hosts:
-        interface = cluster.named(ENI, f"kindling-{host.name}-eni")
-        address = cluster.named(EIP, f"kindling-{host.name}-eip")
-        assert host.privateIp == interface.outputs["privateIp"]
-        assert host.publicIp == address.outputs["publicIp"]
-        assert host.publicDns == address.outputs["publicDns"]
         assert host.hostname == "ip-" + host.privateIp.replace(".", "-")
-    assert len({h.publicIp for h in inventory.hosts}) == len({h.privateIp for h in inventory.hosts}) == 5
+    assert len({h.privateIp for h in inventory.hosts}) == 5
 
 
 def test_known_hosts_pin_the_key_cloud_init_installs_on_each_host(cluster):
@@ -74,9 +86,8 @@ def test_known_hosts_pin_the_key_cloud_init_installs_on_each_host(cluster):
         config = user_data(instance)
         host = hosts_by_name[config["hostname"]]
         assert host.name == instance.name.removeprefix("kindling-").removesuffix("-instance")
-        addresses = frozenset({host.publicIp, host.privateIp, host.hostname, host.publicDns})
         installed_public = config["ssh_keys"]["ed25519_public"]
-        assert pinned[addresses] == installed_public
+        assert pinned[addresses_of(host)] == installed_public
         # The private key cloud-init installs is the pair of the pinned public key.
         private = serialization.load_ssh_private_key(config["ssh_keys"]["ed25519_private"].encode(), None)
         derived = private.public_key().public_bytes(serialization.Encoding.OpenSSH,
@@ -86,27 +97,74 @@ def test_known_hosts_pin_the_key_cloud_init_installs_on_each_host(cluster):
         assert host_key.inputs["algorithm"] == "ED25519"
         assert host_key.outputs["publicKeyOpenssh"].strip() == installed_public
     assert len(set(pinned.values())) == 5, "every host has its own host key"
+    assert len(addresses_of(inventory.master)) == 4 and {len(addresses_of(h)) for h in inventory.workers} == {2}
 
 
-def test_user_data_is_small_idempotent_cloud_config(cluster):
+def test_user_data_is_small_cloud_config_with_packages_both_distributions_name(cluster):
     for instance in cluster.of_type(INSTANCE):
         config = user_data(instance)
-        assert set(config) == {"hostname", "preserve_hostname", "ssh_deletekeys", "ssh_genkeytypes",
-                               "ssh_keys", "package_update", "packages"}
-        assert config["ssh_deletekeys"] is True and config["ssh_genkeytypes"] == []
-        assert config["packages"] == ["python3-venv", "openjdk-17-jre-headless"]
-        assert "runcmd" not in config and "bootcmd" not in config
-        assert instance.inputs["userDataReplaceOnChange"] is True
+        assert set(config) == {"hostname", "preserve_hostname", "ssh_deletekeys", "ssh_keys", "write_files",
+                               "package_update", "packages"}
+        assert config["ssh_deletekeys"] is True
+        # Ubuntu 24.04 and Debian 13 both have these (OpenJDK 21 behind default-jre-headless).
+        assert config["packages"] == ["python3-venv", "default-jre-headless"]
+
+
+def test_sshd_offers_only_the_pinned_key_even_after_an_openssh_upgrade(cluster):
+    """A drop-in naming the pinned key: once sshd_config names a HostKey, sshd loads no other key,
+    whatever key files an openssh-server upgrade creates."""
+    for instance in cluster.of_type(INSTANCE):
+        [drop_in] = user_data(instance)["write_files"]
+        assert drop_in["path"].startswith("/etc/ssh/sshd_config.d/") and drop_in["path"].endswith(".conf")
+        assert drop_in["content"].splitlines() == [f"HostKey {HOST_KEY_FILE}"]
+        assert drop_in["permissions"] == "0644"
+
+
+def test_the_drop_in_names_the_file_cloud_init_writes_the_pinned_key_to():
+    python = shutil.which("python3", path="/usr/bin")
+    probe = subprocess.run([python or "python3", "-c", "from cloudinit.config.cc_ssh import CONFIG_KEY_TO_FILE; "
+                            "print(CONFIG_KEY_TO_FILE['ed25519_private'][0])"],
+                           capture_output=True, text=True, timeout=60)
+    if probe.returncode != 0:
+        pytest.skip(f"cloud-init is not installed (apt-get install cloud-init): {probe.stderr.strip()[-200:]}")
+    assert probe.stdout.strip() == HOST_KEY_FILE
+
+
+def test_user_data_of_every_role_passes_cloud_inits_own_schema(cluster, tmp_path):
+    """`cloud-init status` says degraded when its schema rejects the user data."""
+    validator = shutil.which("cloud-init")
+    if validator is None:
+        pytest.skip("cloud-init is not installed (apt-get install cloud-init; .ci/run does)")
+    roles = {}
+    for instance in cluster.of_type(INSTANCE):
+        roles.setdefault(instance.inputs["tags"]["kindling:role"], instance)
+    assert set(roles) == {"master", "worker", "ps"}
+
+    def validate(name: str, text: str) -> subprocess.CompletedProcess:
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(text)
+        return subprocess.run([validator, "schema", "--config-file", str(path)],
+                              capture_output=True, text=True, timeout=120)
+
+    for role, instance in roles.items():
+        result = validate(role, instance.inputs["userData"])
+        assert result.returncode == 0 and "Valid" in result.stdout, f"{role}: {result.stdout}{result.stderr}"
+    # The validator does reject what kindling used to send.
+    assert validate("old", roles["worker"].inputs["userData"] + "ssh_genkeytypes: []\n").returncode != 0
 
 
 def test_main_exports_the_inventory_from_stack_config():
-    """infra/__main__.py as `pulumi up` runs it: config in, one export per schema key out."""
+    """infra/__main__.py as `pulumi up` runs it: config in, one export per schema key out, plus the
+    hourly cost, which the inventory parser ignores."""
     stack = MockedStack("dev")
-    stack.set_config({"aws:region": "eu-west-1", "kindling:sshCidr": "203.0.113.7/32",
+    stack.set_config({"aws:region": "us-west-2", "kindling:sshCidr": "203.0.113.7/32",
                       "kindling:workerCount": "3", "kindling:psCount": "1"})
     program = stack.run_main()
-    assert tuple(program.inventory) == SCHEMA_KEYS
+    assert tuple(program.inventory) == (*SCHEMA_KEYS, "hourlyCostUsd")
     assert program.secret_outputs == {"sshPrivateKey"}
+    assert set(program.inventory["hourlyCostUsd"]) == {"running", "stopped"}
     inventory = parse_inventory(program.inventory)
-    assert inventory.clusterName == "kindling-dev" and inventory.region == "eu-west-1"
+    assert inventory.clusterName == "kindling-dev" and inventory.region == "us-west-2"
     assert (len(inventory.workers), len(inventory.ps)) == (3, 1)
+    without_cost = {k: v for k, v in program.inventory.items() if k != "hourlyCostUsd"}
+    assert inventory.to_outputs() == without_cost

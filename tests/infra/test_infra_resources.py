@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 
 import pulumi
 import pytest
 
-from infra_mocks import AMI_ID, AMI_NAME, GET_AMI, Deployment, deploy
+from infra.addresses import MASTER_OFFSET, PS_OFFSET, WORKER_OFFSET
+from infra_mocks import AMI_ID, AMI_NAME, EXISTING_SUBNET, GET_AMI, QUOTAS, AwsMocks, Deployment, deploy
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:pulumi_aws.*")
 
@@ -34,6 +36,11 @@ TLS_KEY = "tls:index/privateKey:PrivateKey"
 PLACEMENT_GROUP = "aws:ec2/placementGroup:PlacementGroup"
 # Types whose AWS API takes no tags; everything else must carry the cluster tags.
 UNTAGGABLE = {ROUTE_ASSOCIATION, PUBLIC_ACCESS_BLOCK, ENCRYPTION, ROLE_POLICY, INSTANCE_STATE, TLS_KEY}
+
+
+def host_of(instance) -> str:
+    """worker-0 for kindling-worker-0-instance."""
+    return instance.name.removeprefix("kindling-").removesuffix("-instance")
 
 
 def by_role(deployment: Deployment) -> dict[str, list]:
@@ -84,15 +91,26 @@ def test_ps_hosts_default_to_the_master_instance_type(variant):
     assert [i.inputs["instanceType"] for i in roles["ps"]] == ["m7i.2xlarge"]
 
 
-def test_spot_only_on_workers_persistent_and_stoppable(cluster):
+def test_spot_only_on_workers_one_time_so_no_request_outlives_its_instance(cluster):
+    """A persistent request survives the instance's deletion (terraform-provider-aws#38142) and would
+    start an untracked instance; a one-time request (interruption: terminate) closes with it."""
     roles = by_role(cluster)
     for worker in roles["worker"]:
         market = worker.inputs["instanceMarketOptions"]
         assert market["marketType"] == "spot"
-        assert market["spotOptions"] == {"spotInstanceType": "persistent",
-                                         "instanceInterruptionBehavior": "stop", "maxPrice": "0.25"}
+        assert market["spotOptions"] == {"spotInstanceType": "one-time",
+                                         "instanceInterruptionBehavior": "terminate", "maxPrice": "0.25"}
     for host in roles["master"] + roles["ps"]:
         assert "instanceMarketOptions" not in host.inputs, host.name
+
+
+def test_spot_workers_are_replaced_not_modified_when_their_type_changes(cluster, variant):
+    """EC2 cannot change a stopped spot instance's type; the provider would stop it and leave it stopped."""
+    roles = by_role(cluster)
+    for worker in roles["worker"]:
+        assert "instanceType" in worker.replace_on_changes, worker.name
+    for host in roles["master"] + roles["ps"] + by_role(variant)["worker"]:
+        assert "instanceType" not in host.replace_on_changes, host.name  # on-demand: resized in place
 
 
 def test_on_demand_workers_when_spot_is_off(variant):
@@ -102,9 +120,9 @@ def test_on_demand_workers_when_spot_is_off(variant):
 
 
 def test_ami_is_the_latest_canonical_ubuntu_2404_and_later_images_leave_hosts_alone(defaults):
-    assert len(defaults.invokes) == 1
-    token, args = defaults.invokes[0]
-    assert token == GET_AMI
+    lookups = [args for token, args in defaults.invokes if token == GET_AMI]
+    assert len(lookups) == 1
+    [args] = lookups
     assert args["owners"] == ["099720109477"]
     assert args["mostRecent"] is True
     filters = {f["name"]: f["values"] for f in args["filters"]}
@@ -113,34 +131,58 @@ def test_ami_is_the_latest_canonical_ubuntu_2404_and_later_images_leave_hosts_al
     assert AMI_NAME.startswith(filters["name"][0].rstrip("*"))
     for instance in defaults.of_type(INSTANCE):
         assert instance.inputs["ami"] == AMI_ID
-        assert instance.ignore_changes == ("ami",)
+        assert "ami" in instance.ignore_changes
 
 
 def test_pinned_ami_skips_the_lookup_and_applies_to_hosts(variant):
-    assert variant.invokes == []
+    assert [token for token, _ in variant.invokes if token == GET_AMI] == []
     for instance in variant.of_type(INSTANCE):
         assert instance.inputs["ami"] == "ami-0fedcba9876543210"
-        assert instance.ignore_changes == ()
+        assert "ami" not in instance.ignore_changes
 
 
-def test_firewall_opens_only_ssh_from_ssh_cidr_to_the_internet(cluster):
-    [group] = cluster.of_type(SECURITY_GROUP)
-    sg_id = group.id
-    assert sg_id.startswith("sg-")
+def security_groups(instance, deployment: Deployment) -> list[str]:
+    """The groups of the instance's primary interface, whoever owns it (instance or separate ENI)."""
+    if "primaryNetworkInterface" in instance.inputs:
+        interface_id = instance.inputs["primaryNetworkInterface"]["networkInterfaceId"]
+        [interface] = [i for i in deployment.of_type(ENI) if i.id == interface_id]
+        return interface.inputs["securityGroups"]
+    return instance.inputs["vpcSecurityGroupIds"]
+
+
+def test_firewall_opens_ssh_from_ssh_cidr_on_the_master_only(cluster):
     ingress = cluster.of_type(INGRESS)
-    assert len(ingress) == 2
     internet = [rule for rule in ingress if "cidrIpv4" in rule.inputs or "cidrIpv6" in rule.inputs]
     assert len(internet) == 1
     ssh = internet[0].inputs
     assert (ssh["ipProtocol"], ssh["fromPort"], ssh["toPort"], ssh["cidrIpv4"]) == ("tcp", 22, 22, "203.0.113.7/32")
     [members] = [rule.inputs for rule in ingress if "referencedSecurityGroupId" in rule.inputs]
-    assert members["referencedSecurityGroupId"] == sg_id and members["ipProtocol"] == "-1"
+    assert members["referencedSecurityGroupId"] == members["securityGroupId"] and members["ipProtocol"] == "-1"
+    assert len(ingress) == 2
     [egress] = cluster.of_type(EGRESS)
     assert (egress.inputs["ipProtocol"], egress.inputs["cidrIpv4"]) == ("-1", "0.0.0.0/0")
-    assert {rule.inputs["securityGroupId"] for rule in ingress + [egress]} == {sg_id}
-    assert "ingress" not in group.inputs and "egress" not in group.inputs  # no inline rules
-    for interface in cluster.of_type(ENI):
-        assert interface.inputs["securityGroups"] == [sg_id]
+    assert egress.inputs["securityGroupId"] == members["securityGroupId"]
+    groups = cluster.of_type(SECURITY_GROUP)
+    assert all("ingress" not in g.inputs and "egress" not in g.inputs for g in groups)  # no inline rules
+    for instance in cluster.of_type(INSTANCE):
+        attached = security_groups(instance, cluster)
+        assert members["securityGroupId"] in attached, instance.name
+        # Port 22 of workers and ps hosts is open to cluster members only.
+        assert (ssh["securityGroupId"] in attached) == (host_of(instance) == "master"), instance.name
+    assert len(groups) == 2 and ssh["securityGroupId"] != members["securityGroupId"]
+
+
+def test_hosts_boot_only_after_the_rules_and_the_internet_route(cluster, defaults):
+    """The provider strips AWS's default egress rule: a host booting before ours exists has no apt."""
+    for deployment in (cluster, defaults):
+        members_rules = {r.urn for r in deployment.of_type(INGRESS) + deployment.of_type(EGRESS)
+                         if "cidrIpv4" not in r.inputs or r.type == EGRESS}
+        [ssh_rule] = [r.urn for r in deployment.of_type(INGRESS) if "cidrIpv4" in r.inputs]
+        route = {r.urn for r in deployment.of_type(GATEWAY) + deployment.of_type(ROUTE_ASSOCIATION)}
+        assert len(members_rules) == 2 and len(route) == 2
+        for instance in deployment.of_type(INSTANCE):
+            assert members_rules | route <= instance.dependencies, instance.name
+            assert (ssh_rule in instance.dependencies) == (host_of(instance) == "master"), instance.name
 
 
 def test_ssh_cidr_is_normalised_before_it_reaches_the_rule(variant):
@@ -165,7 +207,7 @@ def test_root_volume_size_comes_from_config(variant):
 
 def test_everything_taggable_is_tagged_with_cluster_and_name(cluster):
     tagged = [r for r in cluster.resources if r.custom and r.type not in UNTAGGABLE]
-    assert len(tagged) > 30
+    assert {INSTANCE, ENI, EIP, SECURITY_GROUP, INGRESS, EGRESS, VPC, SUBNET, BUCKET} <= {r.type for r in tagged}
     for resource in tagged:
         tags = resource.inputs.get("tags")
         assert tags and tags["kindling:cluster"] == "kindling-test", resource.name
@@ -175,12 +217,13 @@ def test_everything_taggable_is_tagged_with_cluster_and_name(cluster):
 def test_hosts_carry_role_and_hdfs_tags_on_instance_volume_interface_and_address(cluster, defaults):
     for instance in cluster.of_type(INSTANCE):
         assert instance.inputs["volumeTags"] == instance.inputs["tags"]
-        host = instance.name.removeprefix("kindling-").removesuffix("-instance")
+        host = host_of(instance)
         assert instance.inputs["tags"]["Name"] == f"kindling-test-{host}"
         assert instance.inputs["tags"]["kindling:role"] == host.split("-")[0]
         assert instance.inputs["tags"]["kindling:hdfs"] == "true"
-        for type_, suffix in ((ENI, "eni"), (EIP, "eip")):
-            assert cluster.named(type_, f"kindling-{host}-{suffix}").inputs["tags"] == instance.inputs["tags"]
+    master = cluster.named(INSTANCE, "kindling-master-instance")
+    for type_, suffix in ((ENI, "eni"), (EIP, "eip")):
+        assert cluster.named(type_, f"kindling-master-{suffix}").inputs["tags"] == master.inputs["tags"]
     assert {i.inputs["tags"]["kindling:hdfs"] for i in defaults.of_type(INSTANCE)} == {"false"}
 
 
@@ -233,8 +276,9 @@ def test_own_network_vpc_subnet_gateway_and_default_route(defaults):
     [association] = defaults.of_type(ROUTE_ASSOCIATION)
     assert association.inputs["routeTableId"].startswith("rtb-")
     subnet_id = association.inputs["subnetId"]
-    assert {i.inputs["subnetId"] for i in defaults.of_type(ENI)} == {subnet_id}
-    # Addresses and interfaces wait for the gateway and the route: cloud-init needs the internet.
+    hosts = defaults.of_type(ENI) + [i for i in defaults.of_type(INSTANCE) if "subnetId" in i.inputs]
+    assert len(hosts) == 3 and {h.inputs["subnetId"] for h in hosts} == {subnet_id}
+    # The Elastic IP and the master's interface wait for the gateway and the route.
     for resource in defaults.of_type(EIP) + defaults.of_type(ENI):
         assert {gateway.urn, association.urn} <= resource.dependencies, resource.name
 
@@ -242,50 +286,112 @@ def test_own_network_vpc_subnet_gateway_and_default_route(defaults):
 def test_availability_zone_is_passed_to_the_subnet(variant):
     [subnet] = variant.of_type(SUBNET)
     assert subnet.inputs["availabilityZone"] == "us-east-1b"
+    assert "availabilityZone" not in subnet.ignore_changes  # asked for: moving it is the user's call
 
 
-def test_existing_vpc_and_subnet_create_no_network():
-    existing = deploy(vpc_id="vpc-0123456789abcdef0", subnet_id="subnet-0123456789abcdef0")
+def test_existing_subnet_creates_no_network_and_brings_its_vpc_and_addresses():
+    existing = deploy(subnet_id=EXISTING_SUBNET["id"])
     for type_ in (VPC, SUBNET, GATEWAY, ROUTE_TABLE, ROUTE_ASSOCIATION):
         assert existing.of_type(type_) == [], type_
-    [group] = existing.of_type(SECURITY_GROUP)
-    assert group.inputs["vpcId"] == "vpc-0123456789abcdef0"
-    interfaces = existing.of_type(ENI)
-    assert len(interfaces) == 3
-    assert {i.inputs["subnetId"] for i in interfaces} == {"subnet-0123456789abcdef0"}
-    assert len(existing.inventory["workers"]) == 2
+    assert {g.inputs["vpcId"] for g in existing.of_type(SECURITY_GROUP)} == {EXISTING_SUBNET["vpcId"]}
+    hosts = existing.of_type(ENI) + [i for i in existing.of_type(INSTANCE) if "subnetId" in i.inputs]
+    assert len(hosts) == 3 and {h.inputs["subnetId"] for h in hosts} == {EXISTING_SUBNET["id"]}
+    subnet = ipaddress.ip_network(EXISTING_SUBNET["cidrBlock"])
+    inventory = existing.inventory
+    assert {ipaddress.ip_address(h["privateIp"]) in subnet
+            for h in [inventory["master"], *inventory["workers"]]} == {True}
 
 
-def test_each_host_boots_on_its_interface_with_its_elastic_ip(cluster):
+def planned_address(host: str, cidr: str) -> str:
+    """The address plan's rule, restated: master .10, ps-i .16+i, worker-i .32+i."""
+    role, _, index = host.partition("-")
+    offset = {"master": MASTER_OFFSET, "ps": PS_OFFSET, "worker": WORKER_OFFSET}[role] + int(index or 0)
+    return str(ipaddress.ip_network(cidr).network_address + offset)
+
+
+def test_hosts_own_fixed_addresses_and_are_deleted_before_being_replaced(cluster):
+    """A replacement must not need what only one instance can hold (its address, the master's
+    interface) while the old one exists, and must come back under the same name, address and key."""
+    master_interface = cluster.named(ENI, "kindling-master-eni")
     for instance in cluster.of_type(INSTANCE):
-        host = instance.name.removesuffix("-instance")
-        interface = cluster.named(ENI, f"{host}-eni")
-        address = cluster.named(EIP, f"{host}-eip")
-        assert instance.inputs["primaryNetworkInterface"] == {"networkInterfaceId": interface.id}
-        assert address.inputs["networkInterface"] == interface.id
-        assert address.inputs["domain"] == "vpc"
-        assert address.urn in instance.dependencies
-        assert "subnetId" not in instance.inputs and "associatePublicIpAddress" not in instance.inputs
+        host = host_of(instance)
+        assert instance.delete_before_replace is True, instance.name
+        if host == "master":
+            assert instance.inputs["primaryNetworkInterface"] == {"networkInterfaceId": master_interface.id}
+            private_ip = master_interface.inputs["privateIps"][0]
+        else:
+            private_ip = instance.inputs["privateIp"]
+            assert instance.inputs["associatePublicIpAddress"] is True  # egress only: see the firewall
+            assert "primaryNetworkInterface" not in instance.inputs
+        assert private_ip == planned_address(host, "10.42.0.0/20")
+        # The host key is its own resource, with no input that a replacement changes.
+        assert cluster.named(TLS_KEY, f"kindling-{host}-host-key").inputs == {"algorithm": "ED25519"}
+
+
+def test_only_the_master_has_an_elastic_ip_on_its_own_interface(cluster):
+    [address] = cluster.of_type(EIP)
+    [interface] = cluster.of_type(ENI)
+    assert address.name == "kindling-master-eip" and interface.name == "kindling-master-eni"
+    assert address.inputs["networkInterface"] == interface.id and address.inputs["domain"] == "vpc"
+    # The master boots with its public address already there: cloud-init's apt needs it.
+    assert address.urn in cluster.named(INSTANCE, "kindling-master-instance").dependencies
+
+
+def test_a_100_worker_cluster_needs_one_elastic_ip_and_grows_by_a_host_key_and_an_instance_per_worker():
+    def roomy() -> AwsMocks:
+        return AwsMocks(quotas={**QUOTAS, "L-34B43A08": 512.0})  # 400 spot vCPUs fit
+    big, small = deploy(roomy(), worker_count=100), deploy(roomy(), worker_count=2)
+    assert len(big.of_type(EIP)) == 1
+    assert len(big.inventory["workers"]) == 100
+    per_worker = {r.type for r in big.resources if r.name.startswith("kindling-worker-99")}
+    assert per_worker == {"kindling:infra:ClusterHost", TLS_KEY, INSTANCE}
+    assert len(big.resources) - len(small.resources) == 98 * len(per_worker)
+    addresses = [w["privateIp"] for w in big.inventory["workers"]]
+    assert len(set(addresses)) == 100
+
+
+def test_user_data_changes_leave_running_hosts_alone(cluster):
+    """cloud-init reads user data at first boot only: a newer template must neither stop/start nor
+    replace a host (a replacement keeps the recorded text, whose name and key are still right)."""
+    for instance in cluster.of_type(INSTANCE):
+        assert "userData" in instance.ignore_changes, instance.name
+        assert not instance.inputs.get("userDataReplaceOnChange"), instance.name
 
 
 @pytest.mark.parametrize("scenario, state", [("defaults", "running"), ("variant", "stopped")])
-def test_running_flag_sets_instance_state(scenario, state, request):
+def test_running_flag_sets_the_state_of_on_demand_hosts(scenario, state, request):
     deployment = request.getfixturevalue(scenario)
-    instances = deployment.of_type(INSTANCE)
+    on_demand = [i for i in deployment.of_type(INSTANCE) if "instanceMarketOptions" not in i.inputs]
     states = deployment.of_type(INSTANCE_STATE)
-    assert len(states) == len(instances) >= 3
+    assert len(states) == len(on_demand) >= 1
     assert {s.inputs["state"] for s in states} == {state}
-    assert sorted(s.inputs["instanceId"] for s in states) == sorted(i.id for i in instances)
-    assert all(i.id.startswith("i-") for i in instances)
+    assert sorted(s.inputs["instanceId"] for s in states) == sorted(i.id for i in on_demand)
+    assert all(i.id.startswith("i-") for i in on_demand)
 
 
-def test_running_flag_is_not_an_instance_input(defaults):
-    """Stopping must not change any instance input, or pulumi would replace/modify the hosts."""
-    running, stopped = defaults, deploy(running=False)
+def test_stopping_removes_spot_workers_which_ec2_cannot_stop_and_keeps_the_inventory(defaults):
+    """One-time spot instances cannot be stopped; `running=false` deletes them (disks too) and
+    `running=true` brings them back under the same names, addresses and host keys."""
+    stopped = deploy(running=False)
+    assert {host_of(i) for i in stopped.of_type(INSTANCE)} == {"master"}
+    assert {host_of(i) for i in defaults.of_type(INSTANCE)} == {"master", "worker-0", "worker-1"}
+    assert [w["privateIp"] for w in stopped.inventory["workers"]] == \
+        [w["privateIp"] for w in defaults.inventory["workers"]]
+    assert len(stopped.of_type(TLS_KEY)) == len(defaults.of_type(TLS_KEY))
+
+
+def test_running_flag_is_not_an_instance_input(variant):
+    """Stopping must not change any instance input, or pulumi would replace/modify the hosts.
+    (Ids the mocks hand out in registration order are left out.)"""
+    stopped, running = variant, deploy(ps_count=1, master_instance_type="m7i.2xlarge", spot_workers=False,
+                                       ami="ami-0fedcba9876543210", ssh_cidr="198.51.100.23",
+                                       root_volume_gib=120, availability_zone="us-east-1b", running=True)
 
     def comparable(deployment):
         return sorted((i.name, {k: v for k, v in i.inputs.items() if k not in ("userData", "keyName",
-                       "primaryNetworkInterface", "iamInstanceProfile")}) for i in deployment.of_type(INSTANCE))
+                       "primaryNetworkInterface", "iamInstanceProfile", "vpcSecurityGroupIds", "subnetId")})
+                      for i in deployment.of_type(INSTANCE))
+    assert len(comparable(running)) == 4
     assert comparable(running) == comparable(stopped)
 
 
