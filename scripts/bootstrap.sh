@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PYTHON="${PYTHON:-python3}"
 if ! command -v java >/dev/null 2>&1; then
-  echo "error: java not found; Spark needs a JDK 17 (Debian/Ubuntu: sudo apt-get install openjdk-17-jdk-headless)" >&2
+  echo "error: java not found; Spark needs a JDK 17 or 21 (Debian/Ubuntu: sudo apt-get install default-jdk-headless)" >&2
   exit 2
 fi
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv

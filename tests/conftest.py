@@ -18,3 +18,14 @@ def assets() -> Path:
     if not (ASSETS / "datasets").is_dir():
         pytest.fail(f"offline assets not found at {ASSETS}; set KINDLING_ASSETS to the shared folder")
     return ASSETS
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """One closing line when multi-host tests were skipped: easy to miss in a long -ra list."""
+    skipped = [report for report in terminalreporter.stats.get("skipped", [])
+               if "netns" in report.keywords]
+    if skipped:
+        reasons = sorted({str(report.longrepr[-1]).removeprefix("Skipped: ") for report in skipped
+                          if isinstance(report.longrepr, tuple)})
+        terminalreporter.write_line(f"{len(skipped)} multi-host tests did not run: "
+                                    f"{'; '.join(reasons)}", yellow=True, bold=True)
