@@ -1,6 +1,6 @@
 """What TensorFlowOnSpark costs per epoch: train-mnist on Spark vs the same loop in one process.
 
-In one run on this machine: the training loop of workloads/train_mnist.py in a single process
+In one run on this machine: the training loop of workloads/mnist_node.py in a single process
 (all cores), then train-mnist through TFoS (TENSORFLOW input mode, 2 executors of 1 core on a
 local Spark standalone cluster, spark-submit as ops launches it), on the same digits with the
 same global batch and steps per epoch. Prints their epoch times side by side and the ratio
@@ -24,31 +24,30 @@ import tempfile
 from pathlib import Path
 
 from kindling import Host
-from ops.local import free_port
-from ops.plans import Placement, spark_driver
-from ops.spark import LocalSparkCluster
-from workloads import train_mnist
-from workloads.jobs import JOBS
+from ops.local import LocalSparkCluster, free_port
+from workloads import mnist_node
+from workloads.jobs import JOBS, Placement
 from workloads.mnist import build_cnn
+from workloads.training import train_step
 
 HOST = "127.0.0.1"
 
 
 def single_process_epochs(data: str, nodes: int, batch_size: int, epochs: int,
                           scratch: str) -> list[float]:
-    """Epoch seconds of train_mnist.train in this process: one shard of all digits, the
+    """Epoch seconds of mnist_node.train in this process: one shard of all digits, the
     cluster's global batch, as many steps per epoch as each TFoS node runs."""
     import keras
     import tensorflow as tf
 
-    shard = train_mnist.write_shard(data, 0, 1, scratch)
+    shard = mnist_node.write_shard(data, 0, 1, scratch)
     digits = sum(1 for _ in tf.data.TFRecordDataset(shard))
     steps_per_epoch = digits // nodes // batch_size
-    batches = train_mnist.batched(train_mnist.shuffled_stream(train_mnist.tfrecord_records(shard)),
+    batches = mnist_node.batched(mnist_node.shuffled_stream(mnist_node.tfrecord_records(shard)),
                                   nodes * batch_size)
-    trained = train_mnist.train(tf.distribute.get_strategy(), build_cnn(),
-                                keras.optimizers.Adam(), iter(batches),
-                                steps_per_epoch * epochs, steps_per_epoch)
+    strategy = tf.distribute.get_strategy()
+    step = train_step(strategy, build_cnn(), keras.optimizers.Adam())
+    trained = mnist_node.train(step, iter(batches), steps_per_epoch * epochs, steps_per_epoch)
     return [epoch.seconds for epoch in trained]
 
 
@@ -61,9 +60,9 @@ def tfos_epochs(data: str, nodes: int, batch_size: int, epochs: int, scratch: st
         placement = Placement(Host(name="master", hostname=HOST, privateIp=HOST), hosts, (),
                               sys.executable, cluster.master_url, cluster.spark_home)
         job = JOBS["train-mnist"]
-        [driver] = spark_driver(job, placement, job.script,
-                                ["--data", data, "--input_mode", "tensorflow", "--epochs",
-                                 str(epochs), "--batch_size", str(batch_size)], str(output))
+        [driver] = job.plan(job, placement, ["--data", data, "--input-mode", "tensorflow",
+                                             "--epochs", str(epochs), "--batch-size",
+                                             str(batch_size)], str(output)).processes
         subprocess.run(driver.argv, env={**os.environ, **dict(driver.env)}, check=True,
                        timeout=1800, stdout=subprocess.DEVNULL)
     return json.loads((output / "metrics.json").read_text())

@@ -14,7 +14,7 @@ from kindling import Host, Inventory, KindlingError, UserError
 from ops.cluster import Cluster, Progress
 from ops.remote import SPARK_STATE, read_stamp, sh
 from ops.services import (BasePackages, DeployContext, Layout, ProjectWheel, PythonDependencies,
-                          Service, SparkMaster, SparkWorker, StagedData, master_status)
+                          Service, SparkMaster, SparkWorker, StagedData)
 from ops.staging import remote_path
 from workloads.jobs import Job
 

@@ -1,7 +1,7 @@
 """train-mnist: the chapter's TensorFlowOnSpark MNIST on Spark 4 + TensorFlow 2 + Keras 3.
 
 spark-submit runs this file as the driver. TFCluster.run starts one TensorFlow node per Spark
-executor (the first is the chief) and each node runs `main_fun`: the CNN of workloads.mnist
+executor (the first is the chief) and each node runs `main_fun` (workloads.mnist_node): the CNN
 trained under MultiWorkerMirroredStrategy by a custom loop (Keras 3 `model.fit` breaks under
 multi-worker strategies, keras#20585). Input modes:
 
@@ -25,249 +25,27 @@ import json
 import math
 import os
 import re
-import shutil
 import signal
-import socket
 import sys
-import tempfile
 import time
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
-from tensorflowonspark import util as tfos_util
-
 from kindling import UserError
-from workloads.common import results_dir, run_cli, write_metrics
+from workloads.common import results_dir, run_cli
 from workloads.jobs import JOBS
-from workloads.mnist import IMAGE_SHAPE, build_cnn, load_mnist, shuffled, to_model_input
+from workloads.mnist import load_mnist, shuffled
+from workloads.mnist_node import READ_AHEAD_BATCHES, SEED, barrier_node, main_fun
 
 PARTITIONS_PER_NODE = 5
 """SPARK mode: partitions per node and epoch; smaller partitions waste less data at the end."""
-READ_AHEAD_BATCHES = 3
-"""Batches a node's tf.data pipeline may hold beyond its last step: prefetch(1), the batch the
-generator is filling, one spare."""
-SEED = 0
 JOB = "train-mnist"
-
-
-def _advertise_spark_local_ip() -> None:
-    """TFoS learns a node's address from a UDP connect to 8.8.8.8 (or the hostname's address).
-
-    On a host with several interfaces, or none routed outside, that is not the address the
-    cluster uses; kindling's Spark daemons export SPARK_LOCAL_IP (the executors inherit it),
-    so advertise that. Runs at import, which the executors do before TFoS asks for the address.
-    """
-    address = os.environ.get("SPARK_LOCAL_IP")
-    if address:
-        tfos_util.get_ip_address = lambda: address
-
-
-_advertise_spark_local_ip()
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     """The job's flags (workloads.jobs), in the chapter's spellings too, checked."""
     return JOBS[JOB].parse(argv, JOBS[JOB].parser(description=__doc__.split("\n\n")[0]))
 
-
-# ---------------------------------------------------------------- on the executors
-
-def main_fun(args: argparse.Namespace, ctx) -> None:
-    """One TensorFlow node: train, then (chief) evaluate and write the results."""
-    import keras
-    import tensorflow as tf
-
-    # TF_CONFIG comes from TFoS (master_node="chief"); a collective that waits longer than
-    # --timeout for a peer fails instead of hanging.
-    strategy = tf.distribute.MultiWorkerMirroredStrategy(
-        communication_options=tf.distribute.experimental.CommunicationOptions(
-            timeout_seconds=args.timeout))
-    is_chief = ctx.job_name == "chief"
-    feed = ctx.get_data_feed(train_mode=True) if args.input_mode == "spark" else None
-    if feed is not None:
-        records = fed_records(feed, args.batch_size)
-    else:
-        records = shuffled_stream(tfrecord_records(
-            write_shard(args.data, ctx.executor_id, args.cluster_size, os.getcwd())))
-    with strategy.scope():
-        model = build_cnn()
-        optimizer = keras.optimizers.Adam(args.learning_rate)
-    checkpoints = tf.train.CheckpointManager(
-        tf.train.Checkpoint(model=model, optimizer=optimizer),
-        # every node saves (variables may need syncing), only the chief's copy is kept
-        str(Path(args.output) / "checkpoints") if is_chief else tempfile.mkdtemp(),
-        max_to_keep=2)
-    summaries = (tf.summary.create_file_writer(str(Path(args.output) / "tensorboard"))
-                 if is_chief and args.tensorboard else None)
-    log = f"[{ctx.job_name}:{ctx.task_index}]"
-
-    def on_epoch(step: int, loss: float) -> None:
-        checkpoints.save(checkpoint_number=step)
-        if summaries:
-            with summaries.as_default():
-                tf.summary.scalar("loss", loss, step=step)
-        print(f"{log} step {step}: loss {loss:.4f}", flush=True)
-
-    print(f"{log} in cluster {strategy.cluster_resolver.cluster_spec().as_dict()}: training "
-          f"{args.steps} steps of {args.batch_size} digits", flush=True)
-    epochs = train(strategy, model, optimizer, iter(batched(records, args.batch_size)), args.steps,
-                   args.steps_per_epoch, on_epoch)
-    if is_chief:
-        write_results(args, model, epochs)
-    else:
-        shutil.rmtree(checkpoints.directory, ignore_errors=True)
-    # Nodes leave together, after the chief's results: TF's coordination service takes a node
-    # that exits early for a crash. An all-reduce is the barrier.
-    tf.function(lambda: strategy.reduce("SUM", strategy.run(lambda: tf.constant(1)), axis=None))()
-    if feed is not None:
-        # Only now: the driver's feeding job ends once every node stopped reading (the chief's
-        # unread partition holds it), so the job cannot end while the chief writes results.
-        feed.terminate()
-
-
-def write_results(args: argparse.Namespace, model, epochs: list[Epoch]) -> None:
-    """The chief's part: evaluate on the 10k test set, export the model, write metrics.json."""
-    started = time.monotonic()
-    Path(args.output).mkdir(parents=True, exist_ok=True)  # the chief may be on another host
-    exported = standalone_copy(model)
-    loss, accuracy, test_digits = evaluate(exported, args.data)
-    evaluate_seconds = time.monotonic() - started
-    Path(args.model).parent.mkdir(parents=True, exist_ok=True)
-    exported.save(args.model)
-    write_metrics(Path(args.output), {
-        "accuracy": accuracy, "loss": loss, "final_train_loss": epochs[-1].loss,
-        "engine": args.engine, "input_mode": args.input_mode, "cluster_size": args.cluster_size,
-        "epochs": args.epochs, "steps": args.steps, "batch_size_per_node": args.batch_size,
-        "train_digits": args.train_digits, "test_digits": test_digits, "model": args.model,
-        "timings": {"train_seconds": round(sum(e.seconds for e in epochs), 2),
-                    "epoch_seconds": [round(e.seconds, 2) for e in epochs],
-                    "evaluate_seconds": round(evaluate_seconds, 2)},
-    })
-    print(f"[chief] test accuracy {accuracy:.4f}, loss {loss:.4f}", flush=True)
-
-
-def fed_records(feed, batch_size: int):
-    """SPARK mode: the (image, label) rows TFCluster.train pushes into this node's queue."""
-    import tensorflow as tf
-
-    def rows():
-        while not feed.should_stop():
-            for image, label in feed.next_batch(batch_size):
-                yield image, label
-
-    return tf.data.Dataset.from_generator(rows, output_signature=(
-        tf.TensorSpec((IMAGE_SHAPE[0] * IMAGE_SHAPE[1],), tf.uint8), tf.TensorSpec((), tf.int64)))
-
-
-def write_shard(data: str | None, index: int, count: int, folder: str) -> str:
-    """TENSORFLOW mode's prep step: this node's slice of the shuffled training digits as a
-    TFRecord file in its executor folder. The MNIST folder is at the same path on every host,
-    so no node needs a shared file system (TFoS' usual HDFS)."""
-    import tensorflow as tf
-
-    (x, y), _ = load_mnist(data)
-    x, y = shuffled(x, y, SEED)
-    path = Path(folder, f"mnist-train-{index:05d}-of-{count:05d}.tfrecord").resolve()
-    with tf.io.TFRecordWriter(str(path)) as writer:
-        for image, label in zip(x[index::count], y[index::count]):
-            writer.write(tf.train.Example(features=tf.train.Features(feature={
-                "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image.tobytes()])),
-                "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
-            })).SerializeToString())
-    return str(path)
-
-
-def tfrecord_records(path: str):
-    """The (flat uint8 image, label) rows of a shard, in file order."""
-    import tensorflow as tf
-
-    features = {"image": tf.io.FixedLenFeature([], tf.string),
-                "label": tf.io.FixedLenFeature([], tf.int64)}
-
-    def parse(record):
-        example = tf.io.parse_single_example(record, features)
-        return tf.io.decode_raw(example["image"], tf.uint8), example["label"]
-
-    return tf.data.TFRecordDataset(path).map(parse)
-
-
-def shuffled_stream(records):
-    """A shard's rows kept in memory, reshuffled every pass, endless (the step count stops)."""
-    return records.cache().shuffle(10_000, seed=SEED).repeat()
-
-
-def batched(records, batch_size: int):
-    """A node's batches of model input, fed straight to its one replica (CPU).
-
-    Not through strategy.distribute_datasets_from_function: each node already reads only its
-    own data (a distributed dataset would auto-shard it again, silently dropping half), and
-    the distributed iterator costs ~30 ms a step here, doubling the epoch time."""
-    import tensorflow as tf
-
-    def model_input(image, label):
-        return tf.reshape(tf.cast(image, tf.float32) / 255.0, IMAGE_SHAPE), label
-
-    return records.map(model_input).batch(batch_size, drop_remainder=True).prefetch(1)
-
-
-class Epoch(NamedTuple):
-    loss: float
-    """Mean training loss of the epoch's steps."""
-    seconds: float
-    """Time of its steps, on_epoch (checkpointing) not included."""
-
-
-def train(strategy, model, optimizer, batches, steps: int, steps_per_epoch: int,
-          on_epoch=lambda step, loss: None) -> list[Epoch]:
-    """The custom training loop, every `steps_per_epoch` steps (and at the end) an Epoch."""
-    import keras
-    import tensorflow as tf
-
-    per_digit_loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="none")
-
-    @tf.function
-    def train_step(iterator):
-        def replica_step(images, labels):
-            with tf.GradientTape() as tape:
-                logits = model(images, training=True)
-                loss = tf.nn.compute_average_loss(per_digit_loss(labels, logits))
-            gradients = tape.gradient(loss, model.trainable_variables)
-            optimizer.apply_gradients(zip(gradients, model.trainable_variables))
-            return loss
-
-        losses = strategy.run(replica_step, args=next(iterator))
-        return strategy.reduce(tf.distribute.ReduceOp.SUM, losses, axis=None)
-
-    epochs, running, started = [], [], time.monotonic()
-    for step in range(1, steps + 1):
-        running.append(float(train_step(batches)))
-        if step % steps_per_epoch == 0 or step == steps:
-            epochs.append(Epoch(sum(running) / len(running), time.monotonic() - started))
-            on_epoch(step, epochs[-1].loss)
-            running, started = [], time.monotonic()
-    return epochs
-
-
-def standalone_copy(model):
-    """The trained weights in a model outside the strategy: what gets evaluated and saved."""
-    copy = build_cnn()
-    copy.set_weights(model.get_weights())
-    return copy
-
-
-def evaluate(model, data: str | None) -> tuple[float, float, int]:
-    """(loss, accuracy, digits) on the official 10k test set."""
-    import keras
-
-    _, (x_test, y_test) = load_mnist(data)
-    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=["accuracy"])
-    loss, accuracy = model.evaluate(to_model_input(x_test), y_test, batch_size=1000, verbose=0)
-    return float(loss), float(accuracy), len(y_test)
-
-
-# ---------------------------------------------------------------- on the driver
 
 def plan_steps(args: argparse.Namespace, train_digits: int) -> tuple[int, int]:
     """(steps, steps per epoch) per node, a little under the data each node will receive.
@@ -396,13 +174,6 @@ def run_tfos(sc, args: argparse.Namespace, x_train: np.ndarray, y_train: np.ndar
     signal.alarm(0)  # TFoS leaves its shutdown alarm armed
 
 
-class BarrierNode(NamedTuple):
-    """What main_fun needs of TFoS' node context, in barrier mode."""
-    job_name: str
-    task_index: int
-    executor_id: int
-
-
 def run_barrier(sc, args: argparse.Namespace) -> None:
     """Spark barrier mode: every node's task starts at once or none does, and one failing task
     fails them all; no reservation server, no feeding job, no polling."""
@@ -414,24 +185,6 @@ def run_barrier(sc, args: argparse.Namespace) -> None:
     nodes = sc.parallelize(range(args.cluster_size), args.cluster_size).barrier()
     nodes.mapPartitions(lambda _: barrier_node(args)).collect()
     signal.alarm(0)
-
-
-def barrier_node(args: argparse.Namespace):
-    """One node: trade addresses with the others (allGather), then TF_CONFIG and main_fun."""
-    from pyspark import BarrierTaskContext
-
-    context = BarrierTaskContext.get()
-    with socket.socket() as probe:  # a free port for this node's TF server
-        probe.bind(("", 0))
-        address = f"{tfos_util.get_ip_address()}:{probe.getsockname()[1]}"
-    addresses = context.allGather(address)
-    index = context.partitionId()
-    node = BarrierNode("chief" if index == 0 else "worker", max(index - 1, 0), index)
-    cluster = {"chief": addresses[:1], **({"worker": addresses[1:]} if len(addresses) > 1 else {})}
-    os.environ["TF_CONFIG"] = json.dumps({"cluster": cluster, "task": {
-        "type": node.job_name, "index": node.task_index}})
-    main_fun(args, node)
-    yield index
 
 
 def cluster_failure(exc: BaseException, args: argparse.Namespace) -> str:
@@ -464,8 +217,4 @@ def report(output: Path, seconds: float) -> None:
 
 
 if __name__ == "__main__":
-    # Run through the importable module, not __main__: cloudpickle then ships main_fun by
-    # reference, so each executor imports workloads.train_mnist (and its address fix) first.
-    from workloads.train_mnist import main as module_main
-
-    run_cli(module_main)
+    run_cli(main)

@@ -27,7 +27,8 @@ from pathlib import Path
 from kindling import UserError
 from workloads.common import results_dir, run_cli, write_metrics
 from workloads.jobs import JOBS
-from workloads.mnist import build_cnn, load_mnist, shuffled, to_model_input
+from workloads.mnist import build_cnn, load_mnist, shuffled
+from workloads.training import barrier, evaluate_and_export, train_step
 from workloads.peer_watch import PROBE_SECONDS, PeerWatch, exit_now
 from workloads.tf_cluster import (ROLES, ClusterSpec, Task, check_task,
                                   cluster_spec, describe, host_list, load_cluster_spec,
@@ -194,18 +195,7 @@ def train(spec: ClusterSpec, role: str, index: int, args: argparse.Namespace,
             tf.function(lambda: strategy.distribute_datasets_from_function(make_dataset))))
     else:
         iterator = iter(strategy.distribute_datasets_from_function(make_dataset))
-    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="none")
-
-    @tf.function
-    def train_step(batches):
-        def replica_step(images, labels):
-            with tf.GradientTape() as tape:
-                loss = tf.nn.compute_average_loss(loss_fn(labels, model(images, training=True)),
-                                                  global_batch_size=args.batch_size)
-            gradients = tape.gradient(loss, model.trainable_variables)
-            optimizer.apply_gradients(zip(gradients, model.trainable_variables))
-            return loss
-        return strategy.reduce("SUM", strategy.run(replica_step, args=next(batches)), axis=None)
+    step = train_step(strategy, model, optimizer, global_batch_size=args.batch_size)
 
     first_epoch = int(epoch.numpy())
     train_started = time.monotonic()
@@ -214,12 +204,12 @@ def train(spec: ClusterSpec, role: str, index: int, args: argparse.Namespace,
         for number in range(first_epoch + 1, args.epochs + 1):
             epoch_started = time.monotonic()
             if coordinator:
-                losses = [coordinator.schedule(train_step, args=(iterator,))
+                losses = [coordinator.schedule(step, args=(iterator,))
                           for _ in range(steps_per_epoch)]
                 coordinator.join()
                 train_loss = sum(float(loss.fetch()) for loss in losses) / len(losses)
             else:
-                train_loss = sum(float(train_step(iterator))
+                train_loss = sum(float(step(iterator))
                                  for _ in range(steps_per_epoch)) / steps_per_epoch
             epoch.assign(number)
             manager.save()
@@ -249,9 +239,7 @@ def train(spec: ClusterSpec, role: str, index: int, args: argparse.Namespace,
             stop_watching.set()  # the servers leave once released
             release_servers(tf, args, spec)
         else:
-            # Sync trainers leave together, after the chief's evaluation: TF's coordination
-            # service takes an early exit for a crash.
-            barrier(tf, strategy)
+            barrier(strategy)
             stop_watching.set()
     except tf.errors.OpError as exc:
         exit_now(1, tf_error_line(spec, exc.message, (role, index)))
@@ -259,32 +247,13 @@ def train(spec: ClusterSpec, role: str, index: int, args: argparse.Namespace,
 
 
 def evaluate_and_save(weights: list, test_set, output: Path, metrics: dict) -> None:
-    """Test accuracy of the trained weights, model.keras and metrics.json, all from a plain
-    Keras model built outside any strategy, so the saved model loads anywhere."""
-    import keras
-
+    """Test accuracy of the trained weights, model.keras and metrics.json."""
     evaluate_started = time.monotonic()
-    x_test, y_test = test_set
-    model = build_cnn()
-    model.set_weights(weights)
-    model.save(output / "model.keras")  # uncompiled: no optimizer state that was never trained
-    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=["accuracy"])
-    scores = model.evaluate(to_model_input(x_test), y_test, batch_size=500, verbose=0,
-                            return_dict=True)
+    loss, accuracy = evaluate_and_export(weights, test_set, output / "model.keras")
     metrics["seconds"]["evaluate"] = time.monotonic() - evaluate_started
-    write_metrics(output, {"accuracy": float(scores["accuracy"]), "loss": float(scores["loss"]),
-                           "test_examples": len(x_test), **metrics})
-    print(f"test accuracy {scores['accuracy']:.4f}; results in {output}", flush=True)
-
-
-def barrier(tf, strategy) -> None:
-    """Return once every sync trainer got here: an all-reduce of ones."""
-    @tf.function
-    def all_reduce_ones():
-        return strategy.reduce("SUM", strategy.run(tf.ones, args=((),)), axis=None)
-
-    all_reduce_ones()
+    write_metrics(output, {"accuracy": accuracy, "loss": loss, "test_examples": len(test_set[1]),
+                           **metrics})
+    print(f"test accuracy {accuracy:.4f}; results in {output}", flush=True)
 
 
 def release_servers(tf, args: argparse.Namespace, spec: ClusterSpec) -> None:

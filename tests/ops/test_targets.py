@@ -21,7 +21,7 @@ from kindling import HostError, UserError
 from ops import tasks
 from ops.remote import sh
 from ops.targets import LocalTarget, check_downloads
-from workloads.jobs import JOBS, Download, Flag, Job, Launch, Process
+from workloads.jobs import JOBS, Flag, Job, Launch, Process
 
 REPO = Path(__file__).resolve().parents[2]
 FAB = str(Path(sys.executable).parent / "fab")

@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 
-from workloads import train_mnist
+from workloads import mnist_node, train_mnist
 from workloads.mnist import load_mnist, shuffled
 
 SCRIPT = train_mnist.__file__
@@ -103,7 +103,7 @@ def test_spark_mode_keeps_a_partition_per_node_in_reserve():
     partition = 5000 // (2 * train_mnist.PARTITIONS_PER_NODE)
     fed_per_node = 2 * 5000 // 2
     # a node may get one partition less than its fair share, and tf.data reads ahead
-    assert steps * 64 <= fed_per_node - partition - train_mnist.READ_AHEAD_BATCHES * 64
+    assert steps * 64 <= fed_per_node - partition - mnist_node.READ_AHEAD_BATCHES * 64
     assert steps >= 60  # ... but not much less than the data allows
     assert per_epoch == math.ceil(steps / 2)  # two checkpoints, no stray third "epoch"
 
@@ -161,12 +161,12 @@ def test_executors_advertise_spark_local_ip_to_tfos():
 def test_tfrecord_shards_split_the_shuffled_digits(assets, tmp_path):
     data = str(assets / "datasets" / "mnist")
     (x, y), _ = load_mnist(data)
-    x, y = shuffled(x, y, train_mnist.SEED)
+    x, y = shuffled(x, y, mnist_node.SEED)
     seen_labels = []
     for index in range(2):
-        path = train_mnist.write_shard(data, index, 2, str(tmp_path))
+        path = mnist_node.write_shard(data, index, 2, str(tmp_path))
         assert path == str(tmp_path / f"mnist-train-0000{index}-of-00002.tfrecord")
-        [(images, labels)] = train_mnist.tfrecord_records(path).batch(5000).as_numpy_iterator()
+        [(images, labels)] = mnist_node.tfrecord_records(path).batch(5000).as_numpy_iterator()
         assert len(labels) == 2500
         np.testing.assert_array_equal(images, x[index::2].reshape(2500, -1))
         np.testing.assert_array_equal(labels, y[index::2])
