@@ -105,6 +105,7 @@ def _check_port_free(address: str) -> None:
     """Fail when something else (an apt-cacher-ng service on every address?) holds the port: the
     proxy would exit while that listener answered in its place."""
     with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the proxy does: TIME_WAIT is no owner
         try:
             probe.bind((address, PORT))
         except OSError as exc:
