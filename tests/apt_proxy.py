@@ -19,7 +19,7 @@ from pathlib import Path
 
 from netns_cluster import _port_open
 from os_image import CACHE_ROOT, debian_mirrors
-from workloads.common import UserError
+from kindling import UserError
 
 APT_PACKAGES = "apt-cacher-ng"
 PORT = 3142

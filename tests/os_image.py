@@ -25,7 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from workloads.common import UserError, run_cli
+from kindling import UserError
+from workloads.common import run_cli
 
 CACHE_ROOT = Path(os.environ.get("KINDLING_REHEARSAL_CACHE", "/var/cache/kindling-rehearsal"))
 SUITE = "trixie"

@@ -45,7 +45,7 @@ import apt_proxy
 import os_image
 from netns_cluster import (SSH_PORT, ClusterError, NetnsCluster, _port_open, _wait_until,
                            missing_prerequisites as netns_missing_prerequisites)
-from ops.inventory import known_hosts_line, load_inventory, spark_master_url
+from kindling import known_hosts_line, load_inventory, spark_master_url
 from workloads.common import run_cli
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "infra"))

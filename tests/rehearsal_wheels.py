@@ -26,7 +26,8 @@ import time
 from pathlib import Path
 
 from ops.services import workload_requirements
-from workloads.common import UserError, run_cli
+from kindling import UserError
+from workloads.common import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 CONSTRAINTS = REPO / "constraints.txt"
