@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The machine packages the whole suite needs: a JDK for Spark, python3-venv, and for the
-# multi-host tests sshd, iproute2, sudo and cloud-init (its schema validates our user data).
+# The machine packages the whole suite needs: a JDK for Spark, python3-venv, for the multi-host
+# tests sshd, iproute2, sudo and cloud-init (its schema validates our user data), and for the EC2
+# rehearsal mmdebstrap, the trixie archive keys and apt-cacher-ng.
 # As root it installs what is missing; otherwise it names what is missing (those tests then
 # skip, and the test run ends with one line saying how many did not run and why).
 set -euo pipefail
@@ -11,6 +12,10 @@ command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v sudo >/dev/null 2>&1 || need+=(sudo)
 python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
 command -v cloud-init >/dev/null 2>&1 || need+=(cloud-init)
+# the EC2 rehearsal (tests/rehearsal_cluster.py): Debian image builder, trixie archive keys, apt proxy
+command -v mmdebstrap >/dev/null 2>&1 || need+=(mmdebstrap)
+[ -e /usr/share/keyrings/debian-archive-trixie-stable.gpg ] || need+=(debian-archive-keyring)
+[ -x /usr/sbin/apt-cacher-ng ] || need+=(apt-cacher-ng)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then
   echo "note: not root, so not installing: ${need[*]} (sudo apt-get install ${need[*]});" \

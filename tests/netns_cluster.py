@@ -242,13 +242,17 @@ class NetnsCluster:
         _keygen(key, f"{self.name}-{self.user}")
         for record in state["hosts"]:
             self._write_host_files(record, key.with_suffix(".pub").read_text())
-        _ip("link", "add", state["bridge"], "type", "bridge")
-        _ip("addr", "add", state["gateway"], "dev", state["bridge"])
-        _ip("link", "set", state["bridge"], "up")
+        self._add_bridge()
         for record in state["hosts"]:
             self._start_host(record)
         self._check_bridge()
         self._write_inventory(key.read_text())
+
+    def _add_bridge(self) -> None:
+        """The bridge every host's veth joins; it holds the subnet's .1 (the control machine's side)."""
+        _ip("link", "add", self.state["bridge"], "type", "bridge")
+        _ip("addr", "add", self.state["gateway"], "dev", self.state["bridge"])
+        _ip("link", "set", self.state["bridge"], "up")
 
     def _write_host_files(self, record: dict, authorized_key: str) -> None:
         root = Path(record["dir"])
@@ -302,6 +306,10 @@ class NetnsCluster:
 
         record["init_pid"] = _wait_until(init_pid, f"init of {record['name']}")
         _save(self.state)
+        self._prepare_host(record)
+
+    def _prepare_host(self, record: dict) -> None:
+        """Give the host, whose namespaces now exist, its files and its sshd."""
         mounts = [(Path(record["dir"], path), Path("/", path)) for path in PRIVATE_PATHS]
         # the mount that covers the workdir (/tmp for pytest's tmp_path) goes last, or it would hide
         # the sources of the others
@@ -585,7 +593,7 @@ def _port_open(address: str, port: int) -> bool:
     return False
 
 
-def _wait_until(condition, what: str, timeout: float = WAIT_SECONDS):
+def _wait_until(condition, what: str, timeout: float = WAIT_SECONDS, interval: float = 0.02):
     deadline = time.monotonic() + timeout
     while True:
         result = condition()
@@ -593,7 +601,7 @@ def _wait_until(condition, what: str, timeout: float = WAIT_SECONDS):
             return result
         if time.monotonic() > deadline:
             raise ClusterError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.02)
+        time.sleep(interval)
 
 
 def _tail(path: Path) -> str:
