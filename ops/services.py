@@ -20,9 +20,9 @@ from fabric import Connection
 from ops import spark
 from kindling import Host, Inventory
 from ops.remote import (COMMAND_TIMEOUT, HOME, INSTALL_TIMEOUT, PYTHON, RUNS, SPARK_STATE, SRV,
-                        STAMPS, VENV, WHEELHOUSE, DATA, read_stamp, sh, write_stamp)
+                        STAMPS, VENV, WHEELHOUSE, DATA, read_stamp, sh, where, write_stamp)
 from ops.staging import push_path, staged_check
-from kindling import UserError
+from kindling import HostError, UserError
 
 def file_digest(paths: list[Path]) -> str:
     digest = hashlib.sha256()
@@ -113,12 +113,19 @@ class PythonDependencies(Service):
         if ctx.wheelhouse:
             push_wheelhouse(cxn, ctx.wheelhouse)
             source = f"--no-index --find-links {WHEELHOUSE}"
-        else:
-            source = ""
+            fix = ("the wheelhouse has no wheels for this host's Python; rebuild it with "
+                   "`fab wheelhouse --target TARGET` (asks the master) and deploy again")
+        else:  # fail in seconds, not minutes of retries, when the host cannot reach PyPI
+            source = "--retries 1 --timeout 15"
+            fix = ("the host cannot install from PyPI; build a wheelhouse for its Python with "
+                   "`fab wheelhouse --target TARGET` and pass `fab deploy --wheelhouse DIR`")
         requirements = " ".join(shlex.quote(r) for r in workload_requirements(ctx.constraints))
-        sh(cxn, f"{PYTHON} -m pip install -q --no-compile --disable-pip-version-check {source} "
-                f"-c {constraints} {requirements}", timeout=INSTALL_TIMEOUT,
-           what="pip install of the job dependencies")
+        result = cxn.run(f"{PYTHON} -m pip install -q --no-compile --disable-pip-version-check "
+                         f"{source} -c {constraints} {requirements}", hide=True, warn=True,
+                         timeout=INSTALL_TIMEOUT, in_stream=False)
+        if result.exited:
+            last = (result.stderr.strip().splitlines() or ["no output"])[-1]
+            raise HostError(*where(cxn), "pip install of the job dependencies", f"{last[:200]}; {fix}")
         write_stamp(cxn, "python-deps", self.version(ctx))
 
 

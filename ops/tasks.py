@@ -14,7 +14,7 @@ import inspect
 import json
 import os
 import subprocess
-import sys
+import time
 import traceback
 from pathlib import Path
 
@@ -241,16 +241,29 @@ def ui(c, target=None, seconds=0):
         tunnel.wait(timeout=10)
 
 
-@task(help={"folder": "where to write the wheels (default: wheelhouse)"})
+@task(help={"folder": "where to write the wheels (default: wheelhouse)",
+            "python_version": "the hosts' Python, MAJOR.MINOR[:GLIBC] (e.g. 3.12, 3.13:2.41)",
+            "target": "ask this target's master for its Python instead"})
 @cli_errors
-def wheelhouse(c, folder="wheelhouse"):
+def wheelhouse(c, folder="wheelhouse", python_version=None, target=None):
     """Build a folder of every wheel the hosts need, for `fab deploy --wheelhouse` (air-gapped)."""
+    from ops import wheelhouse as wheels
     from ops.deploy import PROJECT_ROOT
     from ops.services import workload_requirements
 
+    if python_version and target:
+        raise UserError("give --python-version or --target, not both")
+    if python_version:
+        interpreter = wheels.parse_python_version(python_version)
+    elif target:
+        with _cluster(target) as where:
+            master = where.inventory.master
+            interpreter = wheels.host_interpreter(where.cluster.connection(master))
+    else:
+        interpreter = wheels.this_machine()
     constraints = PROJECT_ROOT / "constraints.txt"
-    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "-c", str(constraints),
-                           "-w", folder, *workload_requirements(constraints)], timeout=3600)
-    if done.returncode != 0:
-        raise UserError("pip wheel failed (see above); check your network or pip configuration")
-    print(f"wheelhouse: {folder} ({len(list(Path(folder).glob('*.whl')))} wheels)")
+    started = time.monotonic()
+    count = wheels.build(Path(folder), interpreter, constraints,
+                         workload_requirements(constraints))
+    print(f"wheelhouse: {folder} ({count} wheels for CPython {interpreter.python}, glibc "
+          f"{interpreter.glibc}, in {time.monotonic() - started:.0f}s)")

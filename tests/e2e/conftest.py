@@ -2,6 +2,9 @@
 
 import os
 import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -48,9 +51,19 @@ def rehearsal_cluster(tmp_path_factory):
         yield cluster
 
 
-@pytest.fixture(scope="session")
-def rehearsal_wheelhouse():
-    """Wheels for the rehearsal hosts' CPython 3.13 (pyspark's built here once), cached outside the repo."""
-    from rehearsal_wheels import build_wheelhouse
+REHEARSAL_WHEELHOUSE = Path("/var/cache/kindling-rehearsal/wheelhouse")
+"""Kept between runs: `fab wheelhouse` rebuilds it only when constraints or the hosts' Python change."""
 
-    return build_wheelhouse()
+
+@pytest.fixture(scope="session")
+def rehearsal_wheelhouse(rehearsal_cluster):
+    """`fab wheelhouse --target` as a user runs it: it asks the master for its Python (3.13 on the
+    rehearsal's Debian, not this machine's) and builds wheels for it, pyspark's built here once."""
+    rehearsal_cluster.wait_ssh(timeout=300)
+    done = subprocess.run([str(Path(sys.executable).parent / "fab"), "wheelhouse", "--folder",
+                           str(REHEARSAL_WHEELHOUSE), "--target", str(rehearsal_cluster.inventory_path)],
+                          cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True,
+                          timeout=1800, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "for CPython 3.13" in done.stdout, done.stdout
+    return REHEARSAL_WHEELHOUSE
