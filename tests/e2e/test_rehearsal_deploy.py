@@ -14,7 +14,8 @@ import time
 
 import pytest
 
-from fab_cli import fab, fab_env, job_processes, one_error_line, results_of
+from e2e.fab_cli import fab, fab_env, job_processes, one_error_line, results_of
+from floors import ACCURACY_FLOOR
 from rehearsal_cluster import RehearsalCluster, missing_prerequisites
 
 pytestmark = pytest.mark.netns
@@ -60,7 +61,7 @@ def test_rehearsal_first_deploy_waits_for_cloud_init_and_trains(first_deploy, ho
     assert re.search(r"^master +cloud-init +", done.stdout, re.M), done.stdout
     accuracy = json.loads((results / "metrics.json").read_text())["accuracy"]
     print(f"train-mnist on the rehearsal hosts: accuracy {accuracy:.4f}")
-    assert accuracy >= 0.85
+    assert accuracy >= ACCURACY_FLOOR["train-mnist"]
     for name in ("master", "worker-0", "worker-1"):
         assert hosts.cloud_init_status(name)["status"] == "done", hosts.boot_log(name)
         venv = hosts.exec(name, "/opt/kindling/venv/bin/python -V").stdout.strip()
@@ -86,7 +87,7 @@ def test_rehearsal_run_classify(first_deploy, hosts, env):
     results = results_of(fab(env, "run", "classify", "--target", str(hosts.inventory_path)))
     metrics = json.loads((results / "metrics.json").read_text())
     print(f"classify on the rehearsal hosts: accuracy {metrics['accuracy']:.4f}")
-    assert metrics["accuracy"] >= 0.95
+    assert metrics["accuracy"] >= ACCURACY_FLOOR["classify"]
 
 
 def test_rehearsal_train_ps_roles_status_logs_and_a_second_deploy(first_deploy, hosts, env,

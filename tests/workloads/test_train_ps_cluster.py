@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from floors import ACCURACY_FLOOR
 from kindling import KindlingError
 from ops.local import free_ports
 from ops.targets import LocalTarget
@@ -24,8 +25,6 @@ from workloads.tf_cluster import cluster_spec, process_argvs
 
 pytestmark = pytest.mark.slow
 
-ACCURACY_FLOOR = 0.90
-"""Test-set accuracy after 2 epochs on the 5k digits; measured 0.93-0.95 (ps and sync)."""
 SMALL = ["--epochs", "2", "--threads", "1", "--timeout", "60"]
 
 
@@ -53,7 +52,7 @@ def check_results(output: Path, assets: Path, strategy: str, cluster: dict) -> d
     assert metrics["strategy"] == strategy and metrics["cluster"] == cluster
     assert metrics["epochs"] == 2 and metrics["steps"] == 2 * 79 and metrics["batch_size"] == 64
     assert metrics["examples_per_second"] > 0 and metrics["test_examples"] == 10_000
-    assert metrics["accuracy"] >= ACCURACY_FLOOR, metrics
+    assert metrics["accuracy"] >= ACCURACY_FLOOR["train-ps"], metrics
     assert (output / "checkpoints" / "checkpoint").read_text().startswith(
         'model_checkpoint_path: "ckpt-2"')
     model = keras.saving.load_model(output / "model.keras")
@@ -131,9 +130,7 @@ def test_a_killed_worker_fails_the_job_naming_it_and_a_rerun_resumes(tmp_path, a
             time.sleep(0.2)
 
         processes["worker", 1].send_signal(signal.SIGKILL)
-        killed = time.monotonic()
-        assert processes["chief", 0].wait(60) == 1
-        assert time.monotonic() - killed < 60
+        assert processes["chief", 0].wait(60) == 1  # within 60 s of the kill, or TimeoutExpired
         assert f"error: worker 1 at {spec['worker'][1]} " in logs["chief", 0].read_text()
         for task in (("ps", 0), ("worker", 0)):  # they notice that the chief is gone
             assert processes[task].wait(30) == 1
