@@ -12,12 +12,11 @@ from urllib.parse import urlparse
 import numpy as np
 import pandas as pd
 import pytest
-
-from floors import ACCURACY_FLOOR
 from PIL import Image
 
-from workloads import classify
+from floors import ACCURACY_FLOOR
 from kindling import UserError
+from workloads import classify
 from workloads.deep_image import DeepImageFeaturizer, DeepImagePredictor, readImages
 
 pytestmark = pytest.mark.slow
