@@ -6,6 +6,7 @@ reported as one line naming that host, after the others have finished their step
 
 from __future__ import annotations
 
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, TypeVar
@@ -14,7 +15,7 @@ from fabric import Connection
 from rich.console import Console
 
 from ops.inventory import Host, Inventory
-from ops.ssh import connect
+from ops.ssh import connect, jump_host
 from workloads.common import UserError
 
 T = TypeVar("T")
@@ -27,6 +28,8 @@ class Cluster:
     def __init__(self, inventory: Inventory):
         self.inventory = inventory
         self._connections: dict[str, Connection] = {}
+        self._gateway_lock = threading.Lock()
+        self._gateway_error: BaseException | None = None
 
     def role(self, host: Host) -> str:
         if host == self.inventory.master:
@@ -34,12 +37,33 @@ class Cluster:
         return "ps" if host in self.inventory.ps else "worker"
 
     def connection(self, host: Host) -> Connection:
+        """host's open connection (made once); hosts behind the master share its connection."""
+        if host == self.inventory.master:
+            return self._master_connection()
         if host.name not in self._connections:
-            self._connections[host.name] = connect(self.inventory, host)
+            gateway = self._master_connection() if jump_host(self.inventory, host) else None
+            self._connections[host.name] = connect(self.inventory, host, gateway)
         return self._connections[host.name]
+
+    def _master_connection(self) -> Connection:
+        """The master's connection, opened by one thread while the others wait: N threads
+        opening one gateway lazily at once each start a handshake on it, and most fail."""
+        master = self.inventory.master
+        with self._gateway_lock:
+            if self._gateway_error is not None:
+                raise self._gateway_error
+            if master.name not in self._connections:
+                try:
+                    self._connections[master.name] = connect(self.inventory, master)
+                except BaseException as exc:
+                    self._gateway_error = exc
+                    raise
+            return self._connections[master.name]
 
     def connect_all(self, hosts: tuple[Host, ...] | None = None) -> None:
         """Connect to every host at once, so an unreachable one is named before work begins."""
+        if any(jump_host(self.inventory, h) for h in hosts or self.inventory.hosts):
+            self._master_connection()  # the shared gateway first, then the fan-out through it
         self.parallel(lambda host, cxn: None, hosts)
 
     def parallel(self, work: Callable[[Host, Connection], T],
