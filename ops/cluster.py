@@ -91,7 +91,8 @@ class Cluster:
         return results
 
     def close(self) -> None:
-        for cxn in self._connections.values():
+        """Newest first: hosts behind the master before the master, whose transport they use."""
+        for cxn in reversed(list(self._connections.values())):
             cxn.close()
         self._connections.clear()
 

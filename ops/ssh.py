@@ -12,6 +12,7 @@ of any size needs one public address, and workers' port 22 need only be open to 
 from __future__ import annotations
 
 import io
+import logging
 import os
 import socket
 import time
@@ -28,6 +29,11 @@ CONNECT_TIMEOUT = 10
 CONNECT_DEADLINE_ENV = "KINDLING_CONNECT_DEADLINE"
 CONNECT_DEADLINE = 120
 """Seconds to keep retrying (with backoff) while instances boot; $KINDLING_CONNECT_DEADLINE."""
+
+
+# paramiko logs each refused gateway channel at ERROR, which Python prints to stderr when the
+# app configures no logging; connect() reports the outcome as one line naming the host
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 
 class HostUnreachable(UserError):

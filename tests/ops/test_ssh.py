@@ -113,3 +113,14 @@ def test_an_unreachable_master_is_one_line_and_tried_once(monkeypatch):
         cluster.parallel(lambda host, cxn: None)  # without connect_all: still one attempt
     assert str(error.value) == "master (3.4.5.6) is unreachable over SSH after 1s"
     assert tried == ["master", "master"]
+
+
+def test_hosts_behind_the_master_close_before_it(monkeypatch):
+    inventory = parse_inventory(outputs(workers=3))
+    closed: list[str] = []
+    monkeypatch.setattr(FakeConnection, "close", lambda self: closed.append(self.name))
+    monkeypatch.setattr(cluster_module, "connect",
+                        lambda inv, host, gateway=None: FakeConnection(host.name, gateway))
+    with Cluster(inventory) as cluster:
+        cluster.connect_all()
+    assert closed[-1] == "master" and sorted(closed) == sorted(h.name for h in inventory.hosts)
