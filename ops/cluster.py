@@ -46,9 +46,11 @@ class Cluster:
             self._connections[host.name] = cxn
         return self._connections[host.name]
 
-    def connect_all(self, hosts: tuple[Host, ...] | None = None) -> None:
-        """Connect to every host at once, so an unreachable one is named before work begins."""
-        self.parallel(lambda host, cxn: None, hosts)
+    def connect_all(self) -> None:
+        """The master first (hosts without a public address are reached through it), then every
+        other host at once, so an unreachable one is named before work begins."""
+        self.connection(self.inventory.master)
+        self.parallel(lambda host, cxn: None)
 
     def parallel(self, work: Callable[[Host, Context], T],
                  hosts: tuple[Host, ...] | None = None) -> dict[str, T]:
@@ -80,7 +82,8 @@ class Cluster:
         return results
 
     def close(self) -> None:
-        for cxn in self._connections.values():
+        """Newest first: hosts behind the master before the master, whose transport they use."""
+        for cxn in reversed(list(self._connections.values())):
             close = getattr(cxn, "close", None)
             if close:
                 close()

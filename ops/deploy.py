@@ -13,13 +13,13 @@ from pathlib import Path
 from kindling import Host, Inventory, KindlingError, UserError
 from ops.cluster import Cluster, Progress
 from ops.remote import SPARK_STATE, read_stamp, sh
-from ops.services import (BasePackages, DeployContext, Layout, ProjectWheel, PythonDependencies,
-                          Service, SparkMaster, SparkWorker, StagedData)
+from ops.services import (BasePackages, CloudInit, DeployContext, Layout, ProjectWheel,
+                          PythonDependencies, Service, SparkMaster, SparkWorker, StagedData)
 from ops.staging import remote_path
 from workloads.jobs import Job
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-HOST_SERVICES: tuple[Service, ...] = (Layout(), BasePackages(), PythonDependencies(),
+HOST_SERVICES: tuple[Service, ...] = (CloudInit(), Layout(), BasePackages(), PythonDependencies(),
                                       ProjectWheel(), StagedData())
 WHEEL_BUILD_TIMEOUT = 300
 FETCH_TIMEOUT = 600

@@ -58,23 +58,83 @@ class Service:
         """Raise UserError when the service is installed but not working."""
 
 
+class CloudInit(Service):
+    """Wait for cloud-init to finish before touching the host: its first-boot apt run holds
+    the dpkg lock and installs the packages BasePackages would otherwise race it for.
+
+    A host has cloud-init when the command exists and /run/cloud-init does (made at boot by
+    its generator, or by its first stage): a cloud-init package that never runs (a container,
+    the netns test hosts) is skipped instead of waited for forever.
+    """
+
+    name = "cloud-init"
+    timeout = 900
+    """Seconds to wait for cloud-init's modules (packages included) to finish."""
+    run_dir = "/run/cloud-init"
+
+    def is_current(self, cxn, host, ctx):
+        present = f"command -v cloud-init >/dev/null && test -d {self.run_dir}"
+        return cxn.run(f"! {{ {present}; }} || cloud-init status 2>/dev/null | "
+                       "grep -Eq '^status: (done|error|disabled)'", hide=True, warn=True,
+                       timeout=COMMAND_TIMEOUT, in_stream=False).exited == 0
+
+    def install(self, cxn, host, ctx):
+        # exit 1/2 (error, degraded) still means finished: later steps check what they need
+        waited = cxn.run(f"timeout {self.timeout} cloud-init status --wait >/dev/null 2>&1",
+                         hide=True, warn=True, timeout=self.timeout + COMMAND_TIMEOUT,
+                         in_stream=False)
+        if waited.exited == 124:
+            raise UserError(f"{host.name}: cloud-init still running after {self.timeout}s; see "
+                            "/var/log/cloud-init-output.log on the host (`fab ssh --host "
+                            f"{host.name}`), then retry `fab deploy`")
+
+
 class BasePackages(Service):
-    """Java 17 for Spark and python3-venv, via sudo apt-get, only when missing."""
+    """Java >= 17 for Spark (any the host has: Spark 4 runs on 17 and 21) and python3-venv,
+    via sudo apt-get, only when missing. default-jre-headless: 17 on Debian 12, 21 on
+    Debian 13 and Ubuntu 24.04."""
 
     name = "base packages"
-    packages = ("openjdk-17-jre-headless", "python3-venv")
-    check = "java -version 2>&1 | grep -q 'version \"17' && python3 -c 'import ensurepip, venv'"
+    packages = ("default-jre-headless", "python3-venv")
+    min_java = 17
+    lock_timeout = 600
+    """Seconds apt-get waits for another apt run (unattended-upgrades, cloud-init) to finish."""
+    lock_poll = 5
+    check = ("v=$(java -version 2>&1 | sed -n 's/.*version \"\\([0-9]*\\).*/\\1/p' | head -1); "
+             f"[ \"${{v:-0}}\" -ge {min_java} ] && python3 -c 'import ensurepip, venv'")
 
     def is_current(self, cxn, host, ctx):
         return cxn.run(self.check, hide=True, warn=True, timeout=COMMAND_TIMEOUT,
                        in_stream=False).exited == 0
 
     def install(self, cxn, host, ctx):
-        sh(cxn, "sudo -n env DEBIAN_FRONTEND=noninteractive apt-get update -qq && "
-                "sudo -n env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "
-                + " ".join(self.packages), timeout=INSTALL_TIMEOUT, what="apt-get install")
+        done = cxn.run(self.apt_script(), hide=True, warn=True, in_stream=False,
+                       timeout=2 * self.lock_timeout + INSTALL_TIMEOUT)
+        if done.exited and "Could not get lock" in done.stderr:
+            raise UserError(f"{host.name}: another apt run held the package lock for over "
+                            f"{self.lock_timeout}s (unattended-upgrades?); retry `fab deploy` "
+                            "when it finishes")
+        if done.exited:
+            detail = (done.stderr.strip() or done.stdout.strip()).splitlines()[-1:] or ["no output"]
+            raise UserError(f"{host.name}: apt-get install of {' '.join(self.packages)} failed "
+                            f"(exit {done.exited}): {detail[0]}")
         if not self.is_current(cxn, host, ctx):
-            raise UserError(f"{host.name}: Java 17 or python3-venv still missing after apt-get")
+            raise UserError(f"{host.name}: Java {self.min_java}+ or python3-venv still missing "
+                            "after apt-get (this release's default-jre-headless is older): "
+                            f"install openjdk-{self.min_java}-jre-headless or use Ubuntu 24.04")
+
+    def apt_script(self) -> str:
+        """apt-get update then install, each waiting up to lock_timeout for the apt locks:
+        install through DPkg::Lock::Timeout; update, which ignores it for its lists lock,
+        retried while the lock is held."""
+        apt = ("sudo -n env DEBIAN_FRONTEND=noninteractive apt-get -q "
+               f"-o DPkg::Lock::Timeout={self.lock_timeout}")
+        return (f"end=$(($(date +%s) + {self.lock_timeout})); "
+                f"until out=$({apt} update 2>&1); do "
+                "case $out in *'Could not get lock'*) [ $(date +%s) -lt $end ] && "
+                f"sleep {self.lock_poll} && "
+                "continue;; esac; echo \"$out\" >&2; exit 100; done; "
+                f"{apt} install -y {' '.join(self.packages)}")
 
 
 class Layout(Service):

@@ -204,7 +204,7 @@ class ClusterTarget(Target):
 
     def __init__(self, inventory: Inventory):
         self.inventory = inventory
-        self.cluster = Cluster(inventory, ssh.connect)
+        self.cluster = Cluster(inventory, ssh.Connector())
         self.runs_dir = RUNS
         self.spark_workers = len(inventory.workers)
         self.cluster.connect_all()

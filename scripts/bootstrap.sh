@@ -4,8 +4,9 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PYTHON="${PYTHON:-python3}"
-if ! command -v java >/dev/null 2>&1; then
-  echo "error: java not found; Spark needs a JDK 17 or 21 (Debian/Ubuntu: sudo apt-get install default-jdk-headless)" >&2
+java_major=$(java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -1) || true
+if [ "${java_major:-0}" -lt 17 ]; then
+  echo "error: Spark needs Java 17 or newer on PATH, found ${java_major:-none} (Debian/Ubuntu: sudo apt-get install default-jre-headless)" >&2
   exit 2
 fi
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv

@@ -6,7 +6,7 @@
 # skip, and the test run ends with one line saying how many did not run and why).
 set -euo pipefail
 need=()
-command -v java >/dev/null 2>&1 || need+=(default-jdk-headless)
+command -v java >/dev/null 2>&1 || need+=(default-jre-headless)
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v sudo >/dev/null 2>&1 || need+=(sudo)

@@ -12,6 +12,10 @@ cloud account. Each host here is
 * its own sshd (key-only, own ed25519 host key) listening on the host's address,
 * an `ubuntu` user with passwordless sudo whose authorized key is the cluster key.
 
+With `gateway=True` (`--gateway`) the hosts are addressed as on EC2 with one public address:
+workers and ps hosts accept SSH from cluster members only (not from this machine, the bridge's
+.1) and have publicIp "" in the inventory, so ops reaches them through the master.
+
 `up()` writes the inventory JSON `pulumi stack output --json --show-secrets` would give for a
 real cluster (kindling schema, region "local"), so fab needs no special case.
 
@@ -71,7 +75,7 @@ ListenAddress {address}
 Port {port}
 HostKey /etc/ssh/ssh_host_ed25519_key
 PidFile /etc/ssh/sshd.pid
-AllowUsers {user}
+AllowUsers {allow}
 AuthenticationMethods publickey
 PasswordAuthentication no
 KbdInteractiveAuthentication no
@@ -104,7 +108,7 @@ class NetnsCluster:
 
     def __init__(self, hosts: int = 3, ps: int = 0, subnet: str | None = None,
                  workdir: str | Path | None = None, inventory_path: str | Path | None = None,
-                 name: str = "kindling-local", user: str = "ubuntu"):
+                 name: str = "kindling-local", user: str = "ubuntu", gateway: bool = False):
         if hosts < 2:
             raise ClusterError(f"a cluster needs a master and at least one worker; got --hosts {hosts}, "
                                "pass --hosts 2 or more")
@@ -116,6 +120,7 @@ class NetnsCluster:
         self._inventory_arg = Path(inventory_path).resolve() if inventory_path else None
         self.name = name
         self.user = user
+        self.gateway = gateway
         self.state: dict = {}
         self._inits: list[subprocess.Popen] = []
 
@@ -266,7 +271,8 @@ class NetnsCluster:
         shutil.copytree("/etc/ssh", etc_ssh, ignore=shutil.ignore_patterns("ssh_host_*", "sshd_config*"))
         _keygen(etc_ssh / "ssh_host_ed25519_key", record["hostname"])
         (etc_ssh / "sshd_config").write_text(SSHD_CONFIG.format(
-            hostname=record["hostname"], address=record["address"], port=SSH_PORT, user=self.user))
+            hostname=record["hostname"], address=record["address"], port=SSH_PORT,
+            allow=self._ssh_allowed(record)))
         (root / "etc/hosts").write_text(
             "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
             + "".join(f"{h['address']}\t{h['hostname']}\n" for h in self.state["hosts"]))
@@ -332,12 +338,27 @@ class NetnsCluster:
                     f"policy, as Docker sets): allow it with `iptables -I FORWARD -i {self.state['bridge']} "
                     f"-o {self.state['bridge']} -j ACCEPT`")
 
+    # -- gateway mode: only the master is reachable from this machine ---------------------------
+
+    def _behind_master(self, record: dict) -> bool:
+        return self.gateway and record is not self.state["hosts"][0]
+
+    def _ssh_allowed(self, record: dict) -> str:
+        """sshd's AllowUsers: the user from anywhere, or (behind the master) from members only,
+        as a security group open to the cluster would; this machine's .1 is refused."""
+        if not self._behind_master(record):
+            return self.user
+        return " ".join(f"{self.user}@{h['address']}" for h in self.state["hosts"])
+
+    def _public_ip(self, record: dict) -> str:
+        return "" if self._behind_master(record) else record["address"]
+
     def _write_inventory(self, private_key: str) -> None:
         hosts = []
         known_hosts = []
         for record in self.state["hosts"]:
             hosts.append(Host(name=record["name"], hostname=record["hostname"], privateIp=record["address"],
-                              publicIp=record["address"], publicDns=""))
+                              publicIp=self._public_ip(record), publicDns=""))
             host_key = Path(record["dir"], "etc/ssh/ssh_host_ed25519_key.pub").read_text()
             known_hosts.append(known_hosts_line([record["address"], record["hostname"]], host_key))
         workers = tuple(h for h in hosts if h.name.startswith("worker-"))
@@ -621,6 +642,8 @@ def main(argv: list[str] | None = None) -> None:
     up.add_argument("--inventory", help="where to write the inventory JSON (default WORKDIR/cluster.json)")
     up.add_argument("--name", default="kindling-local", help="clusterName in the inventory")
     up.add_argument("--user", default="ubuntu", help="the SSH user, created if missing (default ubuntu)")
+    up.add_argument("--gateway", action="store_true",
+                    help="workers and ps hosts refuse SSH from this machine; ops goes through the master")
     down = commands.add_parser("down", help="remove a cluster (also after a crash)")
     which = down.add_mutually_exclusive_group()
     which.add_argument("--subnet", help="the cluster on this subnet")
@@ -637,7 +660,8 @@ def _cli_up(args: argparse.Namespace) -> None:
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # killed mid-up: roll back like Ctrl-C
     started = time.monotonic()
     cluster = NetnsCluster(hosts=args.hosts, ps=args.ps, subnet=args.subnet, workdir=args.workdir,
-                           inventory_path=args.inventory, name=args.name, user=args.user).up()
+                           inventory_path=args.inventory, name=args.name, user=args.user,
+                           gateway=args.gateway).up()
     state = cluster.state
     print(f"cluster up in {time.monotonic() - started:.1f} s on {state['subnet']} (bridge {state['bridge']})")
     for record in state["hosts"]:

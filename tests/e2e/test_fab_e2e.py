@@ -1,4 +1,5 @@
-"""`fab` typed as a user types it, against a real 3-host cluster of sshd network namespaces.
+"""`fab` typed as a user types it, against a real 3-host cluster of sshd network namespaces
+whose workers refuse SSH from this machine: ops reaches them through the master.
 
 The tests run in file order on one session cluster: bad input first (nothing may change on the
 hosts), then the real install path from a wheelhouse, then runs on the deployed cluster, faults.
@@ -36,6 +37,7 @@ def env(tmp_path_factory, assets):
     runs = tmp_path_factory.mktemp("runs")
     return {"KINDLING_ASSETS": str(assets), "KINDLING_RUNS_DIR": str(runs),
             "KINDLING_CONNECT_DEADLINE": "8", "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
+            "PYTHONPATH": str(REPO),  # this checkout's ops, whichever checkout the venv was built from
             "HOME": str(tmp_path_factory.mktemp("home")), "LANG": "C.UTF-8"}
 
 
@@ -95,21 +97,57 @@ def test_bad_input_is_one_line_and_changes_nothing(netns_cluster, env, tmp_path)
         assert netns_cluster.exec(host, "test -e /opt/kindling").returncode != 0, host.name
 
 
-def test_wrong_host_key_is_refused(netns_cluster, env, tmp_path):
+def spoofed_inventory(netns_cluster, tmp_path, host: str) -> Path:
+    """The inventory with another key pinned for host: a swapped or spoofed machine."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     outputs = json.loads(netns_cluster.inventory_path.read_text())
     impostor = Ed25519PrivateKey.generate().public_key().public_bytes(
         serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
-    worker = outputs["workers"][0]
+    address = netns_cluster.inventory.host(host).address
     lines = [line for line in outputs["knownHosts"].splitlines()
-             if worker["publicIp"] not in line.split()[0].split(",")]
-    outputs["knownHosts"] = "\n".join([*lines, known_hosts_line([worker["publicIp"]], impostor)])
-    spoofed = tmp_path / "spoofed.json"
+             if address not in line.split()[0].split(",")]
+    outputs["knownHosts"] = "\n".join([*lines, known_hosts_line([address], impostor)])
+    spoofed = tmp_path / f"spoofed-{host}.json"
     spoofed.write_text(json.dumps(outputs))
+    return spoofed
+
+
+@pytest.mark.parametrize("host", ["master", "worker-0"])
+def test_wrong_host_key_is_refused(netns_cluster, env, tmp_path, host):
+    spoofed = spoofed_inventory(netns_cluster, tmp_path, host)
     line = one_error_line(fab(env, "status", "--target", str(spoofed)))
-    assert "worker-0" in line and "host key that differs" in line
+    assert host in line and "host key that differs" in line
+
+
+def openssh(env: dict, inventory: Path, host: str, *command: str) -> subprocess.CompletedProcess:
+    """`ssh -F <fab's ssh_config> HOST COMMAND`, the argv `fab ssh --host HOST` execs."""
+    from kindling import load_inventory
+    from ops.ssh import ssh_command
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CACHE_HOME", str(Path(env["HOME"], ".cache")))
+        argv = ssh_command(load_inventory(inventory), load_inventory(inventory).host(host))
+    return subprocess.run([*argv, *command], capture_output=True, text=True, timeout=60,
+                          stdin=subprocess.DEVNULL, env=env)
+
+
+def test_fab_ssh_goes_through_the_master_with_both_keys_pinned(netns_cluster, env, tmp_path):
+    worker = netns_cluster.inventory.workers[0]
+    done = openssh(env, netns_cluster.inventory_path, worker.name, "hostname")
+    assert (done.returncode, done.stdout.strip()) == (0, worker.hostname), done.stderr
+    typed = subprocess.run([FAB, "ssh", "--host", worker.name, "--target",
+                            str(netns_cluster.inventory_path)], cwd=REPO, env=env, input="hostname\n",
+                           capture_output=True, text=True, timeout=60)
+    assert typed.returncode == 0 and typed.stdout.strip() == worker.hostname, typed.stderr
+    for host in ("master", worker.name):  # a wrong key on either hop ends the connection
+        refused = openssh(env, spoofed_inventory(netns_cluster, tmp_path, host), worker.name,
+                          "hostname")
+        assert refused.returncode == 255 and worker.hostname not in refused.stdout
+        assert "Host key verification failed" in refused.stderr, refused.stderr
+    # the spoofed inventories rewrote the cluster's known_hosts: the real one restores it
+    assert openssh(env, netns_cluster.inventory_path, worker.name, "true").returncode == 0
 
 
 def test_unreachable_host_then_real_install_and_train_mnist(netns_cluster, env, wheelhouse):
@@ -120,7 +158,7 @@ def test_unreachable_host_then_real_install_and_train_mnist(netns_cluster, env, 
         started = time.monotonic()
         line = one_error_line(fab(env, "deploy", "train-mnist", "--target", inventory,
                                   "--wheelhouse", wheelhouse, *MNIST_FLAGS))
-        assert f"{worker.name} ({worker.address}) is unreachable" in line
+        assert f"{worker.name} ({worker.address}, through the master) is unreachable" in line
         assert time.monotonic() - started < 60
         assert netns_cluster.exec("master", "test -e /opt/kindling").returncode != 0
     finally:
@@ -153,9 +191,9 @@ def test_second_deploy_skips_every_install_step(netns_cluster, env, wheelhouse):
                "--detach", *MNIST_FLAGS)
     took = time.monotonic() - started
     assert done.returncode == 0, done.stderr
-    steps = re.findall(r"^(\S+) +(folders|base packages|python deps|kindling wheel|data|"
-                       r"spark master|spark worker) +(\S+)", done.stdout, re.M)
-    assert len(steps) == 3 * 5 + 3, done.stdout
+    steps = re.findall(r"^(\S+) +(cloud-init|folders|base packages|python deps|kindling wheel|"
+                       r"data|spark master|spark worker) +(\S+)", done.stdout, re.M)
+    assert len(steps) == 3 * 6 + 3, done.stdout
     assert all(status == "skipped" for _, _, status in steps), steps
     print(f"second deploy (everything skipped, detached launch): {took:.1f}s")
     stopped = fab(env, "stop", "--job", "train-mnist", "--target", inventory)

@@ -22,8 +22,13 @@ needs_root = pytest.mark.skipif(missing_prerequisites() is not None,
 PROBE_USER = "kindling-probe"
 
 
-def connect(inventory, host, known_hosts=None) -> paramiko.SSHClient:
-    """SSH in as fab would: key from the inventory, host keys pinned from knownHosts, never learned."""
+def connect(inventory, host, known_hosts=None, direct=False) -> paramiko.SSHClient:
+    """SSH in as fab would: key from the inventory, host keys pinned from knownHosts, never learned;
+    a host without publicIp through the master (unless direct)."""
+    sock = None
+    if not host.publicIp and not direct:
+        jump = connect(inventory, inventory.master, known_hosts)
+        sock = jump.get_transport().open_channel("direct-tcpip", (host.address, 22), ("", 0), timeout=5)
     client = paramiko.SSHClient()
     for line in (known_hosts if known_hosts is not None else inventory.knownHosts).splitlines():
         entry = paramiko.hostkeys.HostKeyEntry.from_line(line)
@@ -32,7 +37,7 @@ def connect(inventory, host, known_hosts=None) -> paramiko.SSHClient:
     client.set_missing_host_key_policy(paramiko.RejectPolicy())
     client.connect(host.address, username=inventory.sshUser, timeout=5, banner_timeout=5, auth_timeout=5,
                    pkey=paramiko.Ed25519Key.from_private_key(io.StringIO(inventory.sshPrivateKey)),
-                   look_for_keys=False, allow_agent=False)
+                   look_for_keys=False, allow_agent=False, sock=sock)
     return client
 
 
@@ -57,8 +62,9 @@ def test_inventory_has_exactly_the_stack_output_schema(netns_cluster):
     assert (data["region"], data["sshUser"], data["bucket"], data["ps"]) == ("local", "ubuntu", "", [])
     assert [h.name for h in inventory.hosts] == ["master", "worker-0", "worker-1"]
     for host in [data["master"], *data["workers"]]:
-        assert set(host) == set(HOST_KEYS)
-        assert host["publicIp"] == host["privateIp"] and host["publicDns"] == ""
+        assert set(host) == set(HOST_KEYS) and host["publicDns"] == ""
+    assert data["master"]["publicIp"] == data["master"]["privateIp"]  # one public address
+    assert [w["publicIp"] for w in data["workers"]] == ["", ""]  # workers: through the master
     assert data["sparkMasterUrl"] == f"spark://{inventory.master.privateIp}:7077"
     pinned = {line.split()[0]: line.split()[1] for line in inventory.knownHosts.splitlines()}
     assert set(pinned) == {f"{h.privateIp},{h.hostname}" for h in inventory.hosts}
@@ -101,6 +107,18 @@ def test_hosts_reach_each_other_over_the_bridge(netns_cluster, ssh):
         assert run(ssh[source.name], probe)[0] == 0, f"{source.name} cannot reach {target.name}"
 
 
+def test_workers_refuse_ssh_from_this_machine_but_not_from_the_master(netns_cluster, ssh):
+    inventory = netns_cluster.inventory
+    for worker in inventory.workers:
+        with pytest.raises(paramiko.AuthenticationException):
+            connect(inventory, worker, direct=True)
+        assert run(ssh[worker.name], "hostname") == (0, worker.hostname)  # through the master
+    assert run(ssh["master"], "hostname") == (0, inventory.master.hostname)  # master: directly
+    log = netns_cluster.exec("worker-0", "cat /etc/ssh/sshd.log").stdout
+    gateway_address = netns_cluster.state["gateway"].split("/")[0]
+    assert f"from {gateway_address} not allowed because not listed in AllowUsers" in log
+
+
 def test_wrong_or_unknown_host_key_is_refused(netns_cluster):
     inventory = netns_cluster.inventory
     lines = inventory.knownHosts.splitlines()
@@ -117,7 +135,7 @@ def test_stopped_sshd_makes_the_host_unreachable_until_started(netns_cluster, ss
     host = inventory.host("worker-1")
     netns_cluster.stop_sshd("worker-1")
     try:
-        with pytest.raises(paramiko.ssh_exception.NoValidConnectionsError):
+        with pytest.raises(paramiko.ChannelException):  # the master cannot reach its port 22
             connect(inventory, host)
         assert run(ssh["worker-1"], "hostname") == (0, host.hostname)  # open sessions survive
     finally:

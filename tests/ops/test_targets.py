@@ -115,6 +115,11 @@ def test_bad_input_is_refused_before_anything_starts(argv, message, tmp_path, as
     (empty_class / "buses" / "1.jpg").write_bytes(b"")
     (empty_class / "cars").mkdir()
     argv = [a.format(assets=assets, empty_class=empty_class) for a in argv]
+    spark_logs = REPO / ".kindling" / "local" / "spark" / "logs"  # a log per daemon start
+
+    def daemon_starts() -> dict:
+        return {log.name: log.stat().st_mtime_ns for log in spark_logs.glob("*")}
+    before = daemon_starts()
     started = time.monotonic()
     done = subprocess.run([FAB, *argv], cwd=REPO, env=offline_env(KINDLING_RUNS_DIR=str(tmp_path / "runs")),
                           capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
@@ -123,5 +128,5 @@ def test_bad_input_is_refused_before_anything_starts(argv, message, tmp_path, as
     assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
     assert not (tmp_path / "runs").exists()  # no run folder: nothing was started
-    assert LocalTarget().spark_status() is None
+    assert daemon_starts() == before  # no local Spark daemon started either
     print(f"{' '.join(argv[:2])}: refused in {took:.1f}s")
