@@ -76,11 +76,22 @@ def test_rehearsal_wheelhouse_asks_the_master_for_its_python(first_deploy, hosts
     assert re.search(r"\(\d+ wheels for CPython 3\.13, glibc 2\.\d+", done.stdout), done.stdout
 
 
-def test_rehearsal_no_pypi_and_no_wheelhouse_is_one_line_naming_the_host(first_deploy, hosts, env):
+def test_rehearsal_a_new_host_without_pypi_or_wheelhouse_is_one_line_naming_it(first_deploy, hosts,
+                                                                              env, rehearsal_wheelhouse):
+    """worker-1 as after a resize (no venv yet); the deploy forgets --wheelhouse."""
+    hosts.exec("worker-1", "rm -rf /opt/kindling/venv /opt/kindling/stamps/python-deps", check=True)
+    started = time.monotonic()
     line = one_error_line(fab(env, "deploy", "train-mnist", "--target", str(hosts.inventory_path),
                               *MNIST_FLAGS), code=1)
-    assert re.search(r"(master|worker-\d) \((master|worker)\): pip install of the job "
-                     r"dependencies failed: .*fab wheelhouse --target", line), line
+    assert re.fullmatch(r"error: worker-1 \(worker\): pip install of the job dependencies failed: "
+                        r".*; the host cannot install from PyPI; build a wheelhouse .*"
+                        r"`fab wheelhouse --target TARGET`.*", line), line
+    assert time.monotonic() - started < 120
+    again = fab(env, "deploy", "train-mnist", "--target", str(hosts.inventory_path), "--wheelhouse",
+                str(rehearsal_wheelhouse), "--detach", *MNIST_FLAGS)
+    assert again.returncode == 0 and re.search(r"^worker-1 +python deps +installed", again.stdout, re.M), \
+        again.stdout[-2000:] + again.stderr[-2000:]
+    assert fab(env, "stop", "--target", str(hosts.inventory_path)).returncode == 0
 
 
 def test_rehearsal_run_classify(first_deploy, hosts, env):
