@@ -11,6 +11,7 @@ of any size needs one public address, and workers' port 22 need only be open to 
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import os
@@ -107,6 +108,17 @@ def _private_key(text: str) -> paramiko.PKey:
     raise UserError("inventory field 'sshPrivateKey' is not a readable ed25519/ecdsa/rsa private key")
 
 
+@functools.lru_cache(maxsize=4)
+def _pinned_keys(known_hosts: str) -> paramiko.HostKeys:
+    """knownHosts parsed once per process: parsing it per connection costs N x N lines."""
+    keys = paramiko.HostKeys()
+    for line in known_hosts.splitlines():
+        entry = paramiko.hostkeys.HostKeyEntry.from_line(line)
+        for name in entry.hostnames if entry else ():
+            keys.add(name, entry.key.get_name(), entry.key)
+    return keys
+
+
 def connect(inventory: Inventory, host: Host, gateway: Connection | None = None) -> Connection:
     """An open Fabric Connection to host with its key pinned; retries with backoff until deadline.
 
@@ -114,14 +126,14 @@ def connect(inventory: Inventory, host: Host, gateway: Connection | None = None)
     it (one transport to the master, channels multiplexed on it); None = direct.
     """
     deadline = float(os.environ.get(CONNECT_DEADLINE_ENV) or CONNECT_DEADLINE)
-    folder = credentials_dir(inventory)
     cxn = Connection(host.address, user=inventory.sshUser, connect_timeout=CONNECT_TIMEOUT,
                      gateway=gateway or False,
                      connect_kwargs={"pkey": _private_key(inventory.sshPrivateKey),
                                      "allow_agent": False, "look_for_keys": False,
                                      "banner_timeout": CONNECT_TIMEOUT,
                                      "auth_timeout": CONNECT_TIMEOUT})
-    cxn.client.load_host_keys(str(folder / "known_hosts"))
+    for key_type, key in (_pinned_keys(inventory.knownHosts).lookup(host.address) or {}).items():
+        cxn.client.get_host_keys().add(host.address, key_type, key)  # this host's pin only
     cxn.client.set_missing_host_key_policy(paramiko.RejectPolicy())
     where = f"{host.name} ({host.address}{', through the master' if gateway else ''})"
     give_up = time.monotonic() + deadline
