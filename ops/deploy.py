@@ -68,7 +68,7 @@ def deploy_context(inventory: Inventory, job: Job, args: list[str],
         wheelhouse_dir = Path(wheelhouse).expanduser()
         if not wheelhouse_dir.is_dir() or not any(wheelhouse_dir.glob("*.whl")):
             raise UserError(f"--wheelhouse {wheelhouse}: not a folder of wheels; build one with "
-                            "`fab wheelhouse DIR`")
+                            "`fab wheelhouse --folder DIR`")
     staged = {str(local): remote_path(local) for local in staged_paths(job, args).values()}
     return DeployContext(inventory, PROJECT_ROOT / "constraints.txt", project_wheel(),
                          wheelhouse_dir, staged)
@@ -171,16 +171,27 @@ def fetch_results(cluster: Cluster, run_dir: str, local: Path, since: float) -> 
         print(f"warning: some results could not be fetched: {exc}", file=sys.stderr)
 
 
+DIED = re.compile(r"exited unexpectedly|crashed|ExecutorLostFailure|Worker lost|Lost executor|"
+                  r"killed|Connection reset|EOFError")
+"""How Spark reports a task whose process or host died, as opposed to one that failed on its own
+(a TF node whose peer vanished fails too, and must not be blamed)."""
+
+
 def name_failed_host(inventory: Inventory, local: Path, message: str) -> str:
-    """Make a Spark driver failure name the executor host that failed, when its log says."""
+    """Make a Spark driver failure name the executor host that died, when the driver log says:
+    a task lost because its Python worker or executor died beats one that failed by itself."""
     driver_log = local / "logs" / inventory.master.name / "driver.log"
     if not message.startswith("driver") or not driver_log.is_file():
         return message
-    text = driver_log.read_text(errors="replace")
-    ips = re.findall(r"\((\d+\.\d+\.\d+\.\d+) executor \d+\)", text)
-    ips += re.findall(r"Lost executor \d+ on (\d+\.\d+\.\d+\.\d+)", text)
-    for ip in ips:
-        for host in inventory.workers:
-            if host.privateIp == ip:
-                return f"{message}: a task failed on {host.name} ({ip}), see its executor log"
+    failures = []  # (died?, ip) in log order
+    for line in driver_log.read_text(errors="replace").splitlines():
+        task = re.search(r"\((\d+\.\d+\.\d+\.\d+) executor \d+\)", line)
+        lost = re.search(r"Lost executor \d+ on (\d+\.\d+\.\d+\.\d+)", line)
+        if task or lost:
+            failures.append((bool(lost or DIED.search(line)), (task or lost).group(1)))
+    workers = {host.privateIp: host for host in inventory.workers}
+    for died, ip in sorted(failures, key=lambda failure: not failure[0]):  # stable: log order
+        if ip in workers:
+            what = "its Python worker or executor died" if died else "a task failed"
+            return f"{message}: {what} on {workers[ip].name} ({ip}), see its executor log"
     return message

@@ -325,3 +325,26 @@ def test_a_dead_spark_worker_is_named_before_launch_and_deploy_restarts_it(netns
     assert re.search(rf"^{worker.name} +spark worker +started", done.stdout, re.M), done.stdout
     assert fab(env, "stop", "--job", "classify", "--target", inventory).returncode == 0
     assert "2/2 workers" in fab(env, "status", "--target", inventory).stdout
+
+
+def test_killed_python_workers_fail_train_mnist_naming_their_host(netns_cluster, env, deployed):
+    """kill -9 of worker-1's Python workers (its TF node) mid-training: the job ends at once and
+    the error names worker-1, not worker-0 whose node only lost its peer."""
+    run = subprocess.Popen([FAB, "run", "train-mnist", "--target", str(netns_cluster.inventory_path),
+                            "--epochs", "30", "--input-mode", "tensorflow"], cwd=REPO, env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           stdin=subprocess.DEVNULL)
+    latest_driver_log = ("cat \"$(ls -dt /srv/kindling/runs/train-mnist-*/ | head -1)driver.log\" "
+                         "2>/dev/null")
+    try:
+        wait_until(lambda: run.poll() is None and "All TFSparkNodes started" in netns_cluster.exec(
+            "master", latest_driver_log).stdout, "the TF nodes to start", timeout=240, interval=2)
+        netns_cluster.exec("worker-1", "pkill -9 -f pyspark", check=True)
+        killed = time.monotonic()
+        _, err = run.communicate(timeout=180)
+    finally:
+        run.kill()
+    print(f"train-mnist failed {time.monotonic() - killed:.1f}s after worker-1's Python was killed: "
+          f"{err.strip()[-300:]}")
+    assert run.returncode == 1, err
+    assert "died on worker-1" in err and "on worker-0" not in err, err

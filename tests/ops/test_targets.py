@@ -17,7 +17,7 @@ import pytest
 from invoke import Context
 from invoke.exceptions import Exit
 
-from kindling import HostError, UserError
+from kindling import Host, HostError, UserError
 from ops import tasks
 from ops.remote import sh
 from ops.targets import LocalTarget, check_downloads
@@ -130,3 +130,25 @@ def test_bad_input_is_refused_before_anything_starts(argv, message, tmp_path, as
     assert not (tmp_path / "runs").exists()  # no run folder: nothing was started
     assert daemon_starts() == before  # no local Spark daemon started either
     print(f"{' '.join(argv[:2])}: refused in {took:.1f}s")
+
+
+def test_a_driver_failure_names_the_host_that_died_not_the_one_that_noticed(tmp_path):
+    from kindling import Inventory
+    from ops.deploy import name_failed_host
+
+    master, survivor, dead = (Host(name=n, hostname=n, privateIp=ip) for n, ip in (
+        ("master", "10.0.0.10"), ("worker-0", "10.0.0.32"), ("worker-1", "10.0.0.33")))
+    inventory = Inventory("c", "local", "ubuntu", "key", "", master, (survivor, dead))
+    log = tmp_path / "logs" / "master" / "driver.log"
+    log.parent.mkdir(parents=True)
+    log.write_text(
+        "WARN TaskSetManager: Lost task 0.0 in stage 3.0 (TID 7) (10.0.0.32 executor 0): "
+        "org.apache.spark.api.python.PythonException: tensorflow UnavailableError: peer gone\n"
+        "WARN TaskSetManager: Lost task 1.0 in stage 3.0 (TID 8) (10.0.0.33 executor 1): "
+        "org.apache.spark.SparkException: Python worker exited unexpectedly (crashed)\n")
+    message = name_failed_host(inventory, tmp_path, "driver on master (10.0.0.10) exited with code 1")
+    assert message.endswith(": its Python worker or executor died on worker-1 (10.0.0.33), see "
+                            "its executor log")
+    log.write_text(log.read_text().splitlines()[0] + "\n")
+    assert "a task failed on worker-0 (10.0.0.32)" in name_failed_host(
+        inventory, tmp_path, "driver on master (10.0.0.10) exited with code 1")
