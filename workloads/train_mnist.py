@@ -40,7 +40,8 @@ from tensorflowonspark import util as tfos_util
 
 from workloads.common import ArgumentParser, UserError, results_dir, run_cli, write_metrics
 from workloads.jobs import JOBS
-from workloads.mnist import IMAGE_SHAPE, build_cnn, load_mnist, shuffled, to_model_input
+from workloads.mnist import (IMAGE_SHAPE, adam, build_cnn, load_mnist, shuffled, to_model_input,
+                             training_input)
 
 INPUT_MODES = ("spark", "tensorflow")
 ENGINES = ("tfos", "barrier")
@@ -87,11 +88,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="TF nodes = Spark executors (default: from the Spark conf, or 2)")
     parser.add_argument(*spellings("--num_ps"), type=int, default=0,
                         help="parameter servers; must be 0 (all-reduce training; see train-ps)")
-    parser.add_argument(*spellings("--epochs"), type=int, default=3)
+    parser.add_argument(*spellings("--epochs"), type=int, default=8)
     parser.add_argument(*spellings("--batch_size"), type=int, default=64, help="per node and step")
     parser.add_argument(*spellings("--steps"), type=int,
                         help="at most this many steps per node (default: --epochs of the data)")
-    parser.add_argument(*spellings("--learning_rate"), type=float, default=1e-3)
+    parser.add_argument(*spellings("--learning_rate"), type=float, default=2e-3)
     parser.add_argument(*spellings("--output"),
                         help="results folder (default runs/train-mnist-<time>)")
     parser.add_argument(*spellings("--model"),
@@ -125,7 +126,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main_fun(args: argparse.Namespace, ctx) -> None:
     """One TensorFlow node: train, then (chief) evaluate and write the results."""
-    import keras
     import tensorflow as tf
 
     # TF_CONFIG comes from TFoS (master_node="chief"); a collective that waits longer than
@@ -142,7 +142,7 @@ def main_fun(args: argparse.Namespace, ctx) -> None:
             write_shard(args.data, ctx.executor_id, args.cluster_size, os.getcwd())))
     with strategy.scope():
         model = build_cnn()
-        optimizer = keras.optimizers.Adam(args.learning_rate)
+        optimizer = adam(args.learning_rate, args.steps)
     checkpoints = tf.train.CheckpointManager(
         tf.train.Checkpoint(model=model, optimizer=optimizer),
         # every node saves (variables may need syncing), only the chief's copy is kept
@@ -253,12 +253,7 @@ def batched(records, batch_size: int):
     Not through strategy.distribute_datasets_from_function: each node already reads only its
     own data (a distributed dataset would auto-shard it again, silently dropping half), and
     the distributed iterator costs ~30 ms a step here, doubling the epoch time."""
-    import tensorflow as tf
-
-    def model_input(image, label):
-        return tf.reshape(tf.cast(image, tf.float32) / 255.0, IMAGE_SHAPE), label
-
-    return records.map(model_input).batch(batch_size, drop_remainder=True).prefetch(1)
+    return records.map(training_input).batch(batch_size, drop_remainder=True).prefetch(1)
 
 
 class Epoch(NamedTuple):

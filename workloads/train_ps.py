@@ -26,7 +26,7 @@ from pathlib import Path
 
 from workloads.common import ArgumentParser, UserError, results_dir, run_cli, write_metrics
 from workloads.jobs import JOBS
-from workloads.mnist import build_cnn, load_mnist, shuffled, to_model_input
+from workloads.mnist import adam, build_cnn, load_mnist, shuffled, to_model_input, training_input
 from workloads.peer_watch import PROBE_SECONDS, PeerWatch, exit_now
 from workloads.tf_cluster import (ROLES, STRATEGIES, ClusterSpec, Task, check_task,
                                   cluster_spec, describe, host_list, load_cluster_spec,
@@ -155,8 +155,8 @@ def dataset_fn(tf, images, labels, batch_size: int):
         dataset = tf.data.Dataset.from_tensor_slices((images, labels.astype("int64")))
         dataset = dataset.shard(context.num_input_pipelines, context.input_pipeline_id)
         dataset = dataset.shuffle(len(images)).repeat()  # each worker its own order
+        dataset = dataset.map(training_input)
         dataset = dataset.batch(context.get_per_replica_batch_size(batch_size))
-        dataset = dataset.map(lambda x, y: (tf.cast(x, tf.float32)[..., None] / 255.0, y))
         return dataset.prefetch(2)
     return make
 
@@ -196,7 +196,7 @@ def train(spec: ClusterSpec, role: str, index: int, args: argparse.Namespace,
 
     with strategy.scope():
         model = build_cnn()
-        optimizer = keras.optimizers.Adam(args.learning_rate)
+        optimizer = adam(args.learning_rate, args.epochs * steps_per_epoch)
         optimizer.build(model.trainable_variables)
         epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch)

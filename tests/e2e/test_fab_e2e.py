@@ -17,13 +17,12 @@ from pathlib import Path
 import pytest
 
 from ops.inventory import known_hosts_line
+from tests.accuracy_floors import ACCURACY_FLOORS
 
 REPO = Path(__file__).resolve().parents[2]
 FAB = str(Path(sys.executable).parent / "fab")
 WHEELHOUSE = Path("/var/cache/kindling/wheelhouse")
 MNIST_FLAGS = ["--epochs", "2", "--input-mode", "tensorflow"]
-MNIST_MIN_ACCURACY = 0.85
-CLASSIFY_MIN_ACCURACY = 0.95
 TRAIN_PS_FLAGS = ["--epochs", "1", "--job-args", "--steps-per-epoch 40"]
 
 NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -134,7 +133,7 @@ def test_unreachable_host_then_real_install_and_train_mnist(netns_cluster, env, 
     assert re.search(r"python deps +installed", done.stdout)
     accuracy = json.loads((results / "metrics.json").read_text())["accuracy"]
     print(f"train-mnist accuracy on 3 hosts: {accuracy:.4f}")
-    assert accuracy >= MNIST_MIN_ACCURACY
+    assert accuracy >= ACCURACY_FLOORS["train-mnist"]
     for host in netns_cluster.inventory.workers:  # executors ran on both worker hosts
         assert list((results / "logs" / host.name).glob("executor-*.stderr")), host.name
     assert not list((results / "logs").glob("master/executor-*"))
@@ -171,7 +170,7 @@ def test_run_classify(netns_cluster, env):
     results = results_of(done)
     metrics = json.loads((results / "metrics.json").read_text())
     print(f"classify accuracy on 3 hosts: {metrics['accuracy']:.4f} ({metrics['counts']})")
-    assert metrics["accuracy"] >= CLASSIFY_MIN_ACCURACY
+    assert metrics["accuracy"] >= ACCURACY_FLOORS["classify"]
     assert (results / "predictions.csv").is_file()
 
 
