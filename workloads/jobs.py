@@ -380,10 +380,16 @@ def _imagenet_download(args: argparse.Namespace) -> list[Download]:
 MNIST_DATA = Flag("--data", "MNIST: a folder of the four IDX .gz files or an mnist.npz "
                   "(copied to every host); omit to download MNIST", aliases=("--data-dir",),
                   path=True, offline="datasets/mnist", check=_lazy("workloads.mnist", "mnist_source"))
-EPOCHS = Flag("--epochs", "training epochs", type=int, default=3, minimum=1)
 BATCH_SIZE = Flag("--batch-size", "examples per training step", type=int, default=64, minimum=1)
-LEARNING_RATE = Flag("--learning-rate", "the optimizer's initial learning rate", type=float,
-                     default=1e-3)
+
+
+def epochs(default: int) -> Flag:
+    return Flag("--epochs", "training epochs", type=int, default=default, minimum=1)
+
+
+def learning_rate(default: float) -> Flag:
+    return Flag("--learning-rate", "Adam's initial learning rate (cosine-decayed to 0 over the "
+                "run)", type=float, default=default)
 
 JOBS: dict[str, Job] = {job.name: job for job in (
     Job("train-ps", "workloads.train_ps",
@@ -391,10 +397,10 @@ JOBS: dict[str, Job] = {job.name: job for job in (
         flags=(MNIST_DATA,
                Flag("--strategy", "ps: asynchronous parameter servers; sync: all-reduce, no ps",
                     default="ps", choices=tf_cluster.STRATEGIES),
-               EPOCHS,
+               epochs(3),
                Flag("--steps-per-epoch", "training steps per epoch (default: one pass over "
                     "the data)", type=int, minimum=1),
-               BATCH_SIZE, LEARNING_RATE,
+               BATCH_SIZE, learning_rate(1e-3),
                Flag("--timeout", "seconds to wait for peers to come up or answer",
                     type=float, default=120.0, minimum=1, fab=False),
                Flag("--threads", "intra-op threads per process (0: TensorFlow's default)",
@@ -413,10 +419,10 @@ JOBS: dict[str, Job] = {job.name: job for job in (
                     type=int, minimum=1),
                Flag("--num-ps", "parameter servers; must be 0 (all-reduce training; see "
                     "train-ps)", type=int, default=0, fab=False),
-               EPOCHS, BATCH_SIZE,
+               epochs(8), BATCH_SIZE,
                Flag("--steps", "at most this many steps per node (default: --epochs of the "
                     "data)", type=int, minimum=1),
-               LEARNING_RATE,
+               learning_rate(2e-3),
                Flag("--model", "where to export the trained model (default "
                     "<output>/model.keras)", fab=False),
                Flag("--tensorboard", "log to <output>/tensorboard; the tfos engine also serves "

@@ -22,6 +22,8 @@ IDX_FILES = {
 }
 NUM_CLASSES = 10
 IMAGE_SHAPE = (28, 28, 1)
+SHIFT_PIXELS = 2
+"""Training digits move by up to this many pixels (the digits sit in a 20x20 box, centred)."""
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -83,6 +85,27 @@ def shuffled(x: np.ndarray, y: np.ndarray, seed: int = 0) -> tuple[np.ndarray, n
 def to_model_input(x: np.ndarray) -> np.ndarray:
     """uint8 (n, 28, 28) -> float32 (n, 28, 28, 1) in 0..1."""
     return (x.astype(np.float32) / 255.0).reshape((-1, *IMAGE_SHAPE))
+
+
+def training_input(image, label):
+    """A training digit as model input (float32 in 0..1, IMAGE_SHAPE), shifted by up to
+    SHIFT_PIXELS in each direction at random (a tf.data map, before batching).
+
+    5k digits are few: shifted copies are new digits to the CNN, so it generalises further
+    per epoch instead of memorising the 5k (issue 9: 0.95 -> 0.97+ on the 10k test set)."""
+    import tensorflow as tf
+
+    image = tf.reshape(tf.cast(image, tf.float32) / 255.0, IMAGE_SHAPE)
+    padded = tf.pad(image, [[SHIFT_PIXELS, SHIFT_PIXELS], [SHIFT_PIXELS, SHIFT_PIXELS], [0, 0]])
+    return tf.image.random_crop(padded, IMAGE_SHAPE), label
+
+
+def adam(learning_rate: float, steps: int):
+    """Adam whose rate falls from learning_rate to 0 along a cosine over the run's `steps`:
+    big steps early, fine ones at the end, for the best accuracy a fixed budget gives."""
+    import keras
+
+    return keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(learning_rate, steps))
 
 
 def build_cnn():

@@ -21,7 +21,7 @@ from typing import NamedTuple
 from tensorflowonspark import util as tfos_util
 
 from workloads.common import write_metrics
-from workloads.mnist import IMAGE_SHAPE, build_cnn, load_mnist, shuffled
+from workloads.mnist import IMAGE_SHAPE, adam, build_cnn, load_mnist, shuffled, training_input
 from workloads.training import barrier, evaluate_and_export, train_step
 
 SEED = 0
@@ -52,7 +52,6 @@ _advertise_spark_local_ip()
 
 def main_fun(args: argparse.Namespace, ctx) -> None:
     """One TensorFlow node: train, then (chief) evaluate and write the results."""
-    import keras
     import tensorflow as tf
 
     # TF_CONFIG comes from TFoS (master_node="chief"); a collective that waits longer than
@@ -69,7 +68,7 @@ def main_fun(args: argparse.Namespace, ctx) -> None:
             write_shard(args.data, ctx.executor_id, args.cluster_size, os.getcwd())))
     with strategy.scope():
         model = build_cnn()
-        optimizer = keras.optimizers.Adam(args.learning_rate)
+        optimizer = adam(args.learning_rate, args.steps)
     checkpoints = tf.train.CheckpointManager(
         tf.train.Checkpoint(model=model, optimizer=optimizer),
         # every node saves (variables may need syncing), only the chief's copy is kept
@@ -181,12 +180,7 @@ def batched(records, batch_size: int):
     Not through strategy.distribute_datasets_from_function: each node already reads only its
     own data (a distributed dataset would auto-shard it again, silently dropping half), and
     the distributed iterator costs ~30 ms a step here, doubling the epoch time."""
-    import tensorflow as tf
-
-    def model_input(image, label):
-        return tf.reshape(tf.cast(image, tf.float32) / 255.0, IMAGE_SHAPE), label
-
-    return records.map(model_input).batch(batch_size, drop_remainder=True).prefetch(1)
+    return records.map(training_input).batch(batch_size, drop_remainder=True).prefetch(1)
 
 
 

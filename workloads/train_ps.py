@@ -27,7 +27,7 @@ from pathlib import Path
 from kindling import UserError
 from workloads.common import results_dir, run_cli, write_metrics
 from workloads.jobs import JOBS
-from workloads.mnist import build_cnn, load_mnist, shuffled
+from workloads.mnist import adam, build_cnn, load_mnist, shuffled, training_input
 from workloads.training import barrier, evaluate_and_export, train_step
 from workloads.peer_watch import PROBE_SECONDS, PeerWatch, exit_now
 from workloads.tf_cluster import (ROLES, ClusterSpec, Task, check_task,
@@ -133,13 +133,13 @@ def serve(spec: ClusterSpec, role: str, index: int, args: argparse.Namespace) ->
 
 
 def dataset_fn(tf, images, labels, batch_size: int):
-    """Per input pipeline: its shard of the uint8 digits, shuffled, repeated, batched, scaled."""
+    """Per input pipeline: its shard of the uint8 digits, shuffled, repeated, shifted, batched."""
     def make(context):
         dataset = tf.data.Dataset.from_tensor_slices((images, labels.astype("int64")))
         dataset = dataset.shard(context.num_input_pipelines, context.input_pipeline_id)
         dataset = dataset.shuffle(len(images)).repeat()  # each worker its own order
+        dataset = dataset.map(training_input)
         dataset = dataset.batch(context.get_per_replica_batch_size(batch_size))
-        dataset = dataset.map(lambda x, y: (tf.cast(x, tf.float32)[..., None] / 255.0, y))
         return dataset.prefetch(2)
     return make
 
@@ -165,7 +165,6 @@ def train(spec: ClusterSpec, role: str, index: int, args: argparse.Namespace,
     output = results_dir(args.output, JOB) if chief else None
     steps_per_epoch = args.steps_per_epoch or math.ceil(len(x_train) / args.batch_size)
 
-    import keras
     import tensorflow as tf
 
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
@@ -179,7 +178,7 @@ def train(spec: ClusterSpec, role: str, index: int, args: argparse.Namespace,
 
     with strategy.scope():
         model = build_cnn()
-        optimizer = keras.optimizers.Adam(args.learning_rate)
+        optimizer = adam(args.learning_rate, args.epochs * steps_per_epoch)
         optimizer.build(model.trainable_variables)
         epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch)
