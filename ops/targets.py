@@ -169,9 +169,11 @@ class LocalTarget(Target):
         return str(Path(output).resolve()) if output else f"{self.runs_dir}/{run_id}"
 
     def prepare(self, job, args):
+        """Path flags made absolute (the processes run in their run folder), local Spark up."""
         if job.uses_spark:
             self.spark.start()
-        return args
+        return job.with_paths(args, {value: str(Path(value).expanduser().resolve())
+                                     for _, value in job.path_values(args)})
 
     def placement(self, job):
         workers = (local.LOCAL_HOST,) * local.SPARK_WORKERS

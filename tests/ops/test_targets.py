@@ -152,3 +152,15 @@ def test_a_driver_failure_names_the_host_that_died_not_the_one_that_noticed(tmp_
     log.write_text(log.read_text().splitlines()[0] + "\n")
     assert "a task failed on worker-0 (10.0.0.32)" in name_failed_host(
         inventory, tmp_path, "driver on master (10.0.0.10) exited with code 1")
+
+
+def test_relative_data_paths_work_on_the_local_target(tmp_path, monkeypatch, assets, capsys):
+    """The job's processes run in their run folder: a relative --data must still be found."""
+    echo = Job("echo", "workloads.echo", "prints a file's name", plan=echo_plan, uses_spark=False,
+               flags=(Flag("--word", "a file to name", path=True),))
+    monkeypatch.setitem(JOBS, "echo", echo)
+    monkeypatch.setenv("KINDLING_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.chdir(assets)
+    with LocalTarget() as local:
+        results = local.run(echo, ["--word", "datasets/mnist"], timeout=60)
+    assert (results / "say-0.log").read_text().strip() == str(assets / "datasets" / "mnist")
