@@ -103,8 +103,9 @@ class Target:
             started = time.time()
             run.start()
             if detach:
-                console.print(f"detached: {run_id}; follow it with `fab logs --job {job.name}`, "
-                              f"stop it with `fab stop --job {job.name}`")
+                console.print(f"detached: {run_id}")
+                console.print(f"follow it with `fab logs --job {job.name}`, stop it with "
+                              f"`fab stop --job {job.name}`")
                 return None
             run.stream()
             try:
