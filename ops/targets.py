@@ -96,8 +96,8 @@ class Target:
         check_downloads(job.downloads(job.parse(args)))
         if deploy:
             self.deploy(job, args, wheelhouse)
-        host_args = self.prepare(job, args)
         try:
+            host_args = self.prepare(job, args)
             launch = job.plan(job, self.placement(job), host_args, run_dir)
             run = Run(run_id, run_dir, launch.processes, self.cluster, files=launch.files)
             started = time.time()
