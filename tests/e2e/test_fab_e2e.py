@@ -49,6 +49,11 @@ def wait_until(condition, what: str, timeout: float = 60, interval: float = 1) -
         time.sleep(interval)
 
 
+def latest_log(job: str, process: str) -> str:
+    """Shell: the log of `process` in the newest run folder of `job` on that host."""
+    return f"cat \"$(ls -dt /srv/kindling/runs/{job}-*/ | head -1){process}.log\" 2>/dev/null"
+
+
 def host_state(cluster) -> dict[str, str]:
     """What a deploy would change on each host: kindling's folders, as a listing."""
     return {host.name: cluster.exec(host, "ls -R /opt/kindling /srv/kindling 2>/dev/null").stdout
@@ -288,8 +293,8 @@ def test_killed_worker_fails_train_ps_fast_and_leaves_nothing(netns_cluster, env
                            stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 180
-        while "cluster formed" not in netns_cluster.exec(
-                "master", "cat /srv/kindling/runs/train-ps-*/chief-0.log 2>/dev/null").stdout:
+        while "cluster formed" not in netns_cluster.exec("master", latest_log("train-ps", "chief-0")).stdout \
+                or "train_ps worker 1" not in " ".join(job_processes(netns_cluster, "worker-1")):
             assert time.monotonic() < deadline and run.poll() is None, run.stderr
             time.sleep(1)
         netns_cluster.exec("worker-1", "pkill -9 -f 'workloads[.]train_ps worker 1'", check=True)
@@ -297,6 +302,7 @@ def test_killed_worker_fails_train_ps_fast_and_leaves_nothing(netns_cluster, env
         out, err = run.communicate(timeout=120)
     finally:
         run.kill()
+        fab(env, "stop", "--target", str(netns_cluster.inventory_path))  # whatever is left
     print(f"train-ps failed {time.monotonic() - killed:.1f}s after worker 1 was killed")
     assert time.monotonic() - killed < 60
     assert run.returncode == 1
@@ -334,16 +340,16 @@ def test_killed_python_workers_fail_train_mnist_naming_their_host(netns_cluster,
                             "--epochs", "30", "--input-mode", "tensorflow"], cwd=REPO, env=env,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                            stdin=subprocess.DEVNULL)
-    latest_driver_log = ("cat \"$(ls -dt /srv/kindling/runs/train-mnist-*/ | head -1)driver.log\" "
-                         "2>/dev/null")
     try:
         wait_until(lambda: run.poll() is None and "All TFSparkNodes started" in netns_cluster.exec(
-            "master", latest_driver_log).stdout, "the TF nodes to start", timeout=240, interval=2)
+            "master", latest_log("train-mnist", "driver")).stdout, "the TF nodes to start",
+                   timeout=240, interval=2)
         netns_cluster.exec("worker-1", "pkill -9 -f pyspark", check=True)
         killed = time.monotonic()
         _, err = run.communicate(timeout=180)
     finally:
         run.kill()
+        fab(env, "stop", "--target", str(netns_cluster.inventory_path))  # whatever is left
     print(f"train-mnist failed {time.monotonic() - killed:.1f}s after worker-1's Python was killed: "
           f"{err.strip()[-300:]}")
     assert run.returncode == 1, err
