@@ -5,6 +5,7 @@ Each run leaves no process behind: checked in /proc by the run's unique cluster-
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import re
@@ -21,6 +22,7 @@ from kindling import KindlingError
 from ops.local import free_ports
 from ops.targets import LocalTarget
 from workloads.jobs import JOBS
+from workloads.mnist import IDX_FILES
 from workloads.tf_cluster import cluster_spec, process_argvs
 
 pytestmark = pytest.mark.slow
@@ -93,10 +95,16 @@ def test_sync_workers_train_the_cnn(tmp_path, assets, capsys):
 
 
 def test_the_launcher_stops_everything_when_the_chief_fails(tmp_path, capsys):
+    """Files that look like MNIST (so nothing refuses them up front) but are not: the chief, the
+    only process that reads them, fails while the ps and workers serve."""
+    corrupt = tmp_path / "mnist"
+    corrupt.mkdir()
+    for name in IDX_FILES.values():
+        (corrupt / name).write_bytes(gzip.compress(b"not an IDX file"))
     with pytest.raises(KindlingError, match=r"^chief 0 on local \(127.0.0.1\) exited with code 2: "
-                                        r"error: MNIST data not found: .*nowhere"):
-        run_local(tmp_path, ["--data", str(tmp_path / "nowhere"), "--output",
-                             str(tmp_path / "results"), *SMALL], capsys, timeout=60)
+                                            r"error: .*train-images-idx3-ubyte.gz is not an IDX file"):
+        run_local(tmp_path, ["--data", str(corrupt), "--output", str(tmp_path / "results"),
+                             *SMALL], capsys, timeout=60)
 
 
 def local_spec() -> dict:
