@@ -214,7 +214,11 @@ class ProjectWheel(Service):
     name = "kindling wheel"
 
     def is_current(self, cxn, host, ctx):
-        return read_stamp(cxn, "project") == ctx.project_wheel.parent.name
+        """The stamp matches and the venv has it (a venv made anew, e.g. after a Python
+        upgrade, keeps no package: the stamp alone would lie)."""
+        return read_stamp(cxn, "project") == ctx.project_wheel.parent.name and cxn.run(
+            f"{PYTHON} -c 'import kindling, workloads'", hide=True, warn=True,
+            timeout=COMMAND_TIMEOUT, in_stream=False).exited == 0
 
     def install(self, cxn, host, ctx):
         remote = f"{HOME}/{ctx.project_wheel.name}"
