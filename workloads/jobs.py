@@ -16,6 +16,7 @@ import importlib
 import importlib.util
 import json
 import re
+import shlex
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -200,7 +201,7 @@ class Job:
                                 + ", ".join(f.name for f in mine.values()))
             argv += [mine[dest].name] if mine[dest].switch else [mine[dest].name, str(value)]
         try:
-            return [*argv, *shlex_split(job_args)]
+            return [*argv, *shlex.split(job_args or "")]
         except ValueError as exc:
             raise UserError(f"--job-args {job_args!r} is not a valid shell-quoted list ({exc})") from None
 
@@ -225,12 +226,6 @@ class Job:
             prefix = out[index].partition("=")[0] + "=" if out[index].startswith("--") else ""
             out[index] = prefix + paths[value]
         return out
-
-
-def shlex_split(text: str) -> list[str]:
-    import shlex
-
-    return shlex.split(text or "")
 
 
 def split_output(argv: list[str]) -> tuple[list[str], str | None]:
