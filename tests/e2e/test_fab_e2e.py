@@ -278,25 +278,34 @@ def test_exec_put_logs_and_ui(netns_cluster, env, tmp_path, train_ps_run):
         ui.wait(timeout=30)
 
 
-def test_killed_worker_fails_train_ps_fast_and_leaves_nothing(netns_cluster, env, deployed):
-    run = subprocess.Popen([FAB, "run", "train-ps", "--target", str(netns_cluster.inventory_path),
-                            "--epochs", "50"], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+def fail_mid_run(cluster, env, fab_args: list[str], under_way, host: str,
+                 kill: str) -> tuple[int, str, float]:
+    """`fab ...` in the background; once under_way() says so, `kill` on host. Its exit code,
+    stderr, and the seconds from the kill to its end."""
+    run = subprocess.Popen([FAB, *fab_args, "--target", str(cluster.inventory_path)], cwd=REPO,
+                           env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           stdin=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 180
-        while "cluster formed" not in netns_cluster.exec("master", latest_log("train-ps", "chief-0")).stdout \
-                or "train_ps worker 1" not in " ".join(job_processes(netns_cluster, "worker-1")):
-            assert time.monotonic() < deadline and run.poll() is None, run.stderr
-            time.sleep(1)
-        netns_cluster.exec("worker-1", "pkill -9 -f 'workloads[.]train_ps worker 1'", check=True)
+        wait_until(lambda: run.poll() is not None or under_way(), "the run to get under way",
+                   timeout=240, interval=1)
+        assert run.poll() is None, run.stderr.read()
+        cluster.exec(host, kill, check=True)
         killed = time.monotonic()
-        out, err = run.communicate(timeout=120)
+        _, err = run.communicate(timeout=180)
+        return run.returncode, err, time.monotonic() - killed
     finally:
         run.kill()
-        fab(env, "stop", "--target", str(netns_cluster.inventory_path))  # whatever is left
-    print(f"train-ps failed {time.monotonic() - killed:.1f}s after worker 1 was killed")
-    assert time.monotonic() - killed < 60
-    assert run.returncode == 1
+        fab(env, "stop", "--target", str(cluster.inventory_path))  # whatever is left
+
+
+def test_killed_worker_fails_train_ps_fast_and_leaves_nothing(netns_cluster, env, deployed):
+    code, err, seconds = fail_mid_run(
+        netns_cluster, env, ["run", "train-ps", "--epochs", "50"],
+        lambda: "cluster formed" in netns_cluster.exec("master", latest_log("train-ps", "chief-0")).stdout
+        and "train_ps worker 1" in " ".join(job_processes(netns_cluster, "worker-1")),
+        "worker-1", "pkill -9 -f 'workloads[.]train_ps worker 1'")
+    print(f"train-ps failed {seconds:.1f}s after worker 1 was killed")
+    assert seconds < 60 and code == 1
     assert "worker 1 on worker-1" in err, err
     wait_until(lambda: not any(job_processes(netns_cluster, h) for h in netns_cluster.hosts),
                "every train-ps process to end", timeout=30)
@@ -328,22 +337,11 @@ def test_a_dead_spark_worker_is_named_before_launch_and_deploy_restarts_it(netns
 def test_killed_python_workers_fail_train_mnist_naming_their_host(netns_cluster, env, deployed):
     """kill -9 of worker-1's Python workers (its TF node) mid-training: the job ends at once and
     the error names worker-1, not worker-0 whose node only lost its peer."""
-    run = subprocess.Popen([FAB, "run", "train-mnist", "--target", str(netns_cluster.inventory_path),
-                            "--epochs", "30", "--input-mode", "tensorflow"], cwd=REPO, env=env,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                           stdin=subprocess.DEVNULL)
-    try:
-        wait_until(lambda: run.poll() is not None or "All TFSparkNodes started" in netns_cluster.exec(
-            "master", latest_log("train-mnist", "driver")).stdout, "the TF nodes to start",
-                   timeout=240, interval=2)
-        assert run.poll() is None, run.stderr.read()
-        netns_cluster.exec("worker-1", "pkill -9 -f '[p]yspark'", check=True)
-        killed = time.monotonic()
-        _, err = run.communicate(timeout=180)
-    finally:
-        run.kill()
-        fab(env, "stop", "--target", str(netns_cluster.inventory_path))  # whatever is left
-    print(f"train-mnist failed {time.monotonic() - killed:.1f}s after worker-1's Python was killed: "
-          f"{err.strip()[-300:]}")
-    assert run.returncode == 1, err
+    code, err, seconds = fail_mid_run(
+        netns_cluster, env, ["run", "train-mnist", "--epochs", "30", "--input-mode", "tensorflow"],
+        lambda: "All TFSparkNodes started" in netns_cluster.exec(
+            "master", latest_log("train-mnist", "driver")).stdout,
+        "worker-1", "pkill -9 -f '[p]yspark'")
+    print(f"train-mnist failed {seconds:.1f}s after worker-1's Python was killed: {err.strip()[-300:]}")
+    assert code == 1, err
     assert "died on worker-1" in err and "on worker-0" not in err, err
