@@ -49,9 +49,15 @@ def wait_until(condition, what: str, timeout: float = 60, interval: float = 1) -
         time.sleep(interval)
 
 
-def latest_log(job: str, process: str) -> str:
-    """Shell: the log of `process` in the newest run folder of `job` on that host."""
-    return f"cat \"$(ls -dt /srv/kindling/runs/{job}-*/ | head -1){process}.log\" 2>/dev/null"
+def run_folders(cluster, job: str) -> set[str]:
+    """The master's run folders of job."""
+    return set(cluster.exec("master", f"ls -d /srv/kindling/runs/{job}-*/ 2>/dev/null").stdout.split())
+
+
+def new_log(cluster, job: str, process: str, before: set[str]) -> str:
+    """The log of `process` in a run folder of job made after `before` was listed ("" if none)."""
+    new = sorted(run_folders(cluster, job) - before)
+    return cluster.exec("master", f"cat {new[-1]}{process}.log 2>/dev/null").stdout if new else ""
 
 
 def host_state(cluster) -> dict[str, str]:
@@ -299,9 +305,10 @@ def fail_mid_run(cluster, env, fab_args: list[str], under_way, host: str,
 
 
 def test_killed_worker_fails_train_ps_fast_and_leaves_nothing(netns_cluster, env, deployed):
+    before = run_folders(netns_cluster, "train-ps")
     code, err, seconds = fail_mid_run(
         netns_cluster, env, ["run", "train-ps", "--epochs", "50"],
-        lambda: "cluster formed" in netns_cluster.exec("master", latest_log("train-ps", "chief-0")).stdout
+        lambda: "cluster formed" in new_log(netns_cluster, "train-ps", "chief-0", before)
         and "train_ps worker 1" in " ".join(job_processes(netns_cluster, "worker-1")),
         "worker-1", "pkill -9 -f 'workloads[.]train_ps worker 1'")
     print(f"train-ps failed {seconds:.1f}s after worker 1 was killed")
@@ -337,11 +344,11 @@ def test_a_dead_spark_worker_is_named_before_launch_and_deploy_restarts_it(netns
 def test_killed_python_workers_fail_train_mnist_naming_their_host(netns_cluster, env, deployed):
     """kill -9 of worker-1's Python workers (its TF node) mid-training: the job ends at once and
     the error names worker-1, not worker-0 whose node only lost its peer."""
+    before = run_folders(netns_cluster, "train-mnist")
     code, err, seconds = fail_mid_run(
         netns_cluster, env, ["run", "train-mnist", "--epochs", "30", "--input-mode", "tensorflow"],
-        lambda: "All TFSparkNodes started" in netns_cluster.exec(
-            "master", latest_log("train-mnist", "driver")).stdout,
-        "worker-1", "pkill -9 -f '[p]yspark'")
+        lambda: "All TFSparkNodes started" in new_log(netns_cluster, "train-mnist", "driver", before),
+        "worker-1", "pkill -9 -f '[p]ython.* -m pyspark[.]daemon'")  # the JVMs stay
     print(f"train-mnist failed {seconds:.1f}s after worker-1's Python was killed: {err.strip()[-300:]}")
     assert code == 1, err
     assert "died on worker-1" in err and "on worker-0" not in err, err
