@@ -22,7 +22,7 @@ from kindling import Host, Inventory
 from ops.remote import (COMMAND_TIMEOUT, HOME, INSTALL_TIMEOUT, PYTHON, RUNS, SPARK_STATE, SRV,
                         STAMPS, VENV, WHEELHOUSE, DATA, read_stamp, sh, where, write_stamp)
 from ops.staging import push_path, staged_check
-from kindling import HostError, UserError
+from kindling import HostError, KindlingError, UserError
 
 def file_digest(paths: list[Path]) -> str:
     digest = hashlib.sha256()
@@ -84,9 +84,9 @@ class CloudInit(Service):
                          hide=True, warn=True, timeout=self.timeout + COMMAND_TIMEOUT,
                          in_stream=False)
         if waited.exited == 124:
-            raise UserError(f"{host.name}: cloud-init still running after {self.timeout}s; see "
-                            "/var/log/cloud-init-output.log on the host (`fab ssh --host "
-                            f"{host.name}`), then retry `fab deploy`")
+            raise HostError(*where(cxn), "waiting for cloud-init",
+                            f"still running after {self.timeout}s; see /var/log/cloud-init-output.log "
+                            f"on the host (`fab ssh --host {host.name}`), then retry `fab deploy`")
 
 
 class BasePackages(Service):
@@ -111,17 +111,18 @@ class BasePackages(Service):
         done = cxn.run(self.apt_script(), hide=True, warn=True, in_stream=False,
                        timeout=2 * self.lock_timeout + INSTALL_TIMEOUT)
         if done.exited and "Could not get lock" in done.stderr:
-            raise UserError(f"{host.name}: another apt run held the package lock for over "
-                            f"{self.lock_timeout}s (unattended-upgrades?); retry `fab deploy` "
+            raise HostError(*where(cxn), "apt-get", "another apt run held the package lock for "
+                            f"over {self.lock_timeout}s (unattended-upgrades?); retry `fab deploy` "
                             "when it finishes")
         if done.exited:
             detail = (done.stderr.strip() or done.stdout.strip()).splitlines()[-1:] or ["no output"]
-            raise UserError(f"{host.name}: apt-get install of {' '.join(self.packages)} failed "
-                            f"(exit {done.exited}): {detail[0]}")
+            raise HostError(*where(cxn), f"apt-get install of {' '.join(self.packages)}",
+                            f"exit {done.exited}: {detail[0]}")
         if not self.is_current(cxn, host, ctx):
-            raise UserError(f"{host.name}: Java {self.min_java}+ or python3-venv still missing "
-                            "after apt-get (this release's default-jre-headless is older): "
-                            f"install openjdk-{self.min_java}-jre-headless or use Ubuntu 24.04")
+            raise HostError(*where(cxn), "base packages", f"Java {self.min_java}+ or "
+                            "python3-venv still missing after apt-get (this release's "
+                            f"default-jre-headless is older): install openjdk-{self.min_java}-"
+                            "jre-headless or use Ubuntu 24.04")
 
     def apt_script(self) -> str:
         """apt-get update then install, each waiting up to lock_timeout for the apt locks:
@@ -284,7 +285,7 @@ class SparkMaster(Service):
                 return
             time.sleep(1)
         missing = ", ".join(w.name for w in ctx.inventory.workers if w.privateIp not in alive)
-        raise UserError(f"Spark workers on {missing} did not register with the master within "
+        raise KindlingError(f"Spark workers on {missing} did not register with the master within "
                         f"{self.registration_timeout}s; see {SPARK_STATE}/logs on those hosts")
 
 

@@ -11,13 +11,15 @@ from invoke import Context
 
 from kindling import Host
 from ops.services import BasePackages, CloudInit
-from kindling import UserError
+from kindling import HostError
 
 HOST = Host(name="worker-7", hostname="ip-10-0-1-7", privateIp="10.0.1.7")
 
 
 class LocalConnection:
     """Stands in for a Fabric Connection: runs commands here, the fake tools first on PATH."""
+
+    where = ("worker-7", "worker")  # what ops.cluster.Cluster gives its connections
 
     def __init__(self, tools: Path):
         self.env = {"PATH": f"{tools}:{os.environ['PATH']}"}
@@ -89,8 +91,8 @@ def test_base_packages_install_default_jre_waiting_for_the_apt_lock(tools):
 
 def test_base_packages_name_the_host_when_the_apt_lock_stays_held(tools):
     log = fake_apt(tools, locked_updates=1000)
-    with pytest.raises(UserError, match=r"^worker-7: another apt run held the package lock for "
-                                        r"over 1s .*retry `fab deploy`"):
+    with pytest.raises(HostError, match=r"^worker-7 \(worker\): apt-get failed: another apt run "
+                                        r"held the package lock for over 1s .*retry `fab deploy`"):
         quick_packages(lock_timeout=1).install(LocalConnection(tools), HOST, None)
     assert "install" not in log.read_text()
 
@@ -98,7 +100,8 @@ def test_base_packages_name_the_host_when_the_apt_lock_stays_held(tools):
 def test_base_packages_refuse_a_jdk_older_than_17_after_apt(tools):
     fake_apt(tools, locked_updates=0)
     tool(tools, "java", "echo 'openjdk version \"11.0.22\"' >&2\n")
-    with pytest.raises(UserError, match="^worker-7: Java 17\\+ or python3-venv still missing"):
+    with pytest.raises(HostError, match="^worker-7 \\(worker\\): base packages failed: Java 17\\+ "
+                                        "or python3-venv still missing"):
         quick_packages(lock_timeout=5).install(LocalConnection(tools), HOST, None)
 
 
@@ -134,6 +137,6 @@ def test_cloud_init_that_never_finishes_is_one_error_naming_the_host(tools, tmp_
     service = fake_cloud_init(tools, tmp_path, finishes=False)
     service.timeout = 1
     Path(service.run_dir).mkdir()
-    with pytest.raises(UserError, match=r"^worker-7: cloud-init still running after 1s; see "
-                                        r"/var/log/cloud-init-output.log"):
+    with pytest.raises(HostError, match=r"^worker-7 \(worker\): waiting for cloud-init failed: "
+                                        r"still running after 1s; see /var/log/cloud-init-output.log"):
         service.install(LocalConnection(tools), HOST, None)
