@@ -22,7 +22,7 @@ from kindling import Host, Inventory
 from ops.remote import (COMMAND_TIMEOUT, HOME, INSTALL_TIMEOUT, PYTHON, RUNS, SPARK_STATE, SRV,
                         STAMPS, VENV, WHEELHOUSE, DATA, read_stamp, sh, where, write_stamp)
 from ops.staging import push_path, staged_check
-from kindling import HostError, KindlingError, UserError
+from kindling import HostError, KindlingError
 
 def file_digest(paths: list[Path]) -> str:
     digest = hashlib.sha256()
@@ -55,7 +55,7 @@ class Service:
         raise NotImplementedError
 
     def health_check(self, cxn: Connection, host: Host, ctx: DeployContext) -> None:
-        """Raise UserError when the service is installed but not working."""
+        """Raise a KindlingError when the service is installed but not working."""
 
 
 class CloudInit(Service):
