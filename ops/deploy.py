@@ -48,15 +48,15 @@ def project_wheel() -> Path:
     return wheels[0]
 
 
-def staged_paths(job: Job, args: list[str]) -> dict[str, Path]:
-    """Each value of the job's path flags -> the local file or folder it names."""
+def staged_paths(job: Job, args: list[str]) -> dict[str, tuple[Path, str]]:
+    """Each value of the job's path flags -> (the local file or folder, its path on the hosts)."""
     staged = {}
     for _, value in job.path_values(args):
         local = Path(value).expanduser().resolve()
         if not local.exists():
             raise UserError(f"{value}: no such file or folder on this machine; pass an existing "
                             "path (it is copied to every host)")
-        staged[value] = local
+        staged[value] = (local, remote_path(local))
     return staged
 
 
@@ -69,7 +69,7 @@ def deploy_context(inventory: Inventory, job: Job, args: list[str],
         if not wheelhouse_dir.is_dir() or not any(wheelhouse_dir.glob("*.whl")):
             raise UserError(f"--wheelhouse {wheelhouse}: not a folder of wheels; build one with "
                             "`fab wheelhouse --folder DIR`")
-    staged = {str(local): remote_path(local) for local in staged_paths(job, args).values()}
+    staged = {str(local): remote for local, remote in staged_paths(job, args).values()}
     return DeployContext(inventory, PROJECT_ROOT / "constraints.txt", project_wheel(),
                          wheelhouse_dir, staged)
 
@@ -129,16 +129,16 @@ def check_deployed(cluster: Cluster, job: Job) -> None:
 
 def stage_data(cluster: Cluster, job: Job, args: list[str]) -> list[str]:
     """The job's local data/weights on every host (skipped where present); args with host paths."""
-    locals_ = staged_paths(job, args)
+    staged = staged_paths(job, args)
     ctx = DeployContext(cluster.inventory, PROJECT_ROOT / "constraints.txt", None, None,
-                        {str(local): remote_path(local) for local in locals_.values()})
+                        {str(local): remote for local, remote in staged.values()})
     service = StagedData()
 
     def stage(host, cxn) -> None:
         if not service.is_current(cxn, host, ctx):
             service.install(cxn, host, ctx)
     cluster.parallel(stage)
-    return job.with_paths(args, {value: ctx.staged[str(local)] for value, local in locals_.items()})
+    return job.with_paths(args, {value: remote for value, (_, remote) in staged.items()})
 
 
 def fetch_results(cluster: Cluster, run_dir: str, local: Path, since: float) -> None:

@@ -6,6 +6,7 @@ skips the upload, and a changed dataset never mixes with the old one.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import shlex
 import tarfile
@@ -31,8 +32,10 @@ def content_digest(path: Path) -> str:
     return digest.hexdigest()[:12]
 
 
+@functools.cache
 def remote_path(local: Path) -> str:
-    """Where local lands on every host: /srv/kindling/data/<digest>/<name>."""
+    """Where local lands on every host: /srv/kindling/data/<digest>/<name>. Hashed once per
+    fab command: `fab deploy` stages the same data in its deploy and in its run."""
     return f"{DATA}/{content_digest(local)}/{local.name}"
 
 

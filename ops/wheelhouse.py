@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -68,7 +69,8 @@ def parse_python_version(text: str) -> Interpreter:
     """--python-version 3.13[:2.41] (glibc default: this machine's)."""
     python, _, glibc = text.partition(":")
     parts = python.split(".")
-    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+    if len(parts) != 2 or not all(p.isdigit() for p in parts) or (
+            glibc and not re.fullmatch(r"\d+\.\d+", glibc)):
         raise UserError(f"--python-version {text!r} is not MAJOR.MINOR[:GLIBC]; e.g. 3.12 "
                         "(Ubuntu 24.04) or 3.13:2.41 (Debian 13)")
     return Interpreter(python, glibc or platform.libc_ver()[1], platform.machine())

@@ -16,7 +16,7 @@ def test_platforms_run_from_manylinux2014_up_to_the_hosts_glibc():
 
 def test_python_version_flag_and_its_mistakes():
     assert parse_python_version("3.13:2.41") == Interpreter("3.13", "2.41", parse_python_version("3.13").machine)
-    for bad in ("3", "three.12", "3.12.1"):
+    for bad in ("3", "three.12", "3.12.1", "3.13:abc", "3.13:2"):
         with pytest.raises(UserError, match="is not MAJOR.MINOR"):
             parse_python_version(bad)
     with pytest.raises(UserError, match="older than manylinux2014"):
