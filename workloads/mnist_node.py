@@ -22,6 +22,7 @@ from tensorflowonspark import util as tfos_util
 
 from workloads.common import write_metrics
 from workloads.mnist import IMAGE_SHAPE, adam, build_cnn, load_mnist, shuffled, training_input
+from workloads.node_failures import report_failure
 from workloads.training import barrier, evaluate_and_export, train_step
 
 SEED = 0
@@ -46,12 +47,17 @@ def _advertise_spark_local_ip() -> None:
 _advertise_spark_local_ip()
 
 
-
-_advertise_spark_local_ip()
-
-
 def main_fun(args: argparse.Namespace, ctx) -> None:
-    """One TensorFlow node: train, then (chief) evaluate and write the results."""
+    """One TensorFlow node; its failure is reported to the driver, which names the first."""
+    try:
+        run_node(args, ctx)
+    except BaseException as exc:
+        report_failure(getattr(args, "failure_collector", None), ctx.job_name, ctx.task_index, exc)
+        raise
+
+
+def run_node(args: argparse.Namespace, ctx) -> None:
+    """Train, then (chief) evaluate and write the results."""
     import tensorflow as tf
 
     # TF_CONFIG comes from TFoS (master_node="chief"); a collective that waits longer than
@@ -100,7 +106,6 @@ def main_fun(args: argparse.Namespace, ctx) -> None:
         feed.terminate()
 
 
-
 def write_results(args: argparse.Namespace, model, epochs: list[Epoch]) -> None:
     """The chief's part: evaluate on the 10k test set, export the model, write metrics.json."""
     started = time.monotonic()
@@ -119,7 +124,6 @@ def write_results(args: argparse.Namespace, model, epochs: list[Epoch]) -> None:
     print(f"[chief] test accuracy {accuracy:.4f}, loss {loss:.4f}", flush=True)
 
 
-
 def fed_records(feed, batch_size: int):
     """SPARK mode: the (image, label) rows TFCluster.train pushes into this node's queue."""
     import tensorflow as tf
@@ -131,7 +135,6 @@ def fed_records(feed, batch_size: int):
 
     return tf.data.Dataset.from_generator(rows, output_signature=(
         tf.TensorSpec((IMAGE_SHAPE[0] * IMAGE_SHAPE[1],), tf.uint8), tf.TensorSpec((), tf.int64)))
-
 
 
 def write_shard(data: str | None, index: int, count: int, folder: str) -> str:
@@ -152,7 +155,6 @@ def write_shard(data: str | None, index: int, count: int, folder: str) -> str:
     return str(path)
 
 
-
 def tfrecord_records(path: str):
     """The (flat uint8 image, label) rows of a shard, in file order."""
     import tensorflow as tf
@@ -167,11 +169,9 @@ def tfrecord_records(path: str):
     return tf.data.TFRecordDataset(path).map(parse)
 
 
-
 def shuffled_stream(records):
     """A shard's rows kept in memory, reshuffled every pass, endless (the step count stops)."""
     return records.cache().shuffle(10_000, seed=SEED).repeat()
-
 
 
 def batched(records, batch_size: int):
@@ -183,13 +183,11 @@ def batched(records, batch_size: int):
     return records.map(training_input).batch(batch_size, drop_remainder=True).prefetch(1)
 
 
-
 class Epoch(NamedTuple):
     loss: float
     """Mean training loss of the epoch's steps."""
     seconds: float
     """Time of its steps, on_epoch (checkpointing) not included."""
-
 
 
 def train(step, batches, steps: int, steps_per_epoch: int,
@@ -211,7 +209,6 @@ class BarrierNode(NamedTuple):
     job_name: str
     task_index: int
     executor_id: int
-
 
 
 def barrier_node(args: argparse.Namespace):

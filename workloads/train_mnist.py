@@ -24,7 +24,6 @@ import argparse
 import json
 import math
 import os
-import re
 import signal
 import sys
 import time
@@ -36,6 +35,7 @@ from workloads.common import results_dir, run_cli
 from workloads.jobs import JOBS
 from workloads.mnist import load_mnist, shuffled
 from workloads.mnist_node import READ_AHEAD_BATCHES, SEED, barrier_node, main_fun
+from workloads.node_failures import FailureCollector, error_line
 
 PARTITIONS_PER_NODE = 5
 """SPARK mode: partitions per node and epoch; smaller partitions waste less data at the end."""
@@ -134,31 +134,34 @@ def main(argv: list[str] | None = None) -> None:
     app_id, started = sc.applicationId, time.monotonic()
     print(f"train-mnist: {args.cluster_size} TF nodes ({args.engine}), {args.input_mode} input, "
           f"{args.steps} steps per node; Spark application {app_id}", flush=True)
-    try:
-        await_executors(sc, args.cluster_size, args.startup_timeout)
-        if args.engine == "barrier":
-            run_barrier(sc, args)
-        else:
-            run_tfos(sc, args, x_train, y_train)
-    except UserError:
-        raise
-    except (Exception, SystemExit) as exc:  # a failed node, or --timeout
-        print(f"error: training failed on the cluster: {cluster_failure(exc, args)}; the nodes' "
-              f"full output is in the executors' stderr files (Spark worker dir, {app_id})",
-              file=sys.stderr, flush=True)
-        raise SystemExit(1) from None
-    finally:
-        sc.stop()
+    # the executors must reach what the driver serves: TFoS' reservation server, the collector
+    driver_address = os.environ.get("SPARK_LOCAL_IP") or conf.get("spark.driver.host")
+    with FailureCollector(driver_address) as failures:
+        args.failure_collector = failures.address
+        try:
+            await_executors(sc, args.cluster_size, args.startup_timeout)
+            if args.engine == "barrier":
+                run_barrier(sc, args)
+            else:
+                run_tfos(sc, args, x_train, y_train, driver_address)
+        except UserError:
+            raise
+        except (Exception, SystemExit) as exc:  # a failed node, or --timeout
+            print(f"error: training failed on the cluster: {cluster_failure(exc, args, failures)}"
+                  "; the nodes' full output is in the executors' stderr files (Spark worker dir, "
+                  f"{app_id})", file=sys.stderr, flush=True)
+            raise SystemExit(1) from None
+        finally:
+            sc.stop()
     report(output, time.monotonic() - started)
 
 
-def run_tfos(sc, args: argparse.Namespace, x_train: np.ndarray, y_train: np.ndarray) -> None:
+def run_tfos(sc, args: argparse.Namespace, x_train: np.ndarray, y_train: np.ndarray,
+             driver_address: str) -> None:
     """The chapter's way: TFoS reserves the nodes, starts main_fun on them, feeds SPARK mode."""
     from tensorflowonspark import TFCluster
 
-    # the reservation server must listen where the executors can reach it
-    os.environ.setdefault("TFOS_SERVER_HOST", os.environ.get("SPARK_LOCAL_IP")
-                          or sc.getConf().get("spark.driver.host"))
+    os.environ.setdefault("TFOS_SERVER_HOST", driver_address)  # TFoS' reservation server
     spark_mode = args.input_mode == "spark"
     input_mode = TFCluster.InputMode.SPARK if spark_mode else TFCluster.InputMode.TENSORFLOW
     log_dir = str(Path(args.output) / "tensorboard") if args.tensorboard else None
@@ -187,23 +190,20 @@ def run_barrier(sc, args: argparse.Namespace) -> None:
     signal.alarm(0)
 
 
-def cluster_failure(exc: BaseException, args: argparse.Namespace) -> str:
-    """One line on why the cluster part failed."""
+def cluster_failure(exc: BaseException, args: argparse.Namespace,
+                    failures: FailureCollector) -> str:
+    """One line on why the cluster part failed: the node that failed first, when one said so
+    (not a peer that failed because it lost that node), else what Spark or TFoS saw."""
     from tensorflowonspark import TFCluster
 
+    first = failures.first_failure(args.cluster_size)
+    if first:
+        return f"{first.node} failed first: {first.error}"
     if "error" in TFCluster.tf_status:  # TFoS' record of a failed node
-        return failure_reason(TFCluster.tf_status["error"])
+        return error_line(TFCluster.tf_status["error"])
     if isinstance(exc, (SystemExit, TimeoutError)):  # TFoS' or barrier mode's --timeout alarm
         return f"no result within --timeout {args.timeout}s"
-    return failure_reason(str(exc))
-
-
-def failure_reason(message: str) -> str:
-    """The last `SomeError: ...` line of a (Python-in-Java) traceback, else its first line."""
-    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
-    errors = [line for line in lines if re.match(r"^[\w.]*(Error|Exception)\b", line)
-              and not line.startswith(("org.apache.", "java.", "py4j."))]
-    return (errors[-1] if errors else lines[0] if lines else "unknown")[:300]
+    return error_line(str(exc))
 
 
 def report(output: Path, seconds: float) -> None:

@@ -131,22 +131,6 @@ def test_cores_max_too_small_for_the_nodes_fails_at_once():
     train_mnist.check_cores({}, 3)  # no cap: the executors that join decide (await_executors)
 
 
-def test_failure_reason_is_the_python_error_inside_the_java_one():
-    message = (
-        "An error occurred while calling o123.collectAndServe.\n"
-        ": org.apache.spark.SparkException: Job aborted due to stage failure: Task 9 failed\n"
-        "org.apache.spark.api.python.PythonException: Traceback (most recent call last):\n"
-        '  File "/work/main/workloads/train_mnist.py", line 130, in main_fun\n'
-        "tensorflow.python.framework.errors_impl.FailedPreconditionError: /out/checkpoints is "
-        "not a directory\n"
-        "\tat org.apache.spark.api.python.BasePythonRunner.handlePythonException(Runner.scala:1)\n"
-        "java.lang.RuntimeException: wrapped\n")
-    assert train_mnist.failure_reason(message) == (
-        "tensorflow.python.framework.errors_impl.FailedPreconditionError: /out/checkpoints is "
-        "not a directory")
-    assert train_mnist.failure_reason("1") == "1"
-
-
 def test_executors_advertise_spark_local_ip_to_tfos():
     """TFoS would ask 8.8.8.8's route; with SPARK_LOCAL_IP set (kindling's daemons set it and
     executors inherit it) importing the job makes TFoS use that address."""

@@ -1,0 +1,89 @@
+"""The root cause of a failed train-mnist: nodes report their failures to the driver, which
+names the first in time. Real sockets, real processes, no Spark."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+
+from workloads import node_failures
+from workloads.node_failures import FailureCollector, report_failure
+
+
+def fail_and_report(collector: str, role: str, index: int, message: str) -> None:
+    """A node process that raises `message` and reports it, as main_fun does."""
+    code = ("import sys; from workloads.node_failures import report_failure\n"
+            "try:\n"
+            f"    raise RuntimeError({message!r})\n"
+            "except RuntimeError as exc:\n"
+            f"    report_failure({collector!r}, {role!r}, {index}, exc)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          env={"SPARK_LOCAL_IP": "127.0.0.9", "PATH": "/usr/bin:/bin",
+                               "PYTHONPATH": ":".join(sys.path)})
+    assert done.returncode == 0, done.stderr
+
+
+def connect(address: str) -> socket.socket:
+    host, port = address.rsplit(":", 1)
+    return socket.create_connection((host, int(port)), timeout=10)
+
+
+def test_the_first_failure_in_time_is_named_whichever_report_arrives_first():
+    with FailureCollector("127.0.0.1") as collector:
+        chief_failed = time.time()
+        # the peer's report reaches the driver first, but it happened later
+        late = node_failures.NodeFailure("worker", 0, "10.0.0.4", chief_failed + 0.5,
+                                         "UnavailableError: Graph execution error")
+        with connect(collector.address) as peer:
+            peer.sendall(json.dumps(late._asdict()).encode() + b"\n")
+        fail_and_report(collector.address, "chief", 0, "/out/checkpoints is not a directory")
+        first = collector.first_failure(nodes=2, timeout=30)
+    assert first.node == "chief:0 on 127.0.0.9"
+    assert first.error == "RuntimeError: /out/checkpoints is not a directory"
+    assert chief_failed < first.time < late.time
+
+
+def test_the_driver_waits_a_bounded_time_for_reports_that_never_come():
+    with FailureCollector("127.0.0.1") as collector:
+        fail_and_report(collector.address, "worker", 1, "lost its peer")
+        started = time.monotonic()
+        first = collector.first_failure(nodes=3, timeout=1.0)
+    assert 1.0 <= time.monotonic() - started < 10
+    assert first.node == "worker:1 on 127.0.0.9"
+
+
+def test_no_report_is_none_and_garbage_is_ignored():
+    with FailureCollector("127.0.0.1") as collector:
+        with connect(collector.address) as stranger:
+            stranger.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        assert collector.first_failure(nodes=1, timeout=0.5) is None
+
+
+def test_a_node_whose_driver_is_gone_reports_nothing_and_does_not_raise():
+    with FailureCollector("127.0.0.1") as collector:
+        address = collector.address
+    started = time.monotonic()
+    report_failure(address, "chief", 0, RuntimeError("x"))
+    report_failure(None, "chief", 0, RuntimeError("x"))  # launched without a collector
+    assert time.monotonic() - started < node_failures.REPORT_TIMEOUT * 2 + 1
+
+
+def test_error_line_is_the_python_error_inside_the_java_one():
+    message = (
+        "An error occurred while calling o123.collectAndServe.\n"
+        ": org.apache.spark.SparkException: Job aborted due to stage failure: Task 9 failed\n"
+        "org.apache.spark.api.python.PythonException: Traceback (most recent call last):\n"
+        '  File "/work/main/workloads/train_mnist.py", line 130, in main_fun\n'
+        "tensorflow.python.framework.errors_impl.FailedPreconditionError: /out/checkpoints is "
+        "not a directory\n"
+        "\tat org.apache.spark.api.python.BasePythonRunner.handlePythonException(Runner.scala:1)\n"
+        "java.lang.RuntimeException: wrapped\n")
+    assert node_failures.error_line(message) == (
+        "tensorflow.python.framework.errors_impl.FailedPreconditionError: /out/checkpoints is "
+        "not a directory")
+    assert node_failures.error_line("1") == "1"
+
+
