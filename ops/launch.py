@@ -7,6 +7,7 @@ the local target (an invoke Context) and cluster hosts (Fabric Connections).
 
 from __future__ import annotations
 
+import re
 import shlex
 import threading
 import time
@@ -35,12 +36,14 @@ def failure(state: str) -> int:
 
 
 class PrefixedOutput:
-    """A stream that prints each complete line as `[label] line` (shared lock: no interleaving)."""
+    """A stream that prints each complete line as `[label] line` (shared lock: no interleaving),
+    leaving out the lines that match `noise`."""
 
     lock = threading.Lock()
 
-    def __init__(self, prefix: str):
+    def __init__(self, prefix: str, noise: re.Pattern | None = None):
         self.prefix = prefix
+        self.noise = noise
         self.partial = ""
 
     def write(self, text: str) -> None:
@@ -48,6 +51,8 @@ class PrefixedOutput:
         self.partial = lines.pop()
         with self.lock:
             for line in lines:
+                if self.noise and self.noise.match(line):
+                    continue
                 console.print(f"[cyan]\\[{self.prefix}][/] {escape(line)}", highlight=False,
                               soft_wrap=True)
 
@@ -65,6 +70,8 @@ class Run:
     grace: float = GRACE_SECONDS
     files: dict[str, str] = field(default_factory=dict)
     """name -> text written into the run folder on every host before any process starts."""
+    noise: tuple[str, ...] = ()
+    """Regexes of output lines not streamed (the log files keep them)."""
     _tails: list[threading.Thread] = field(default_factory=list)
 
     @property
@@ -92,6 +99,7 @@ class Run:
 
     def stream(self) -> None:
         """Follow every process's log with a `[label@host]` prefix until it exits."""
+        noise = re.compile("|".join(f"(?:{n})" for n in self.noise)) if self.noise else None
         for process in self.processes:
             cxn = self.cluster.connection(process.host)
             prefix = (process.label if len(self.hosts) == 1
@@ -99,7 +107,7 @@ class Run:
             command = (f"cd {shlex.quote(self.run_dir)} && "
                        f"tail -n +1 -F --pid=$(cat {process.name}.pid) {process.name}.log 2>/dev/null")
             thread = threading.Thread(target=cxn.run, args=(command,), daemon=True, kwargs=dict(
-                out_stream=PrefixedOutput(prefix), hide=True, warn=True, in_stream=False))
+                out_stream=PrefixedOutput(prefix, noise), hide=True, warn=True, in_stream=False))
             thread.start()
             self._tails.append(thread)
 

@@ -99,7 +99,8 @@ class Target:
         try:
             host_args = self.prepare(job, args)
             launch = job.plan(job, self.placement(job), host_args, run_dir)
-            run = Run(run_id, run_dir, launch.processes, self.cluster, files=launch.files)
+            run = Run(run_id, run_dir, launch.processes, self.cluster, files=launch.files,
+                      noise=launch.noise)
             started = time.time()
             run.start()
             if detach:

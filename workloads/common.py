@@ -67,10 +67,26 @@ def results_dir(output: str | None, job: str) -> Path:
 
 
 def write_metrics(folder: Path, metrics: dict) -> Path:
-    """metrics.json; its top-level `accuracy` (0..1) is what ops and the README report."""
+    """metrics.json; its top-level `accuracy` (0..1) is what ops and the README report.
+
+    Paths in it are made portable (the results folder travels: fetched, shared, compared)."""
     accuracy = metrics.get("accuracy")
     if not isinstance(accuracy, (int, float)) or not 0.0 <= accuracy <= 1.0:
         raise ValueError(f"metrics need a top-level accuracy in 0..1, got {accuracy!r}")
     path = Path(folder) / "metrics.json"
-    path.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    path.write_text(json.dumps(portable(metrics, Path(folder).resolve()), indent=2,
+                               sort_keys=True) + "\n")
     return path
+
+
+def portable(value, folder: Path):
+    """value with every absolute path made relative to folder, or cut to its name when outside
+    it: no path of the machine that ran the job."""
+    if isinstance(value, dict):
+        return {key: portable(item, folder) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [portable(item, folder) for item in value]
+    if isinstance(value, str) and os.path.isabs(value):
+        path = Path(value).resolve()
+        return str(path.relative_to(folder)) if path.is_relative_to(folder) else path.name
+    return value

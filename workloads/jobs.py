@@ -121,11 +121,28 @@ class Placement:
         return f"{self.site_packages}/{module.replace('.', '/')}.py"
 
 
+STREAM_NOISE = (
+    r"WARNING: Using incubator modules",                       # the JVM, at Spark's start
+    r"Using Spark's default log4j profile", r"Setting Spark log level to",
+    r"\d\d/\d\d/\d\d [\d:]+ INFO ",                              # Spark, before its level is set
+    r"\d\d/\d\d/\d\d [\d:]+ WARN NativeCodeLoader",
+    r".*UserWarning: pkg_resources is deprecated", r"\s+import pkg_resources",  # TFoS' import
+    r"WARNING: All log messages before absl::InitializeLog",   # absl
+    r"[IW]\d{4} [\d:.]+\s+\d+ \S+\.cc:\d+\]",                   # TensorFlow's C++ info/warnings
+    r"To enable the following instructions: ", r".*oneDNN custom operations are on",
+    r"\d{4}-\d\d-\d\d [\d:,]+ INFO \(",                          # TFoS' own progress
+)
+"""Lines kept out of the terminal stream of a run (its log files keep them): start-up chatter
+of the JVM, Spark, TensorFlow, absl and TensorFlowOnSpark, not the job's own output."""
+
+
 @dataclass(frozen=True)
 class Launch:
     processes: list[Process]
     files: dict[str, str] = field(default_factory=dict)
     """name -> text written into the run folder on every host before any process starts."""
+    noise: tuple[str, ...] = STREAM_NOISE
+    """Regexes (matched at a line's start) of output lines not streamed to the terminal."""
 
 
 @dataclass(frozen=True)

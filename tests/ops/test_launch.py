@@ -13,7 +13,7 @@ import pytest
 from kindling import Host, KindlingError
 from ops.launch import Run
 from ops.targets import LocalTarget
-from workloads.jobs import Process
+from workloads.jobs import STREAM_NOISE, Process
 
 HOST = Host(name="local", hostname="localhost", privateIp="127.0.0.1")
 
@@ -88,3 +88,31 @@ def test_timeout_stops_the_run(tmp_path):
     with pytest.raises(KindlingError, match="did not finish within 2s"):
         run.wait(timeout=2)
     assert not any(alive(p) for p in pids(tmp_path))
+
+
+def test_the_stream_leaves_out_tf_and_spark_chatter_which_the_log_keeps(tmp_path, capsys):
+    """The lines a real train-mnist driver printed (chatter) around the job's own lines."""
+    chatter = [
+        "WARNING: Using incubator modules: jdk.incubator.vector",
+        "26/12/05 15:55:50 INFO SparkContext: Running Spark version 4.3.0",
+        "/venv/site-packages/tensorflowonspark/TFSparkNode.py:15: UserWarning: pkg_resources is "
+        "deprecated as an API.",
+        "  import pkg_resources",
+        "I0000 00:00:1796486170.757809   10665 cpu_feature_guard.cc:227] This TensorFlow binary "
+        "is optimized",
+        "To enable the following instructions: AVX2 FMA, in other operations, rebuild TensorFlow",
+        "2026-12-05 15:56:16,709 INFO (MainThread-10665) waiting for 2 reservations",
+    ]
+    own = ["train-mnist: 2 TF nodes (tfos), spark input",
+           "26/12/05 15:57:01 WARN TaskSetManager: Lost task 1.0 in stage 2.0",
+           "error: training failed on the cluster: chief:0 on 10.0.0.4 failed first: x"]
+    lines = [chatter[0], own[0], *chatter[1:], *own[1:]]
+    run = Run("test", str(tmp_path), [proc("driver", f"print({chr(10).join(lines)!r})", main=True)],
+              LocalTarget().cluster, grace=2, noise=STREAM_NOISE)
+    run.start()
+    run.stream()
+    run.wait(timeout=30)
+    run.stop()  # joins the tail
+    streamed = [line.removeprefix("[driver] ") for line in capsys.readouterr().out.splitlines()]
+    assert streamed == own
+    assert (tmp_path / "driver.log").read_text().splitlines() == lines

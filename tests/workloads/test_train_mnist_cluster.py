@@ -91,15 +91,21 @@ def test_trains_on_two_executors_and_the_chief_writes_results(cluster, assets, t
             metrics["test_digits"]) == (engine, input_mode, 2, 10000)
     assert metrics["train_digits"] == 5000 and metrics["steps"] > 60
     assert len(metrics["timings"]["epoch_seconds"]) == 2
+    assert metrics["model"] == "model.keras"  # no path of the machine that ran it
     with zipfile.ZipFile(output / "model.keras") as model:
         assert "config.json" in model.namelist()
     assert (output / "checkpoints" / "checkpoint").is_file()
     assert f"results: {output}" in result.stdout
     assert re.search(r"test accuracy: 0\.9\d{3}", result.stdout)
 
+    # TFoS logs each node's manager authkey, on the driver and on the executors: redacted
+    executor_logs = node_logs(cluster, result.stdout)
+    for log in (result.stdout, executor_logs):
+        assert not re.search(r"authkey'?: b['\"]", log)
+        assert ("'authkey': <redacted>" in log) == (engine == "tfos")  # barrier: no TFoS manager
+
     # both nodes met on the advertised address, as chief and worker
-    cluster_lines = re.findall(r"\[(chief|worker):0\] in cluster (.*): training", node_logs(
-        cluster, result.stdout))
+    cluster_lines = re.findall(r"\[(chief|worker):0\] in cluster (.*): training", executor_logs)
     address = rf"'{re.escape(HOST)}:\d+'"
     assert sorted(role for role, _ in cluster_lines) == ["chief", "worker"]
     for _, spec in cluster_lines:
