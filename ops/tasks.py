@@ -1,4 +1,5 @@
-"""The fab tasks: `fab deploy JOB`, `fab run JOB`, status, logs, stop, exec, put, ssh, ui, jobs.
+"""The fab tasks: `fab deploy JOB`, `fab run JOB`, status, logs, stop, exec, put, ssh, ui,
+tensorboard, jobs.
 
 Every task takes `--target`: `local`, an inventory JSON file, or `pulumi[:STACK]` (the default,
 read with `pulumi stack output --json --show-secrets`); $KINDLING_TARGET sets the default.
@@ -14,6 +15,7 @@ import inspect
 import json
 import os
 import subprocess
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -221,24 +223,47 @@ def ssh(c, host="master", target=None):
 @task(help={"target": TARGET_HELP, "seconds": "keep the tunnels this long (default: until Ctrl-C)"})
 @cli_errors
 def ui(c, target=None, seconds=0):
-    """SSH tunnels to the Spark master UI and TensorBoard; prints their local URLs."""
+    """SSH tunnels to the cluster's web UIs (the Spark master's); prints their local URLs."""
     inventory = _inventory(target)
     master = inventory.master
     argv = ssh_command(inventory, master)
-    spark_port, tensorboard_port = local.free_ports(2)
-    tunnels = {"Spark master UI": (spark_port, MASTER_WEBUI_PORT),
-               "TensorBoard": (tensorboard_port, 6006)}
+    [spark_port] = local.free_ports(1)
+    tunnels = {"Spark master UI": (spark_port, MASTER_WEBUI_PORT)}
     forwards = [a for lp, rp in tunnels.values() for a in ("-L", f"127.0.0.1:{lp}:{master.privateIp}:{rp}")]
     tunnel = subprocess.Popen([argv[0], "-N", "-o", "ExitOnForwardFailure=yes", *forwards, *argv[1:]])
     for name, (local_port, _) in tunnels.items():
         print(f"{name}: http://127.0.0.1:{local_port}/", flush=True)
+    _serve(tunnel, seconds)
+
+
+@task(help={"logdir": "folder of runs (default: runs/, where fab fetches results)",
+            "seconds": "serve this long (default: until Ctrl-C)"})
+@cli_errors
+def tensorboard(c, logdir=None, seconds=0):
+    """TensorBoard on this machine over the fetched runs: each training run's loss and accuracy."""
+    from ops.runs import runs_root
+
+    folder = Path(logdir).expanduser().resolve() if logdir else runs_root()
+    if not folder.is_dir():
+        raise UserError(f"{folder}: no such folder; run a training job first (`fab run "
+                        "train-ps`) or pass --logdir DIR")
+    [port] = local.free_ports(1)
+    server = subprocess.Popen([sys.executable, "-m", "tensorboard.main", "--logdir", str(folder),
+                               "--host", "127.0.0.1", "--port", str(port)],
+                              stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    print(f"TensorBoard: http://127.0.0.1:{port}/ (runs in {folder})", flush=True)
+    _serve(server, seconds)
+
+
+def _serve(process: subprocess.Popen, seconds) -> None:
+    """Keep a tunnel or server up for `seconds` (0: until Ctrl-C), then end it."""
     try:
-        tunnel.wait(timeout=int(seconds) or None)
+        process.wait(timeout=int(seconds) or None)
     except (subprocess.TimeoutExpired, KeyboardInterrupt):
         pass
     finally:
-        tunnel.terminate()
-        tunnel.wait(timeout=10)
+        process.terminate()
+        process.wait(timeout=10)
 
 
 @task(help={"folder": "where to write the wheels (default: wheelhouse)",

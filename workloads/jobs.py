@@ -437,8 +437,9 @@ JOBS: dict[str, Job] = {job.name: job for job in (
                learning_rate(2e-3),
                Flag("--model", "where to export the trained model (default "
                     "<output>/model.keras)", fab=False),
-               Flag("--tensorboard", "log to <output>/tensorboard; the tfos engine also serves "
-                    "TensorBoard from the chief", switch=True, fab=False),
+               Flag("--tensorboard", "the tfos engine also serves TensorBoard from the chief "
+                    "while it trains (the chief always logs to <output>/tensorboard)",
+                    switch=True, fab=False),
                Flag("--startup-timeout", "seconds to wait for the executors and the TF nodes "
                     "to come up", type=int, default=120, minimum=1, fab=False),
                Flag("--timeout", "seconds the training may take before the job is stopped",

@@ -25,7 +25,8 @@ from tensorflowonspark import util as tfos_util
 from workloads.common import write_metrics
 from workloads.mnist import IMAGE_SHAPE, adam, build_cnn, load_mnist, shuffled, training_input
 from workloads.node_failures import report_failure
-from workloads.training import barrier, evaluate_and_export, train_step
+from workloads.training import (Epoch, barrier, epoch_of, evaluate_and_export, log_epoch,
+                                plot_training_curve, summary_writer, train_step)
 
 SEED = 0
 READ_AHEAD_BATCHES = 3
@@ -107,16 +108,15 @@ def run_node(args: argparse.Namespace, ctx) -> None:
         # every node saves (variables may need syncing), only the chief's copy is kept
         str(Path(args.output) / "checkpoints") if is_chief else tempfile.mkdtemp(),
         max_to_keep=2)
-    summaries = (tf.summary.create_file_writer(str(Path(args.output) / "tensorboard"))
-                 if is_chief and args.tensorboard else None)
+    summaries = summary_writer(Path(args.output)) if is_chief else None
     log = f"[{ctx.job_name}:{ctx.task_index}]"
 
-    def on_epoch(step: int, loss: float) -> None:
+    def on_epoch(step: int, epoch: Epoch) -> None:
         checkpoints.save(checkpoint_number=step)
         if summaries:
-            with summaries.as_default():
-                tf.summary.scalar("loss", loss, step=step)
-        print(f"{log} step {step}: loss {loss:.4f}", flush=True)
+            log_epoch(summaries, step, epoch)
+        print(f"{log} step {step}: loss {epoch.loss:.4f}, accuracy {epoch.accuracy:.4f}",
+              flush=True)
 
     print(f"{log} in cluster {strategy.cluster_resolver.cluster_spec().as_dict()}: training "
           f"{args.steps} steps of {args.batch_size} digits", flush=True)
@@ -144,10 +144,12 @@ def write_results(args: argparse.Namespace, model, epochs: list[Epoch]) -> None:
         "engine": args.engine, "input_mode": args.input_mode, "cluster_size": args.cluster_size,
         "epochs": args.epochs, "steps": args.steps, "batch_size_per_node": args.batch_size,
         "train_digits": args.train_digits, "test_digits": len(test_set[1]), "model": args.model,
+        "history": {"loss": [e.loss for e in epochs], "accuracy": [e.accuracy for e in epochs]},
         "timings": {"train_seconds": round(sum(e.seconds for e in epochs), 2),
                     "epoch_seconds": [round(e.seconds, 2) for e in epochs],
                     "evaluate_seconds": round(time.monotonic() - started, 2)},
     })
+    plot_training_curve(epochs, Path(args.output) / "training_curve.png")
     print(f"[chief] test accuracy {accuracy:.4f}, loss {loss:.4f}", flush=True)
 
 
@@ -210,23 +212,16 @@ def batched(records, batch_size: int):
     return records.map(training_input).batch(batch_size, drop_remainder=True).prefetch(1)
 
 
-class Epoch(NamedTuple):
-    loss: float
-    """Mean training loss of the epoch's steps."""
-    seconds: float
-    """Time of its steps, on_epoch (checkpointing) not included."""
-
-
 def train(step, batches, steps: int, steps_per_epoch: int,
-          on_epoch=lambda step, loss: None) -> list[Epoch]:
+          on_epoch=lambda step, epoch: None) -> list[Epoch]:
     """The custom training loop: `steps` calls of step(batches), every `steps_per_epoch` steps
     (and at the end) an Epoch and on_epoch."""
     epochs, running, started = [], [], time.monotonic()
     for number in range(1, steps + 1):
-        running.append(float(step(batches)))
+        running.append(step(batches).numpy())
         if number % steps_per_epoch == 0 or number == steps:
-            epochs.append(Epoch(sum(running) / len(running), time.monotonic() - started))
-            on_epoch(number, epochs[-1].loss)
+            epochs.append(epoch_of(running, time.monotonic() - started))
+            on_epoch(number, epochs[-1])
             running, started = [], time.monotonic()
     return epochs
 

@@ -28,7 +28,8 @@ from kindling import UserError
 from workloads.common import results_dir, run_cli, write_metrics
 from workloads.jobs import JOBS
 from workloads.mnist import adam, build_cnn, load_mnist, shuffled, training_input
-from workloads.training import barrier, evaluate_and_export, train_step
+from workloads.training import (Epoch, barrier, epoch_of, evaluate_and_export, log_epoch,
+                                plot_training_curve, summary_writer, train_step)
 from workloads.peer_watch import PROBE_SECONDS, PeerWatch, exit_now
 from workloads.tf_cluster import (ROLES, ClusterSpec, Task, check_task,
                                   cluster_spec, describe, host_list, load_cluster_spec,
@@ -195,30 +196,38 @@ def train(spec: ClusterSpec, role: str, index: int, args: argparse.Namespace,
     else:
         iterator = iter(strategy.distribute_datasets_from_function(make_dataset))
     step = train_step(strategy, model, optimizer, global_batch_size=args.batch_size)
+    summaries = summary_writer(output) if chief else None
 
     first_epoch = int(epoch.numpy())
     train_started = time.monotonic()
-    train_loss = None  # no epoch left to run when resuming a finished run
+    epochs: list[Epoch] = []  # none left to run when resuming a finished run
     try:
         for number in range(first_epoch + 1, args.epochs + 1):
             epoch_started = time.monotonic()
             if coordinator:
-                losses = [coordinator.schedule(step, args=(iterator,))
-                          for _ in range(steps_per_epoch)]
+                results = [coordinator.schedule(step, args=(iterator,))
+                           for _ in range(steps_per_epoch)]
                 coordinator.join()
-                train_loss = sum(float(loss.fetch()) for loss in losses) / len(losses)
+                results = [result.fetch() for result in results]
             else:
-                train_loss = sum(float(step(iterator))
-                                 for _ in range(steps_per_epoch)) / steps_per_epoch
+                results = [step(iterator).numpy() for _ in range(steps_per_epoch)]
+            epochs.append(epoch_of(results, time.monotonic() - epoch_started))
             epoch.assign(number)
             manager.save()
-            print(f"epoch {number}/{args.epochs}: loss {train_loss:.4f} "
-                  f"({time.monotonic() - epoch_started:.1f}s)", flush=True)
+            if summaries:
+                log_epoch(summaries, number, epochs[-1])
+            print(f"epoch {number}/{args.epochs}: loss {epochs[-1].loss:.4f}, accuracy "
+                  f"{epochs[-1].accuracy:.4f} ({time.monotonic() - epoch_started:.1f}s)",
+                  flush=True)
         train_seconds = time.monotonic() - train_started
         if chief:
             steps_run = (args.epochs - first_epoch) * steps_per_epoch
+            if epochs:
+                plot_training_curve(epochs, output / "training_curve.png", first_epoch + 1)
             evaluate_and_save(model.get_weights(), test_set, output, {
-                "train_loss": train_loss,
+                "train_loss": epochs[-1].loss if epochs else None,
+                "history": {"first_epoch": first_epoch + 1, "loss": [e.loss for e in epochs],
+                            "accuracy": [e.accuracy for e in epochs]},
                 "epochs": args.epochs,
                 "epochs_this_run": args.epochs - first_epoch,
                 "steps": args.epochs * steps_per_epoch,

@@ -4,14 +4,16 @@ under any tf.distribute strategy, its evaluation and export, and the all-reduce 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 from workloads.mnist import build_cnn, to_model_input
 
 
 def train_step(strategy, model, optimizer, global_batch_size: int | None = None):
     """A tf.function that takes a batch from an iterator and trains every replica on it;
-    returns the loss summed over replicas. global_batch_size: the batch the loss is averaged
-    over (None: each replica's batch times the replicas in sync)."""
+    returns [loss, accuracy] of the global batch (each replica's share, summed over replicas).
+    global_batch_size: the batch both are averaged over (None: each replica's batch times the
+    replicas in sync)."""
     import keras
     import tensorflow as tf
 
@@ -22,16 +24,72 @@ def train_step(strategy, model, optimizer, global_batch_size: int | None = None)
     def step(batches):
         def replica_step(images, labels):
             with tf.GradientTape() as tape:
-                loss = tf.nn.compute_average_loss(
-                    per_example_loss(labels, model(images, training=True)),
-                    global_batch_size=global_batch_size)
+                logits = model(images, training=True)
+                loss = tf.nn.compute_average_loss(per_example_loss(labels, logits),
+                                                  global_batch_size=global_batch_size)
             gradients = tape.gradient(loss, model.trainable_variables)
             optimizer.apply_gradients(zip(gradients, model.trainable_variables))
-            return loss
+            correct = tf.cast(tf.equal(tf.argmax(logits, axis=-1, output_type=labels.dtype),
+                                       labels), tf.float32)
+            accuracy = tf.nn.compute_average_loss(correct, global_batch_size=global_batch_size)
+            return tf.stack([loss, accuracy])
 
         return strategy.reduce("SUM", strategy.run(replica_step, args=next(batches)), axis=None)
 
     return step
+
+
+class Epoch(NamedTuple):
+    loss: float
+    """Mean training loss of the epoch's steps."""
+    accuracy: float
+    """Mean training accuracy of the epoch's batches."""
+    seconds: float
+    """Time of its steps, checkpointing not included."""
+
+
+def epoch_of(step_results: list, seconds: float) -> Epoch:
+    """An Epoch from its steps' [loss, accuracy] results."""
+    losses, accuracies = zip(*(tuple(float(v) for v in result) for result in step_results))
+    return Epoch(sum(losses) / len(losses), sum(accuracies) / len(accuracies), seconds)
+
+
+def summary_writer(output: Path):
+    """TensorBoard's event files in <output>/tensorboard: fetched with the results, which
+    `fab tensorboard` serves."""
+    import tensorflow as tf
+
+    return tf.summary.create_file_writer(str(output / "tensorboard"))
+
+
+def log_epoch(writer, step: int, epoch: Epoch) -> None:
+    """One epoch's training loss and accuracy as TensorBoard scalars at `step`."""
+    import tensorflow as tf
+
+    with writer.as_default():
+        tf.summary.scalar("loss", epoch.loss, step=step)
+        tf.summary.scalar("accuracy", epoch.accuracy, step=step)
+    writer.flush()
+
+
+def plot_training_curve(epochs: list[Epoch], path: Path, first_epoch: int = 1) -> None:
+    """training_curve.png: the training loss and accuracy per epoch, side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    numbers = range(first_epoch, first_epoch + len(epochs))
+    fig, (loss, accuracy) = plt.subplots(1, 2, figsize=(9, 3.5))
+    for ax, values, name in ((loss, [e.loss for e in epochs], "training loss"),
+                             (accuracy, [e.accuracy for e in epochs], "training accuracy")):
+        ax.plot(numbers, values, marker="o")
+        ax.set(xlabel="epoch", title=name)
+        ax.set_xticks(list(numbers))
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def evaluate_and_export(weights: list, test_set, path: Path) -> tuple[float, float]:

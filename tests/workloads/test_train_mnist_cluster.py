@@ -92,6 +92,10 @@ def test_trains_on_two_executors_and_the_chief_writes_results(cluster, assets, t
     assert metrics["train_digits"] == 5000 and metrics["steps"] > 60
     assert len(metrics["timings"]["epoch_seconds"]) == 2
     assert metrics["model"] == "model.keras"  # no path of the machine that ran it
+    history = metrics["history"]
+    assert len(history["loss"]) == len(history["accuracy"]) == 2
+    assert history["loss"][1] < history["loss"][0] and history["accuracy"][1] > history["accuracy"][0]
+    assert (output / "training_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with zipfile.ZipFile(output / "model.keras") as model:
         assert "config.json" in model.namelist()
     assert (output / "checkpoints" / "checkpoint").is_file()

@@ -57,6 +57,10 @@ def check_results(output: Path, assets: Path, strategy: str, cluster: dict) -> d
     assert metrics["accuracy"] >= ACCURACY_FLOOR["train-ps"], metrics
     assert (output / "checkpoints" / "checkpoint").read_text().startswith(
         'model_checkpoint_path: "ckpt-2"')
+    history = metrics["history"]
+    assert len(history["loss"]) == len(history["accuracy"]) == 2 and history["first_epoch"] == 1
+    assert history["loss"][1] < history["loss"][0] and history["accuracy"][1] > history["accuracy"][0]
+    assert (output / "training_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     model = keras.saving.load_model(output / "model.keras")
     _, (x_test, y_test) = load_mnist(str(assets / "datasets" / "mnist"))
     predicted = np.argmax(model.predict(to_model_input(x_test), batch_size=1000, verbose=0), 1)

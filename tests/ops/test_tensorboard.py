@@ -1,0 +1,64 @@
+"""`fab tensorboard` serves the fetched runs' training curves: a real TensorBoard, asked over HTTP
+for the scalars that the training code's own summary writer logged."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from workloads.training import Epoch, log_epoch, summary_writer
+
+FAB = str(Path(sys.executable).parent / "fab")
+REPO = Path(__file__).resolve().parents[2]
+NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def get_json(url: str, timeout: float = 60):
+    """The JSON at url, polled until TensorBoard answers with something."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            answer = json.loads(NO_PROXY.open(url, timeout=5).read())
+            if answer:
+                return answer
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, f"no answer from {url} within {timeout}s"
+        time.sleep(0.5)
+
+
+@pytest.mark.slow
+def test_fab_tensorboard_serves_the_loss_and_accuracy_of_each_run(tmp_path):
+    run = tmp_path / "runs" / "train-ps-20261205-101010-0001"
+    writer = summary_writer(run)
+    for number, (loss, accuracy) in enumerate([(1.3, 0.56), (0.54, 0.83)], start=1):
+        log_epoch(writer, number, Epoch(loss, accuracy, 1.0))
+    server = subprocess.Popen([FAB, "tensorboard", "--logdir", str(tmp_path / "runs"),
+                               "--seconds", "90"], cwd=REPO, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    try:
+        url = re.search(r"TensorBoard: (http://127\.0\.0\.1:\d+/)", server.stdout.readline()).group(1)
+        assert get_json(url + "data/runs") == [f"{run.name}/tensorboard"]
+        tags = get_json(url + "data/plugin/scalars/tags")
+        assert set(tags[f"{run.name}/tensorboard"]) == {"loss", "accuracy"}
+        points = get_json(f"{url}data/plugin/scalars/scalars?run={run.name}/tensorboard&tag=accuracy")
+        assert [(step, round(value, 2)) for _, step, value in points] == [(1, 0.56), (2, 0.83)]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_fab_tensorboard_without_runs_is_one_line(tmp_path):
+    done = subprocess.run([FAB, "tensorboard", "--logdir", str(tmp_path / "none")], cwd=REPO,
+                          capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'none'}: no such folder; run a training job first (`fab run "
+        "train-ps`) or pass --logdir DIR"]
