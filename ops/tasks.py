@@ -246,7 +246,7 @@ def tensorboard(c, logdir=None, seconds=0):
     folder = Path(logdir).expanduser().resolve() if logdir else runs_root()
     if not folder.is_dir():
         raise UserError(f"{folder}: no such folder; run a training job first (`fab run "
-                        "train-ps`) or pass --logdir DIR")
+                        "JOB`) or pass --logdir DIR")
     [port] = local.free_ports(1)
     server = subprocess.Popen([sys.executable, "-m", "tensorboard.main", "--logdir", str(folder),
                                "--host", "127.0.0.1", "--port", str(port)],

@@ -182,6 +182,12 @@ def test_unreachable_host_then_real_install_and_train_mnist(netns_cluster, env, 
     for host in netns_cluster.inventory.workers:  # executors ran on both worker hosts
         assert list((results / "logs" / host.name).glob("executor-*.stderr")), host.name
     assert not list((results / "logs").glob("master/executor-*"))
+    # TFoS logs every node's manager authkey: no file of the fetched run folder, nor the
+    # terminal stream, holds one
+    logs = [done.stdout, *(p.read_text(errors="replace") for p in results.rglob("*")
+                           if p.is_file() and p.suffix in {".log", ".stderr", ".stdout", ".json", ""})]
+    assert sum("'authkey': <redacted>" in log for log in logs) >= 2  # the driver's and a node's
+    assert not [log for log in logs if re.search(r"authkey'?: b['\"]", log)]
     status = fab(env, "status", "--target", str(netns_cluster.inventory_path))
     assert status.returncode == 0, status.stderr
     registered = re.search(r"2/2 workers: (.*)", status.stdout).group(1)

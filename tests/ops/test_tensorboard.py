@@ -61,4 +61,4 @@ def test_fab_tensorboard_without_runs_is_one_line(tmp_path):
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         f"error: {tmp_path / 'none'}: no such folder; run a training job first (`fab run "
-        "train-ps`) or pass --logdir DIR"]
+        "JOB`) or pass --logdir DIR"]
