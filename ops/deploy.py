@@ -14,13 +14,15 @@ from kindling import Host, Inventory, KindlingError, UserError
 from ops.cluster import Cluster, Progress
 from ops.remote import SPARK_STATE, read_stamp, sh
 from ops.services import (BasePackages, CloudInit, DeployContext, Layout, ProjectWheel,
-                          PythonDependencies, Service, SparkMaster, SparkWorker, StagedData)
+                          PythonDependencies, ServedWheelhouse, Service, SparkMaster, SparkWorker,
+                          StagedData, WheelhouseServer)
 from ops.staging import remote_path
 from workloads.jobs import Job
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-HOST_SERVICES: tuple[Service, ...] = (CloudInit(), Layout(), BasePackages(), PythonDependencies(),
-                                      ProjectWheel(), StagedData())
+HOST_SERVICES: tuple[Service, ...] = (Layout(), WheelhouseServer(), CloudInit(), BasePackages(),
+                                      PythonDependencies(), ProjectWheel(), StagedData())
+"""In order on each host. The wheelhouse upload (master only) overlaps the hosts' cloud-init."""
 WHEEL_BUILD_TIMEOUT = 300
 FETCH_TIMEOUT = 600
 
@@ -75,24 +77,42 @@ def deploy_context(inventory: Inventory, job: Job, args: list[str],
 
 
 def install_hosts(cluster: Cluster, ctx: DeployContext) -> None:
-    """Run every host service where it is not current, on every host at once."""
+    """Run every host service where it is not current, on every host at once. With a
+    wheelhouse, the master serves it to the hosts that need it (see ServedWheelhouse)."""
     progress = Progress(cluster.inventory.hosts)
+    master = cluster.inventory.master
+    if ctx.wheelhouse:
+        stale = [name for name, current in cluster.parallel(
+            lambda host, cxn: PythonDependencies().is_current(cxn, host, ctx)).items()
+            if not current and name != master.name]
+        ctx.served = ServedWheelhouse(master) if stale else None
 
     def bring_up(host: Host, cxn) -> None:
-        for service in HOST_SERVICES:
-            t0 = time.monotonic()
-            if service.is_current(cxn, host, ctx):
-                progress.step(host, service.name, "skipped (current)", time.monotonic() - t0)
-                continue
-            progress.step(host, service.name, "installing...", 0.0)
-            try:
-                service.install(cxn, host, ctx)
-            except UserError:
-                progress.step(host, service.name, "failed", time.monotonic() - t0)
-                raise
-            progress.step(host, service.name, "installed", time.monotonic() - t0)
+        services = [s for s in HOST_SERVICES
+                    if not isinstance(s, WheelhouseServer) or (ctx.served and host == master)]
+        try:
+            for service in services:
+                t0 = time.monotonic()
+                if service.is_current(cxn, host, ctx):
+                    progress.step(host, service.name, "skipped (current)", time.monotonic() - t0)
+                    continue
+                progress.step(host, service.name, "installing...", 0.0)
+                try:
+                    service.install(cxn, host, ctx)
+                except KindlingError:
+                    progress.step(host, service.name, "failed", time.monotonic() - t0)
+                    raise
+                progress.step(host, service.name, "installed", time.monotonic() - t0)
+        finally:
+            if ctx.served and host == master:
+                ctx.served.publish(None)  # no-op once published: a waiting worker never hangs
 
-    cluster.parallel(bring_up)
+    try:
+        cluster.parallel(bring_up)
+    finally:
+        if ctx.served:
+            sh(cluster.connection(master), ctx.served.stop_command(),
+               what="stopping the wheelhouse server")
     progress.done("hosts ready")
 
 

@@ -83,7 +83,7 @@ def test_rehearsal_a_new_host_without_pypi_or_wheelhouse_is_one_line_naming_it(f
     started = time.monotonic()
     line = one_error_line(fab(env, "deploy", "train-mnist", "--target", str(hosts.inventory_path),
                               *MNIST_FLAGS), code=1)
-    assert re.fullmatch(r"error: worker-1 \(worker\): pip install of the job dependencies failed: "
+    assert re.fullmatch(r"error: worker-1 \(worker\): installing the job dependencies failed: "
                         r".*; the host cannot install from PyPI; build a wheelhouse .*"
                         r"`fab wheelhouse --target TARGET`.*", line), line
     assert time.monotonic() - started < 120

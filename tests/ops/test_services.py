@@ -140,3 +140,33 @@ def test_cloud_init_that_never_finishes_is_one_error_naming_the_host(tools, tmp_
     with pytest.raises(HostError, match=r"^worker-7 \(worker\): waiting for cloud-init failed: "
                                         r"still running after 1s; see /var/log/cloud-init-output.log"):
         service.install(LocalConnection(tools), HOST, None)
+
+
+def test_hosts_waiting_for_the_masters_wheelhouse_learn_when_it_failed(tmp_path):
+    """A worker thread blocks until the master served the wheelhouse or failed before: then it
+    fails at once naming the master, never waits out the timeout."""
+    import threading
+
+    from ops.services import ServedWheelhouse
+
+    master = Host(name="master", hostname="ip-10-0-1-2", privateIp="10.0.1.2")
+    served = ServedWheelhouse(master)
+    errors = []
+
+    def worker():
+        try:
+            served.url(LocalConnection(tmp_path))
+        except HostError as exc:
+            errors.append(str(exc))
+    waiting = threading.Thread(target=worker)
+    waiting.start()
+    served.publish(None)  # the master's thread failed before serving
+    waiting.join(timeout=10)
+    assert not waiting.is_alive()
+    assert errors == ["worker-7 (worker): python deps failed: the master (master) failed before "
+                      "serving the wheelhouse; see its line"]
+
+    served = ServedWheelhouse(master)
+    served.publish("http://10.0.1.2:7071/")
+    served.publish(None)  # the master's thread ends later: the URL it published stands
+    assert served.url(LocalConnection(tmp_path)) == "http://10.0.1.2:7071/"
