@@ -15,12 +15,13 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 
 from invoke import Context
 
 from kindling import Inventory, KindlingError, UserError, load_inventory, parse_inventory
-from ops import local, runs, ssh
+from ops import jvm, local, runs, ssh
 from ops.cluster import Cluster, console
 from ops.deploy import (check_deployed, deploy_context, fetch_results, install_hosts,
                         name_failed_host, stage_data, start_spark)
@@ -28,6 +29,7 @@ from ops.launch import Run
 from ops.remote import PYTHON, RUNS, sh
 from ops.services import master_status, remote_spark_home
 from ops.spark import alive_workers, worker_states
+from ops.storage import S3_URI, ObjectStore, local_endpoint
 from workloads.jobs import Download, Job, Placement, split_output
 
 TARGET_ENV = "KINDLING_TARGET"
@@ -75,6 +77,14 @@ class Target:
         """The Spark master's /json/ document, or None when it is not running."""
         raise NotImplementedError
 
+    def object_store(self) -> ObjectStore:
+        """Where this target's s3:// paths live."""
+        raise NotImplementedError
+
+    def s3a_jars(self) -> str:
+        """The folder of the S3A jars, as the Spark driver and executors see it."""
+        raise NotImplementedError
+
     def close(self) -> None:
         self.cluster.close()
 
@@ -94,11 +104,14 @@ class Target:
         run_id = runs.new_run_id(job.name)
         run_dir = self.run_folder(run_id, output)
         check_downloads(job.downloads(job.parse(args)))
+        spark_conf, driver_env = self.storage(job, args)
         if deploy:
             self.deploy(job, args, wheelhouse)
         try:
             host_args = self.prepare(job, args)
-            launch = job.plan(job, self.placement(job), host_args, run_dir)
+            placement = replace(self.placement(job), spark_conf=tuple(spark_conf.items()),
+                                driver_env=tuple(driver_env.items()))
+            launch = job.plan(job, placement, host_args, run_dir)
             run = Run(run_id, run_dir, launch.processes, self.cluster, files=launch.files,
                       noise=launch.noise)
             started = time.time()
@@ -119,6 +132,25 @@ class Target:
         finally:
             if not detach:
                 self.release(job)
+
+    def storage(self, job: Job, args: list[str]) -> tuple[dict[str, str], dict[str, str]]:
+        """The spark-submit confs and driver environment that let the job read the URIs it was
+        given (s3://bucket/prefix), each checked from here first."""
+        uris = job.uri_values(args)
+        if not uris:
+            return {}, {}
+        other = next((uri for uri in uris if not S3_URI.match(uri)), None)
+        if other:
+            raise UserError(f"{other}: kindling reads s3:// (and s3a://) locations; pass one, or "
+                            "a local folder (copied to the hosts)")
+        if not job.uses_spark:
+            raise UserError(f"{uris[0]}: {job.name} reads its data from the hosts' disks, not "
+                            "through Spark; pass a local folder (copied to every host)")
+        store = self.object_store()
+        credentials: dict[str, str] = {}
+        for uri in uris:
+            credentials |= store.check(uri)
+        return store.spark_conf(self.s3a_jars(), credentials), credentials
 
     def status(self) -> None:
         live = self.cluster.parallel(lambda host, cxn: sh(cxn, runs.live_command(self.runs_dir)))
@@ -201,6 +233,13 @@ class LocalTarget(Target):
         super().stop(job)
         if job is None:
             self.spark.stop()
+
+    def object_store(self):
+        return ObjectStore(local_endpoint(), os.environ.get("AWS_REGION")
+                           or os.environ.get("AWS_DEFAULT_REGION", ""))
+
+    def s3a_jars(self):
+        return str(jvm.resolve("s3a", Path(local.local_spark_home())))
 
 
 class ClusterTarget(Target):

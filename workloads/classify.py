@@ -20,7 +20,7 @@ import numpy as np
 
 from kindling import UserError
 from workloads.common import results_dir, run_cli, write_metrics
-from workloads.jobs import JOBS
+from workloads.jobs import JOBS, is_uri
 
 JOB = "classify"
 
@@ -45,6 +45,24 @@ def class_folders(data: str) -> list[Path]:
     if empty:
         raise UserError(f"class folder(s) {', '.join(empty)} in {data} hold no files; put images "
                         "in every class folder or remove the empty ones")
+    return folders
+
+
+def stored_class_folders(spark, uri: str) -> list[str]:
+    """class_folders of a location Spark reads through Hadoop (s3://bucket/prefix), listed by
+    Hadoop's own FileSystem, so any scheme Spark's classpath knows works."""
+    jvm = spark.sparkContext._jvm
+    root = jvm.org.apache.hadoop.fs.Path(uri)
+    filesystem = root.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    if not filesystem.exists(root):
+        raise UserError(f"data location not found: {uri}; pass --data with one subfolder of "
+                        "images per class")
+    folders = sorted(status.getPath().toString() for status in filesystem.listStatus(root)
+                     if status.isDirectory()
+                     and not status.getPath().getName().startswith((".", "_")))
+    if len(folders) < 2:
+        raise UserError(f"data location {uri} has {len(folders)} class subfolder(s); it needs "
+                        "at least 2, one per class (e.g. buses/ and cars/)")
     return folders
 
 
@@ -74,7 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     model_name = model_spec(args.model).name
     weights = weights_source(args.weights)
-    folders = class_folders(args.data)
+    folders = None if is_uri(args.data) else [str(f) for f in class_folders(args.data)]
     started = time.monotonic()
 
     from pyspark.ml import Pipeline
@@ -83,7 +101,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     from workloads.deep_image import DeepImageFeaturizer
 
-    reads = read_classes(spark_session(), folders)
+    spark = spark_session()
+    folders = folders or stored_class_folders(spark, args.data)
+    reads = read_classes(spark, folders)
     train, test = split_classes(reads, args.test_fraction, args.seed)
     counts = {"train": train.count(), "test": test.count(), "dropped": sum(r.dropped for r in reads)}
     if counts["test"] == 0:
@@ -98,7 +118,7 @@ def main(argv: list[str] | None = None) -> dict:
     model = pipeline.fit(train)
     fit_done = time.monotonic()
 
-    classes = [folder.name for folder in folders]
+    classes = [folder.rstrip("/").rsplit("/", 1)[-1] for folder in folders]
     output = results_dir(args.output, JOB)
     predictions = (model.transform(test)
                    .select(F.col("image.origin").alias("path"), "label", "prediction", "probability")
@@ -129,11 +149,11 @@ def main(argv: list[str] | None = None) -> dict:
     return metrics
 
 
-def read_classes(spark, folders: list[Path]) -> list:
+def read_classes(spark, folders: list[str]) -> list:
     """Each class folder's images (cached) and counts; a class without a readable image stops."""
     from workloads.deep_image import read_image_folder
 
-    reads = [read_image_folder(str(folder), spark) for folder in folders]
+    reads = [read_image_folder(folder, spark) for folder in folders]
     for folder, read in zip(folders, reads):
         if read.count == 0:
             raise UserError(f"class folder {folder} has no readable images ({read.dropped} files "

@@ -113,6 +113,10 @@ class Placement:
     executor_cores: int = 1
     ports: dict[str, list[int]] | None = None
     """Ports per TF role when hosts are shared (the local target); None: TF_PORTS."""
+    spark_conf: tuple[tuple[str, str], ...] = ()
+    """Confs the target adds to every spark-submit (the storage's classpath and settings)."""
+    driver_env: tuple[tuple[str, str], ...] = ()
+    """Environment the target gives the Spark driver (a storage's credentials)."""
 
     def script(self, module: str) -> str:
         """A job module's file on the hosts, as spark-submit wants it."""
@@ -187,8 +191,8 @@ class Job:
             value = getattr(args, flag.dest)
             if flag.minimum is not None and value is not None and value < flag.minimum:
                 raise UserError(f"{flag.name} must be at least {flag.minimum:g}, got {value}")
-            if flag.check and value is not None and value not in flag.names:
-                flag.check(value)
+            if flag.check and value is not None and value not in flag.names and not is_uri(value):
+                flag.check(value)  # a URI is checked where it can be read (ops.storage, the job)
         if self.validate:
             self.validate(args)
         return args
@@ -222,8 +226,8 @@ class Job:
         except ValueError as exc:
             raise UserError(f"--job-args {job_args!r} is not a valid shell-quoted list ({exc})") from None
 
-    def path_values(self, argv: list[str]) -> list[tuple[int, str]]:
-        """(argv index of the value, value) of every path flag naming a local path."""
+    def _path_flag_values(self, argv: list[str]) -> list[tuple[int, str, Flag]]:
+        """(argv index of the value, value, flag) of every path flag given in argv."""
         spellings = {s: flag for flag in self.flags if flag.path for s in flag.spellings}
         found = []
         for i, arg in enumerate(argv):
@@ -231,10 +235,18 @@ class Job:
             flag = spellings.get(name)
             if flag is None or (not eq and i + 1 >= len(argv)):
                 continue
-            index, value = (i, inline) if eq else (i + 1, argv[i + 1])
-            if value not in flag.names:
-                found.append((index, value))
+            found.append((i, inline, flag) if eq else (i + 1, argv[i + 1], flag))
         return found
+
+    def path_values(self, argv: list[str]) -> list[tuple[int, str]]:
+        """(argv index of the value, value) of every path flag naming a local path (a URI such
+        as s3://bucket/prefix is read where it is, never copied)."""
+        return [(index, value) for index, value, flag in self._path_flag_values(argv)
+                if value not in flag.names and not is_uri(value)]
+
+    def uri_values(self, argv: list[str]) -> list[str]:
+        """The values of path flags that are URIs: data the job reads where it is stored."""
+        return [value for _, value, _ in self._path_flag_values(argv) if is_uri(value)]
 
     def with_paths(self, argv: list[str], paths: dict[str, str]) -> list[str]:
         """argv with each path flag's value replaced by paths[value] (the host path)."""
@@ -243,6 +255,11 @@ class Job:
             prefix = out[index].partition("=")[0] + "=" if out[index].startswith("--") else ""
             out[index] = prefix + paths[value]
         return out
+
+
+def is_uri(value: str) -> bool:
+    """A location in a file system (s3://bucket/prefix, hdfs:///path), not a path on a host."""
+    return bool(re.match(r"^[a-z][a-z0-9+.-]*://", value))
 
 
 def split_output(argv: list[str]) -> tuple[list[str], str | None]:
@@ -277,13 +294,13 @@ def spark_submit(job: Job, placement: Placement, args: list[str], run_dir: str,
     python = placement.python
     conf = {"spark.pyspark.python": python, "spark.pyspark.driver.python": python,
             "spark.executorEnv.PYTHONUNBUFFERED": "1", "spark.log.level": "WARN",
-            **conf, "spark.driver.host": placement.master.privateIp}
+            **conf, **dict(placement.spark_conf), "spark.driver.host": placement.master.privateIp}
     argv = [python.rsplit("/", 1)[0] + "/spark-submit", "--master", placement.spark_master_url]
     for key, value in conf.items():
         argv += ["--conf", f"{key}={value}"]
     argv += [placement.script(job.module), *args, OUTPUT_FLAG, run_dir]
     env = (("SPARK_HOME", placement.spark_home), ("SPARK_LOCAL_IP", placement.master.privateIp),
-           ("PYTHONUNBUFFERED", "1"))
+           ("PYTHONUNBUFFERED", "1"), *placement.driver_env)
     return Launch([Process("driver", placement.master, tuple(argv), env, main=True)])
 
 

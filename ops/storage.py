@@ -1,0 +1,102 @@
+"""Job data in an object store: `--data s3://bucket/prefix` read by Spark itself through S3A.
+
+S3A (hadoop-aws at the Hadoop version pyspark bundles, ops.jvm) goes on the driver's and the
+executors' classpath, and `s3://` is mapped to it, as on EMR. Before anything starts, the control
+machine checks the location with boto3 (credentials found the standard AWS ways, bucket there,
+prefix not empty), so a typo costs one line, not a failed Spark job.
+
+Where the store is: AWS S3 by default (on EC2, the hosts' instance role supplies credentials);
+any S3-compatible store (MinIO, Ceph, moto) through the inventory's `s3Endpoint`, or
+AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL on the local target, as the AWS SDKs and CLI read them.
+Only with such an endpoint does fab hand the control machine's credentials to the job (there
+is no instance role); on AWS no key ever leaves this machine.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+from kindling import UserError
+
+S3_URI = re.compile(r"^s3a?://")
+CHECK_TIMEOUT = 10
+CREDENTIAL_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+
+
+def local_endpoint() -> str:
+    """The S3 endpoint the AWS SDKs would use on this machine ("" = AWS)."""
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or ""
+
+
+@dataclass(frozen=True)
+class ObjectStore:
+    """Where s3:// paths live, and how Spark reaches them."""
+    endpoint: str = ""
+    """"" for AWS S3; else the URL of an S3-compatible store."""
+    region: str = ""
+
+    def check(self, uri: str) -> dict[str, str]:
+        """Refuse a location Spark could not read, naming the problem and the fix; the
+        credentials the job must be given (only for an explicit endpoint)."""
+        import boto3
+        import botocore.exceptions as errors
+        from botocore.config import Config
+
+        parsed = urlparse(uri)
+        bucket, prefix = parsed.netloc, parsed.path.lstrip("/")
+        where = f" at {self.endpoint}" if self.endpoint else ""
+        session = boto3.Session()
+        credentials = session.get_credentials()
+        if credentials is None:
+            raise UserError(f"{uri}: no AWS credentials on this machine; set AWS_PROFILE, run "
+                            "`aws configure`, or export AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
+        client = session.client("s3", endpoint_url=self.endpoint or None,
+                                 region_name=self.region or session.region_name or "us-east-1",
+                                 config=Config(connect_timeout=CHECK_TIMEOUT,
+                                               read_timeout=CHECK_TIMEOUT,
+                                               retries={"max_attempts": 1}))
+        try:
+            listed = client.list_objects_v2(Bucket=bucket, Prefix=prefix.rstrip("/") + "/"
+                                            if prefix else "", MaxKeys=1)
+        except errors.EndpointConnectionError:
+            raise UserError(f"{uri}: cannot reach the S3 endpoint {self.endpoint or 'of AWS'}; fix "
+                            "the inventory's s3Endpoint (or AWS_ENDPOINT_URL)") from None
+        except errors.ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code in ("NoSuchBucket", "404"):
+                raise UserError(f"{uri}: bucket {bucket!r} does not exist{where}; create it or "
+                                "fix the bucket name (the cluster's is the stack output "
+                                "`bucket`)") from None
+            if code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+                raise UserError(f"{uri}: access denied{where} ({code}); use credentials that may "
+                                f"list s3://{bucket}") from None
+            raise UserError(f"{uri}: S3 refused the listing{where} ({code}: "
+                            f"{exc.response.get('Error', {}).get('Message', '')})") from None
+        if not listed.get("KeyCount"):
+            raise UserError(f"{uri}: nothing is stored under this prefix{where}; upload the data "
+                            f"there first (e.g. `aws s3 sync DIR {uri}`) or fix the path")
+        if not self.endpoint:
+            return {}
+        frozen = credentials.get_frozen_credentials()
+        given = dict(zip(CREDENTIAL_VARIABLES, (frozen.access_key, frozen.secret_key,
+                                                frozen.token)))
+        return {name: value for name, value in given.items() if value}
+
+    def spark_conf(self, jars: str, credentials: dict[str, str]) -> dict[str, str]:
+        """spark-submit confs: S3A on every classpath, s3:// mapped to it, the endpoint, and
+        the credentials handed to the executors (Spark redacts them in its UI and logs)."""
+        classpath = f"{jars}/*"
+        conf = {"spark.driver.extraClassPath": classpath,
+                "spark.executor.extraClassPath": classpath,
+                "spark.hadoop.fs.s3.impl": "org.apache.hadoop.fs.s3a.S3AFileSystem"}
+        if self.endpoint:
+            conf |= {"spark.hadoop.fs.s3a.endpoint": self.endpoint,
+                     "spark.hadoop.fs.s3a.path.style.access": "true",
+                     "spark.hadoop.fs.s3a.endpoint.region": self.region or "us-east-1",
+                     "spark.hadoop.fs.s3a.connection.ssl.enabled":
+                         str(self.endpoint.startswith("https:")).lower()}
+        conf |= {f"spark.executorEnv.{name}": value for name, value in credentials.items()}
+        return conf

@@ -1,0 +1,140 @@
+"""Job data in S3, read by Spark's own S3A: a real moto S3 server, real Ivy-resolved hadoop-aws
+jars, a real local Spark cluster running classify on `--data s3://...`, and every bad location
+refused in one line before anything starts."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from floors import ACCURACY_FLOOR
+from kindling import UserError
+from ops import jvm
+from ops.local import free_port, local_spark_home
+from ops.storage import ObjectStore
+
+REPO = Path(__file__).resolve().parents[2]
+FAB = str(Path(sys.executable).parent / "fab")
+BUCKET = "kindling-photos"
+PREFIX = "vehicles"
+
+
+@pytest.fixture(scope="module")
+def s3(assets):
+    """A moto S3 server on this machine holding the buses-cars photos under s3://BUCKET/PREFIX."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                          aws_access_key_id="kindling", aws_secret_access_key="kindling-secret")
+    client.create_bucket(Bucket=BUCKET)
+    client.create_bucket(Bucket="empty")
+    photos = assets / "datasets" / "buses-cars"
+    for file in sorted(p for p in photos.rglob("*") if p.is_file()):
+        client.upload_file(str(file), BUCKET, f"{PREFIX}/{file.relative_to(photos)}")
+    yield endpoint
+    server.stop()
+
+
+def user_env(endpoint: str, tmp_path: Path, assets: Path, **extra: str) -> dict[str, str]:
+    """A user's shell with credentials in the environment and the store's endpoint, no proxies."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.lower().endswith("_proxy") and not k.startswith("AWS_")}
+    return env | {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "kindling",
+                  "AWS_SECRET_ACCESS_KEY": "kindling-secret", "AWS_DEFAULT_REGION": "us-east-1",
+                  "HOME": str(tmp_path), "KINDLING_ASSETS": str(assets),
+                  "XDG_CACHE_HOME": str(jvm.cache_root().parents[1]),  # the resolved jars
+                  "KINDLING_RUNS_DIR": str(tmp_path / "runs")} | extra
+
+
+@pytest.mark.parametrize("job, data, env_change, message", [
+    ("classify", f"s3://no-such-bucket/{PREFIX}", {}, "bucket 'no-such-bucket' does not exist at"),
+    ("classify", f"s3://{BUCKET}/no-such-prefix", {}, "nothing is stored under this prefix"),
+    ("classify", f"s3://{BUCKET}/{PREFIX}", {"AWS_ACCESS_KEY_ID": None}, "no AWS credentials"),
+    ("classify", f"s3://{BUCKET}/{PREFIX}", {"AWS_ENDPOINT_URL": "http://127.0.0.1:{closed}"},
+     "cannot reach the S3 endpoint http://127.0.0.1:"),
+    ("classify", "hdfs:///photos", {}, "kindling reads s3:// (and s3a://) locations"),
+    ("train-ps", f"s3://{BUCKET}/{PREFIX}", {}, "train-ps reads its data from the hosts' disks"),
+])
+def test_a_bad_location_is_one_line_before_anything_starts(s3, tmp_path, assets, job, data,
+                                                           env_change, message):
+    env = user_env(s3, tmp_path, assets)
+    for name, value in env_change.items():
+        if value is None:
+            env.pop(name)
+        else:
+            env[name] = value.format(closed=free_port())
+    spark_logs = REPO / ".kindling" / "local" / "spark" / "logs"
+    before = {log.name: log.stat().st_mtime_ns for log in spark_logs.glob("*")}
+    done = subprocess.run([FAB, "run", job, "--target", "local", "--data", data], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=120,
+                          stdin=subprocess.DEVNULL)
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith(f"error: {data}: ") and message in lines[0], lines
+    assert not (tmp_path / "runs").exists()
+    assert {log.name: log.stat().st_mtime_ns for log in spark_logs.glob("*")} == before
+
+
+def test_spark_gets_s3a_and_the_credentials_only_for_an_explicit_endpoint():
+    on_aws = ObjectStore().spark_conf("/opt/jars", {})
+    assert on_aws["spark.executor.extraClassPath"] == on_aws["spark.driver.extraClassPath"] == "/opt/jars/*"
+    assert on_aws["spark.hadoop.fs.s3.impl"] == "org.apache.hadoop.fs.s3a.S3AFileSystem"
+    assert not any("endpoint" in key or "executorEnv" in key for key in on_aws)
+    store = ObjectStore("http://10.0.0.1:9000", "eu-west-1")
+    conf = store.spark_conf("/opt/jars", {"AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "b"})
+    assert conf["spark.hadoop.fs.s3a.endpoint"] == "http://10.0.0.1:9000"
+    assert conf["spark.hadoop.fs.s3a.path.style.access"] == "true"
+    assert conf["spark.hadoop.fs.s3a.connection.ssl.enabled"] == "false"
+    assert conf["spark.hadoop.fs.s3a.endpoint.region"] == "eu-west-1"
+    assert conf["spark.executorEnv.AWS_SECRET_ACCESS_KEY"] == "b"
+
+
+def test_the_lock_pins_hadoop_aws_at_the_hadoop_version_pyspark_bundles():
+    version = jvm.bundled_hadoop_version(Path(local_spark_home()))
+    pinned = jvm.locked("s3a")
+    assert f"hadoop-aws-{version}.jar" in pinned
+    assert any(name.startswith("bundle-2.") for name in pinned)  # the AWS SDK v2 bundle
+    assert all(len(digest) == 64 for digest in pinned.values())
+    assert 'name="hadoop-aws"' in jvm.ivy_module("s3a", version)
+
+
+@pytest.mark.slow
+def test_jars_that_differ_from_the_lock_are_refused_naming_the_jar(tmp_path, monkeypatch):
+    spark_home = Path(local_spark_home())
+    pinned = jvm.locked("s3a")
+    lock = tmp_path / "jars.lock"
+    lock.write_text("".join(f"{'0' * 64 if name.startswith('hadoop-aws') else digest}  s3a/{name}\n"
+                            for name, digest in pinned.items()))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # resolve afresh, by Ivy
+    with pytest.raises(UserError, match=r"s3a jars resolved for Hadoop \S+ differ from .*"
+                                        r"\(hadoop-aws-[\d.]+\.jar\)"):
+        jvm.resolve("s3a", spark_home, lock)
+
+
+@pytest.mark.slow
+def test_classify_reads_its_photos_from_s3_through_spark(s3, tmp_path, assets):
+    env = user_env(s3, tmp_path, assets)
+    started = time.monotonic()
+    done = subprocess.run([FAB, "run", "classify", "--target", "local", "--data",
+                           f"s3://{BUCKET}/{PREFIX}"], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=900, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = Path(REPO, done.stdout.strip().splitlines()[-1].removeprefix("results: "))
+    metrics = json.loads((results / "metrics.json").read_text())
+    assert metrics["classes"] == ["buses", "cars"]
+    assert metrics["accuracy"] >= ACCURACY_FLOOR["classify"], metrics
+    assert metrics["counts"]["train"] + metrics["counts"]["test"] >= 80
+    assert "kindling-secret" not in done.stdout + done.stderr
+    print(f"classify from s3:// on the local target: {time.monotonic() - started:.1f}s, "
+          f"accuracy {metrics['accuracy']:.3f}")
