@@ -147,10 +147,11 @@ class Target:
             raise UserError(f"{uris[0]}: {job.name} reads its data from the hosts' disks, not "
                             "through Spark; pass a local folder (copied to every host)")
         store = self.object_store()
+        jars = self.s3a_jars()
         credentials: dict[str, str] = {}
         for uri in uris:
             credentials |= store.check(uri)
-        return store.spark_conf(self.s3a_jars(), credentials), credentials
+        return store.spark_conf(jars, credentials), credentials
 
     def status(self) -> None:
         live = self.cluster.parallel(lambda host, cxn: sh(cxn, runs.live_command(self.runs_dir)))
@@ -312,6 +313,10 @@ class ClusterTarget(Target):
     def spark_status(self):
         master = self.inventory.master
         return master_status(self.cluster.connection(master), master)
+
+    def object_store(self):
+        raise UserError("s3:// data is read on the local target so far; on a cluster pass a "
+                        "local folder (fab copies it to every host)")
 
 
 def target_spec(target: str | None) -> str:

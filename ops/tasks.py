@@ -1,5 +1,5 @@
 """The fab tasks: `fab deploy JOB`, `fab run JOB`, status, logs, stop, exec, put, ssh, ui,
-tensorboard, jobs.
+tensorboard, jobs, wheelhouse, jars.
 
 Every task takes `--target`: `local`, an inventory JSON file, or `pulumi[:STACK]` (the default,
 read with `pulumi stack output --json --show-secrets`); $KINDLING_TARGET sets the default.
@@ -292,3 +292,18 @@ def wheelhouse(c, folder="wheelhouse", python_version=None, target=None):
                          workload_requirements(constraints))
     print(f"wheelhouse: {folder} ({count} wheels for CPython {interpreter.python}, glibc "
           f"{interpreter.glibc}, in {time.monotonic() - started:.0f}s)")
+
+
+@task(help={"lock": "resolve afresh and rewrite ops/jars.lock with what Maven Central served"})
+@cli_errors
+def jars(c, lock=False):
+    """The JVM jars Spark gets beyond pyspark's (S3A), resolved by Ivy and checked against the lock."""
+    from ops import jvm
+
+    spark_home = Path(local.local_spark_home())
+    if lock:
+        lines = jvm.write_lock(spark_home)
+        print(f"{jvm.LOCK}: {len(lines) - 1} jars pinned")
+        return
+    for feature in jvm.FEATURES:
+        print(f"{feature}: {jvm.resolve(feature, spark_home)} (matches {jvm.LOCK.name})")

@@ -112,6 +112,8 @@ def test_bad_input_is_one_line_and_changes_nothing(netns_cluster, env, tmp_path)
     assert "--epochs must be at least 1" in one_error_line(fab(env, "run", "train-mnist",
                                                                "--target", inventory,
                                                                "--epochs", "-1"))
+    assert "on a cluster pass a local folder" in one_error_line(fab(
+        env, "deploy", "classify", "--target", inventory, "--data", "s3://photos/vehicles"))
     assert host_state(netns_cluster) == before
 
 
