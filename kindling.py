@@ -25,8 +25,9 @@ A cluster is described by a JSON object whose keys are exactly the Pulumi stack 
       "workers": [{HOST}, ...],               # required, at least one
       "ps":      [{HOST}, ...],               # dedicated parameter-server hosts, may be empty
       "bucket": "kindling-dev-data-1a2b",     # str, "" when the cluster has no bucket
-      "sparkMasterUrl": "spark://10.0.0.5:7077"
-    }
+      "sparkMasterUrl": "spark://10.0.0.5:7077",
+      "s3Endpoint": ""                        # str, optional: "" = AWS S3; else the URL of an
+    }                                         #   S3-compatible store (MinIO, Ceph, moto)
 
     HOST = {"name": "worker-0", "hostname": "ip-10-0-1-12", "publicIp": "3.4.5.6",
             "privateIp": "10.0.1.12", "publicDns": "ec2-3-4-5-6.compute-1.amazonaws.com"}
@@ -45,7 +46,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 SCHEMA_KEYS = ("clusterName", "region", "sshUser", "sshPrivateKey", "knownHosts",
-               "master", "workers", "ps", "bucket", "sparkMasterUrl")
+               "master", "workers", "ps", "bucket", "sparkMasterUrl", "s3Endpoint")
 HOST_KEYS = ("name", "hostname", "publicIp", "privateIp", "publicDns")
 SPARK_MASTER_PORT = 7077
 
@@ -100,6 +101,7 @@ class Inventory:
     ps: tuple[Host, ...] = ()
     bucket: str = ""
     sparkMasterUrl: str = ""
+    s3Endpoint: str = ""
     source: str = field(default="", compare=False)
 
     @property
@@ -186,6 +188,7 @@ def parse_inventory(data: object, source: str = "inventory") -> Inventory:
         ps=tuple(_host(h, f"ps[{i}]") for i, h in enumerate(ps)),
         bucket=str(data.get("bucket") or ""),
         sparkMasterUrl=str(data.get("sparkMasterUrl") or spark_master_url(master.privateIp)),
+        s3Endpoint=_endpoint(data.get("s3Endpoint"), where),
         source=source,
     )
     names = [h.name for h in inventory.hosts]
@@ -198,6 +201,16 @@ def parse_inventory(data: object, source: str = "inventory") -> Inventory:
             raise InventoryError(f"inventory {where}: 'knownHosts' has no host key for "
                                  f"{host.name} ({host.address}); host keys must be pinned")
     return inventory
+
+
+def _endpoint(value: object, where: str) -> str:
+    """The optional s3Endpoint: "" (AWS S3) or an http(s) URL."""
+    if not value:
+        return ""
+    if not isinstance(value, str) or not re.match(r"^https?://[^/\s]+/?$", value):
+        raise InventoryError(f"inventory {where}: field 's3Endpoint' must be an http(s)://host[:port] "
+                             f"URL of an S3-compatible store, or \"\" for AWS S3; got {value!r}")
+    return value.rstrip("/")
 
 
 def _pinned_addresses(known_hosts: str) -> set[str]:

@@ -75,6 +75,7 @@ class SparkCluster(pulumi.ComponentResource):
             "ps": pulumi.Output.all(*[p.entry for p in ps]),
             "bucket": data.bucket_name,
             "sparkMasterUrl": master.entry.apply(lambda entry: spark_master_url(entry["privateIp"])),
+            "s3Endpoint": pulumi.Output.from_input(""),  # AWS S3 itself (the hosts' region)
         }
         self.hourly_cost_usd = plan.hourly_cost_usd
         self.register_outputs(self.inventory)

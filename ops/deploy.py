@@ -13,9 +13,11 @@ from pathlib import Path
 from kindling import Host, Inventory, KindlingError, UserError
 from ops.cluster import Cluster, Progress
 from ops.remote import SPARK_STATE, read_stamp, sh
+from ops import jvm
+from ops.local import local_spark_home
 from ops.services import (BasePackages, CloudInit, DeployContext, Layout, ProjectWheel,
-                          PythonDependencies, ServedWheelhouse, Service, SparkMaster, SparkWorker,
-                          StagedData, WheelhouseServer)
+                          PythonDependencies, S3AJars, ServedWheelhouse, Service, SparkMaster,
+                          SparkWorker, StagedData, WheelhouseServer)
 from ops.staging import remote_path
 from workloads.jobs import Job
 
@@ -159,6 +161,21 @@ def stage_data(cluster: Cluster, job: Job, args: list[str]) -> list[str]:
             service.install(cxn, host, ctx)
     cluster.parallel(stage)
     return job.with_paths(args, {value: remote for value, (_, remote) in staged.items()})
+
+
+def ship_s3a_jars(cluster: Cluster) -> None:
+    """The S3A jars on every host that lacks them (resolved here first, checked by the lock)."""
+    ctx = DeployContext(cluster.inventory, PROJECT_ROOT / "constraints.txt", None,
+                        jars=jvm.resolve("s3a", Path(local_spark_home())))
+    service = S3AJars()
+    progress = Progress(cluster.inventory.hosts)
+
+    def ship(host, cxn) -> None:
+        t0 = time.monotonic()
+        if not service.is_current(cxn, host, ctx):
+            service.install(cxn, host, ctx)
+            progress.step(host, service.name, "installed", time.monotonic() - t0)
+    cluster.parallel(ship)
 
 
 def fetch_results(cluster: Cluster, run_dir: str, local: Path, since: float) -> None:

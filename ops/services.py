@@ -22,8 +22,9 @@ from fabric import Connection
 from ops import spark
 from ops.ssh import ssh_command
 from kindling import Host, Inventory
-from ops.remote import (COMMAND_TIMEOUT, HOME, INSTALL_TIMEOUT, PYTHON, RUNS, SPARK_STATE, SRV,
-                        STAMPS, VENV, WHEELHOUSE, WHEELHOUSE_SERVER_PID, DATA, read_stamp, sh, where, write_stamp)
+from ops.remote import (COMMAND_TIMEOUT, DATA, HOME, INSTALL_TIMEOUT, JARS, PYTHON, RUNS,
+                        SPARK_STATE, SRV, STAMPS, VENV, WHEELHOUSE, WHEELHOUSE_SERVER_PID,
+                        read_stamp, sh, where, write_stamp)
 from ops.staging import push_path, staged_check
 from ops.wheelhouse import INSTALLER, pins
 from kindling import HostError, KindlingError
@@ -47,6 +48,8 @@ class DeployContext:
     """Local path -> remote path of data/weights staged on every host."""
     served: "ServedWheelhouse | None" = None
     """The wheelhouse as the master serves it to the other hosts, when they need it."""
+    jars: Path | None = None
+    """The S3A jars (ops.jvm) on this machine, when the job reads s3:// locations."""
 
 
 class Service:
@@ -287,27 +290,55 @@ def workload_requirements(constraints: Path) -> list[str]:
 
 
 def push_wheelhouse(cxn: Connection, host: Host, ctx: DeployContext) -> None:
-    """Copy the wheels the host lacks (same name and size = present) in one OpenSSH `scp`,
-    pinned like every connection (the cluster's ssh_config): several times faster than
-    paramiko's SFTP for the wheelhouse's ~1 GB, and the slowest step of a first deploy."""
-    sh(cxn, f"mkdir -p {WHEELHOUSE}")
-    listing = sh(cxn, f"cd {WHEELHOUSE} && for f in *.whl; do [ -e \"$f\" ] && "
+    """The wheels the host lacks, in one scp: the slowest step of a first deploy (~1 GB)."""
+    push_files(cxn, host, ctx.inventory, sorted(ctx.wheelhouse.glob("*.whl")), WHEELHOUSE,
+               "copying the wheelhouse")
+
+
+def push_files(cxn: Connection, host: Host, inventory: Inventory, files: list[Path],
+               remote_dir: str, step: str) -> None:
+    """Copy the files the host lacks in remote_dir (same name and size = present) in one
+    OpenSSH `scp`, pinned like every connection (the cluster's ssh_config): several times
+    faster than paramiko's SFTP for big files."""
+    sh(cxn, f"mkdir -p {remote_dir}")
+    listing = sh(cxn, f"cd {remote_dir} && for f in *; do [ -f \"$f\" ] && "
                       "printf '%s %s\\n' \"$f\" $(stat -c %s \"$f\"); done; true")
     present = dict(line.rsplit(" ", 1) for line in listing.splitlines() if " " in line)
-    missing = [str(wheel) for wheel in sorted(ctx.wheelhouse.glob("*.whl"))
-               if present.get(wheel.name) != str(wheel.stat().st_size)]
+    missing = [str(file) for file in files if present.get(file.name) != str(file.stat().st_size)]
     if not missing:
         return
-    ssh = ssh_command(ctx.inventory, host)
+    ssh = ssh_command(inventory, host)
     try:
-        done = subprocess.run(["scp", "-q", *ssh[1:3], *missing, f"{host.name}:{WHEELHOUSE}/"],
+        done = subprocess.run(["scp", "-q", *ssh[1:3], *missing, f"{host.name}:{remote_dir}/"],
                               capture_output=True, text=True, timeout=INSTALL_TIMEOUT,
                               stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
-        raise HostError(*where(cxn), "copying the wheelhouse", f"not done within {INSTALL_TIMEOUT}s") from None
+        raise HostError(*where(cxn), step, f"not done within {INSTALL_TIMEOUT}s") from None
     if done.returncode:
         detail = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise HostError(*where(cxn), "copying the wheelhouse", f"scp exit {done.returncode}: {detail}")
+        raise HostError(*where(cxn), step, f"scp exit {done.returncode}: {detail}")
+
+
+class S3AJars(Service):
+    """The S3A jars (ops.jvm) in JARS on every host, for jobs that read s3:// locations:
+    the bytes pinned by ops/jars.lock, checked with sha256sum on the host."""
+
+    name = "s3a jars"
+
+    def is_current(self, cxn, host, ctx):
+        return not ctx.jars or read_stamp(cxn, "s3a-jars") == self.version(ctx)
+
+    @staticmethod
+    def version(ctx: DeployContext) -> str:
+        return file_digest([ctx.jars / ".verified"])
+
+    def install(self, cxn, host, ctx):
+        push_files(cxn, host, ctx.inventory, sorted(ctx.jars.glob("*.jar")), JARS,
+                   "copying the S3A jars")
+        cxn.put(str(ctx.jars / ".verified"), f"{JARS}/SHA256SUMS")
+        sh(cxn, f"cd {JARS} && sha256sum --quiet -c SHA256SUMS", timeout=INSTALL_TIMEOUT,
+           what="checking the S3A jars")
+        write_stamp(cxn, "s3a-jars", self.version(ctx))
 
 
 class ProjectWheel(Service):

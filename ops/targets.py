@@ -24,9 +24,9 @@ from kindling import Inventory, KindlingError, UserError, load_inventory, parse_
 from ops import jvm, local, runs, ssh
 from ops.cluster import Cluster, console
 from ops.deploy import (check_deployed, deploy_context, fetch_results, install_hosts,
-                        name_failed_host, stage_data, start_spark)
+                        name_failed_host, ship_s3a_jars, stage_data, start_spark)
 from ops.launch import Run
-from ops.remote import PYTHON, RUNS, sh
+from ops.remote import JARS, PYTHON, RUNS, sh
 from ops.services import master_status, remote_spark_home
 from ops.spark import alive_workers, worker_states
 from ops.storage import S3_URI, ObjectStore, local_endpoint
@@ -271,6 +271,8 @@ class ClusterTarget(Target):
         check_deployed(self.cluster, job)
         if job.uses_spark:
             self.check_spark_workers(job)
+        if job.uri_values(args):
+            ship_s3a_jars(self.cluster)
         return stage_data(self.cluster, job, args)
 
     def check_spark_workers(self, job: Job) -> None:
@@ -315,8 +317,10 @@ class ClusterTarget(Target):
         return master_status(self.cluster.connection(master), master)
 
     def object_store(self):
-        raise UserError("s3:// data is read on the local target so far; on a cluster pass a "
-                        "local folder (fab copies it to every host)")
+        return ObjectStore(self.inventory.s3Endpoint, self.inventory.region)
+
+    def s3a_jars(self):
+        return JARS
 
 
 def target_spec(target: str | None) -> str:

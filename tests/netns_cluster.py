@@ -161,6 +161,11 @@ class NetnsCluster:
         return load_inventory(self.inventory_path)
 
     @property
+    def bridge_address(self) -> str:
+        """This machine's address on the hosts' bridge: where a test's own servers listen."""
+        return self.state["gateway"].split("/")[0]
+
+    @property
     def hosts(self) -> tuple[Host, ...]:
         return self.inventory.hosts
 

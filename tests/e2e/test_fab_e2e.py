@@ -20,6 +20,7 @@ import pytest
 from e2e.fab_cli import FAB, REPO, fab, fab_env, job_processes, one_error_line, results_of
 from floors import ACCURACY_FLOOR
 from kindling import known_hosts_line
+from s3_server import ACCESS_KEY, SECRET_KEY, moto_s3, upload_folder
 
 WHEELHOUSE = Path("/var/cache/kindling/wheelhouse")
 MNIST_FLAGS = ["--epochs", "2", "--input-mode", "tensorflow"]
@@ -112,8 +113,6 @@ def test_bad_input_is_one_line_and_changes_nothing(netns_cluster, env, tmp_path)
     assert "--epochs must be at least 1" in one_error_line(fab(env, "run", "train-mnist",
                                                                "--target", inventory,
                                                                "--epochs", "-1"))
-    assert "on a cluster pass a local folder" in one_error_line(fab(
-        env, "deploy", "classify", "--target", inventory, "--data", "s3://photos/vehicles"))
     assert host_state(netns_cluster) == before
 
 
@@ -226,6 +225,35 @@ def test_second_deploy_skips_every_install_step(netns_cluster, env, wheelhouse, 
     wait_until(lambda: not any("train_mnist" in p for h in netns_cluster.hosts
                                for p in job_processes(netns_cluster, h)),
                "train-mnist's processes to go after `fab stop`", timeout=30)
+
+
+def test_classify_reads_s3_on_the_cluster_through_spark(netns_cluster, env, deployed, tmp_path,
+                                                        assets):
+    """A moto S3 server on the bridge as the cluster's store (inventory s3Endpoint): the photos
+    are read by the executors on the workers through S3A, never copied by fab."""
+    with moto_s3(netns_cluster.bridge_address) as endpoint:
+        upload_folder(endpoint, "cluster-photos", "vehicles", assets / "datasets" / "buses-cars")
+        inventory = tmp_path / "cluster.json"
+        inventory.write_text(json.dumps(json.loads(netns_cluster.inventory_path.read_text())
+                                        | {"s3Endpoint": endpoint}))
+        user = env | {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
+        missing = fab(user, "run", "classify", "--target", str(inventory), "--data",
+                      "s3://no-such-bucket/vehicles")
+        assert "bucket 'no-such-bucket' does not exist at " + endpoint in one_error_line(missing)
+        started = time.monotonic()
+        done = fab(user, "run", "classify", "--target", str(inventory), "--data",
+                   "s3://cluster-photos/vehicles")
+        took = time.monotonic() - started
+    metrics = json.loads((results_of(done) / "metrics.json").read_text())
+    assert metrics["classes"] == ["buses", "cars"]
+    assert metrics["accuracy"] >= ACCURACY_FLOOR["classify"], metrics
+    for host in netns_cluster.hosts:
+        copied = netns_cluster.exec(host, "find /srv/kindling/data -name '*.jp*g'").stdout
+        assert not copied.strip(), (host, copied)
+        check = netns_cluster.exec(host, "cd /opt/kindling/jars/s3a && sha256sum -c --quiet SHA256SUMS")
+        assert check.returncode == 0, (host, check.stdout, check.stderr)
+    assert SECRET_KEY not in done.stdout + done.stderr
+    print(f"classify from s3:// on 3 netns hosts (S3A jars shipped first): {took:.1f}s")
 
 
 @pytest.fixture(scope="module")

@@ -33,7 +33,7 @@ def outputs() -> dict:
         "clusterName": "test", "region": "local", "sshUser": "ubuntu", "sshPrivateKey": private,
         "knownHosts": "\n".join(known_hosts_line([h["publicIp"], h["hostname"]], public) for h in hosts),
         "master": hosts[0], "workers": hosts[1:], "ps": [], "bucket": "",
-        "sparkMasterUrl": "spark://10.77.0.2:7077",
+        "sparkMasterUrl": "spark://10.77.0.2:7077", "s3Endpoint": "",
     }
 
 
@@ -55,11 +55,19 @@ def test_round_trip(outputs, tmp_path):
     (lambda o: o.update(sshPrivateKey="hunter2"), "'sshPrivateKey' is not a private key"),
     (lambda o: o.update(knownHosts=o["knownHosts"].splitlines()[0]), "no host key for worker-0"),
     (lambda o: o["workers"][1].update(name="worker-0"), "host name 'worker-0' appears twice"),
+    (lambda o: o.update(s3Endpoint="minio:9000"), "'s3Endpoint' must be an http"),
 ])
 def test_each_problem_names_the_field(outputs, mutate, message):
     mutate(outputs)
     with pytest.raises(InventoryError, match=message.replace("(", r"\(").replace(")", r"\)")):
         parse_inventory(outputs)
+
+
+def test_s3_endpoint_is_optional_and_kept(outputs):
+    outputs.pop("s3Endpoint")
+    assert parse_inventory(outputs).s3Endpoint == ""
+    outputs["s3Endpoint"] = "http://10.77.0.1:9000/"
+    assert parse_inventory(outputs).s3Endpoint == "http://10.77.0.1:9000"
 
 
 def test_file_errors(tmp_path):

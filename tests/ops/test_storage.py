@@ -18,6 +18,7 @@ from kindling import UserError
 from ops import jvm
 from ops.local import free_port, local_spark_home
 from ops.storage import ObjectStore
+from s3_server import ACCESS_KEY, SECRET_KEY, moto_s3, upload_folder
 
 REPO = Path(__file__).resolve().parents[2]
 FAB = str(Path(sys.executable).parent / "fab")
@@ -28,30 +29,17 @@ PREFIX = "vehicles"
 @pytest.fixture(scope="module")
 def s3(assets):
     """A moto S3 server on this machine holding the buses-cars photos under s3://BUCKET/PREFIX."""
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                          aws_access_key_id="kindling", aws_secret_access_key="kindling-secret")
-    client.create_bucket(Bucket=BUCKET)
-    client.create_bucket(Bucket="empty")
-    photos = assets / "datasets" / "buses-cars"
-    for file in sorted(p for p in photos.rglob("*") if p.is_file()):
-        client.upload_file(str(file), BUCKET, f"{PREFIX}/{file.relative_to(photos)}")
-    yield endpoint
-    server.stop()
+    with moto_s3("127.0.0.1") as endpoint:
+        upload_folder(endpoint, BUCKET, PREFIX, assets / "datasets" / "buses-cars")
+        yield endpoint
 
 
 def user_env(endpoint: str, tmp_path: Path, assets: Path, **extra: str) -> dict[str, str]:
     """A user's shell with credentials in the environment and the store's endpoint, no proxies."""
     env = {k: v for k, v in os.environ.items()
            if not k.lower().endswith("_proxy") and not k.startswith("AWS_")}
-    return env | {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "kindling",
-                  "AWS_SECRET_ACCESS_KEY": "kindling-secret", "AWS_DEFAULT_REGION": "us-east-1",
+    return env | {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+                  "AWS_SECRET_ACCESS_KEY": SECRET_KEY, "AWS_DEFAULT_REGION": "us-east-1",
                   "HOME": str(tmp_path), "KINDLING_ASSETS": str(assets),
                   "XDG_CACHE_HOME": str(jvm.cache_root().parents[1]),  # the resolved jars
                   "KINDLING_RUNS_DIR": str(tmp_path / "runs")} | extra
@@ -135,6 +123,6 @@ def test_classify_reads_its_photos_from_s3_through_spark(s3, tmp_path, assets):
     assert metrics["classes"] == ["buses", "cars"]
     assert metrics["accuracy"] >= ACCURACY_FLOOR["classify"], metrics
     assert metrics["counts"]["train"] + metrics["counts"]["test"] >= 80
-    assert "kindling-secret" not in done.stdout + done.stderr
+    assert SECRET_KEY not in done.stdout + done.stderr
     print(f"classify from s3:// on the local target: {time.monotonic() - started:.1f}s, "
           f"accuracy {metrics['accuracy']:.3f}")
