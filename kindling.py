@@ -26,8 +26,10 @@ A cluster is described by a JSON object whose keys are exactly the Pulumi stack 
       "ps":      [{HOST}, ...],               # dedicated parameter-server hosts, may be empty
       "bucket": "kindling-dev-data-1a2b",     # str, "" when the cluster has no bucket
       "sparkMasterUrl": "spark://10.0.0.5:7077",
-      "s3Endpoint": ""                        # str, optional: "" = AWS S3; else the URL of an
-    }                                         #   S3-compatible store (MinIO, Ceph, moto)
+      "s3Endpoint": "",                       # str, optional: "" = AWS S3; else the URL of an
+                                              #   S3-compatible store (MinIO, Ceph, moto)
+      "hdfs": false                           # bool, optional: fab deploy runs HDFS (a NameNode
+    }                                         #   on the master, a DataNode on every worker)
 
     HOST = {"name": "worker-0", "hostname": "ip-10-0-1-12", "publicIp": "3.4.5.6",
             "privateIp": "10.0.1.12", "publicDns": "ec2-3-4-5-6.compute-1.amazonaws.com"}
@@ -46,7 +48,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 SCHEMA_KEYS = ("clusterName", "region", "sshUser", "sshPrivateKey", "knownHosts",
-               "master", "workers", "ps", "bucket", "sparkMasterUrl", "s3Endpoint")
+               "master", "workers", "ps", "bucket", "sparkMasterUrl", "s3Endpoint", "hdfs")
 HOST_KEYS = ("name", "hostname", "publicIp", "privateIp", "publicDns")
 SPARK_MASTER_PORT = 7077
 
@@ -102,6 +104,7 @@ class Inventory:
     bucket: str = ""
     sparkMasterUrl: str = ""
     s3Endpoint: str = ""
+    hdfs: bool = False
     source: str = field(default="", compare=False)
 
     @property
@@ -189,6 +192,7 @@ def parse_inventory(data: object, source: str = "inventory") -> Inventory:
         bucket=str(data.get("bucket") or ""),
         sparkMasterUrl=str(data.get("sparkMasterUrl") or spark_master_url(master.privateIp)),
         s3Endpoint=_endpoint(data.get("s3Endpoint"), where),
+        hdfs=_flag(data.get("hdfs"), "hdfs", where),
         source=source,
     )
     names = [h.name for h in inventory.hosts]
@@ -211,6 +215,15 @@ def _endpoint(value: object, where: str) -> str:
         raise InventoryError(f"inventory {where}: field 's3Endpoint' must be an http(s)://host[:port] "
                              f"URL of an S3-compatible store, or \"\" for AWS S3; got {value!r}")
     return value.rstrip("/")
+
+
+def _flag(value: object, key: str, where: str) -> bool:
+    """An optional boolean field (absent = false)."""
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise InventoryError(f"inventory {where}: field '{key}' must be true or false, got {value!r}")
+    return value
 
 
 def _pinned_addresses(known_hosts: str) -> set[str]:

@@ -76,6 +76,7 @@ class SparkCluster(pulumi.ComponentResource):
             "bucket": data.bucket_name,
             "sparkMasterUrl": master.entry.apply(lambda entry: spark_master_url(entry["privateIp"])),
             "s3Endpoint": pulumi.Output.from_input(""),  # AWS S3 itself (the hosts' region)
+            "hdfs": pulumi.Output.from_input(args.hdfs),
         }
         self.hourly_cost_usd = plan.hourly_cost_usd
         self.register_outputs(self.inventory)

@@ -13,10 +13,10 @@ from pathlib import Path
 from kindling import Host, Inventory, KindlingError, UserError
 from ops.cluster import Cluster, Progress
 from ops.remote import SPARK_STATE, read_stamp, sh
-from ops import jvm
+from ops import hdfs, jvm
 from ops.local import local_spark_home
 from ops.services import (BasePackages, CloudInit, DeployContext, Layout, ProjectWheel,
-                          PythonDependencies, S3AJars, ServedWheelhouse, Service, SparkMaster,
+                          DataNode, JvmJars, NameNode, PythonDependencies, ServedWheelhouse, Service, SparkMaster,
                           SparkWorker, StagedData, WheelhouseServer)
 from ops.staging import remote_path
 from workloads.jobs import Job
@@ -78,6 +78,22 @@ def deploy_context(inventory: Inventory, job: Job, args: list[str],
                          wheelhouse_dir, staged)
 
 
+def bring_up(host: Host, cxn, services, ctx: DeployContext, progress: Progress) -> None:
+    """Install each service that is not current on the host, in order, reporting each step."""
+    for service in services:
+        t0 = time.monotonic()
+        if service.is_current(cxn, host, ctx):
+            progress.step(host, service.name, "skipped (current)", time.monotonic() - t0)
+            continue
+        progress.step(host, service.name, "installing...", 0.0)
+        try:
+            service.install(cxn, host, ctx)
+        except KindlingError:
+            progress.step(host, service.name, "failed", time.monotonic() - t0)
+            raise
+        progress.step(host, service.name, "installed", time.monotonic() - t0)
+
+
 def install_hosts(cluster: Cluster, ctx: DeployContext) -> None:
     """Run every host service where it is not current, on every host at once. With a
     wheelhouse, the master serves it to the hosts that need it (see ServedWheelhouse)."""
@@ -89,28 +105,17 @@ def install_hosts(cluster: Cluster, ctx: DeployContext) -> None:
             if not current and name != master.name]
         ctx.served = ServedWheelhouse(master) if stale else None
 
-    def bring_up(host: Host, cxn) -> None:
+    def install(host: Host, cxn) -> None:
         services = [s for s in HOST_SERVICES
                     if not isinstance(s, WheelhouseServer) or (ctx.served and host == master)]
         try:
-            for service in services:
-                t0 = time.monotonic()
-                if service.is_current(cxn, host, ctx):
-                    progress.step(host, service.name, "skipped (current)", time.monotonic() - t0)
-                    continue
-                progress.step(host, service.name, "installing...", 0.0)
-                try:
-                    service.install(cxn, host, ctx)
-                except KindlingError:
-                    progress.step(host, service.name, "failed", time.monotonic() - t0)
-                    raise
-                progress.step(host, service.name, "installed", time.monotonic() - t0)
+            bring_up(host, cxn, services, ctx, progress)
         finally:
             if ctx.served and host == master:
                 ctx.served.publish(None)  # no-op once published: a waiting worker never hangs
 
     try:
-        cluster.parallel(bring_up)
+        cluster.parallel(install)
     finally:
         if ctx.served:
             sh(cluster.connection(master), ctx.served.stop_command(),
@@ -136,6 +141,23 @@ def start_spark(cluster: Cluster, ctx: DeployContext) -> None:
     SparkMaster().health_check(cluster.connection(master), master, ctx)
     progress.done(f"spark ready: {len(inventory.workers)} workers registered with "
                   f"{inventory.sparkMasterUrl}")
+
+
+def start_hdfs(cluster: Cluster, ctx: DeployContext) -> None:
+    """HDFS's jars on the master and workers, the NameNode on the master (formatted on its
+    first start only), a DataNode on each worker, then every DataNode live on the NameNode."""
+    inventory = cluster.inventory
+    ctx.jars["hdfs"] = jvm.resolve("hdfs", Path(local_spark_home()))
+    progress = Progress(inventory.hosts)
+    master = inventory.master
+    plan = [((JvmJars("hdfs"),), (master, *inventory.workers)), ((NameNode(),), (master,)),
+            ((DataNode(),), inventory.workers)]
+    for services, hosts in plan:
+        cluster.parallel(lambda host, cxn, services=services: bring_up(
+            host, cxn, services, ctx, progress), hosts)
+    NameNode().health_check(cluster.connection(master), master, ctx)
+    progress.done(f"hdfs ready: {len(inventory.workers)} DataNodes live on "
+                  f"hdfs://{master.privateIp}:{hdfs.NAMENODE_PORT}")
 
 
 def check_deployed(cluster: Cluster, job: Job) -> None:
@@ -166,16 +188,9 @@ def stage_data(cluster: Cluster, job: Job, args: list[str]) -> list[str]:
 def ship_s3a_jars(cluster: Cluster) -> None:
     """The S3A jars on every host that lacks them (resolved here first, checked by the lock)."""
     ctx = DeployContext(cluster.inventory, PROJECT_ROOT / "constraints.txt", None,
-                        jars=jvm.resolve("s3a", Path(local_spark_home())))
-    service = S3AJars()
+                        jars={"s3a": jvm.resolve("s3a", Path(local_spark_home()))})
     progress = Progress(cluster.inventory.hosts)
-
-    def ship(host, cxn) -> None:
-        t0 = time.monotonic()
-        if not service.is_current(cxn, host, ctx):
-            service.install(cxn, host, ctx)
-            progress.step(host, service.name, "installed", time.monotonic() - t0)
-    cluster.parallel(ship)
+    cluster.parallel(lambda host, cxn: bring_up(host, cxn, (JvmJars("s3a"),), ctx, progress))
 
 
 def fetch_results(cluster: Cluster, run_dir: str, local: Path, since: float) -> None:

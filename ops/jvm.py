@@ -1,4 +1,5 @@
-"""JVM jars Spark needs beyond what pyspark bundles (hadoop-aws for s3a://), from Maven Central.
+"""JVM jars beyond what pyspark bundles, from Maven Central: hadoop-aws for Spark's s3a://, and
+the HDFS daemons (NameNode, DataNode) for a cluster with `hdfs: true`.
 
 Resolved on the control machine by Ivy, the resolver Spark's own `--packages` uses (its jar ships
 inside pyspark), at the Hadoop version pyspark bundles, so the S3A client always matches Spark's
@@ -13,15 +14,28 @@ import hashlib
 import os
 import subprocess
 from pathlib import Path
+from typing import NamedTuple
 from xml.sax.saxutils import quoteattr
 
 from kindling import UserError
 
-FEATURES: dict[str, tuple[tuple[str, str], ...]] = {
-    "s3a": (("org.apache.hadoop", "hadoop-aws"),),
+
+class Artifact(NamedTuple):
+    group: str
+    name: str
+    classifiers: tuple[str, ...] = ()
+    """Extra jars of the same module (`tests`), besides its main jar."""
+
+
+FEATURES: dict[str, tuple[Artifact, ...]] = {
+    "s3a": (Artifact("org.apache.hadoop", "hadoop-aws"),),
+    # the NameNode's and DataNode's web UIs (webapps/) ship only in hadoop-hdfs' tests jar
+    "hdfs": (Artifact("org.apache.hadoop", "hadoop-hdfs", ("tests",)),
+             Artifact("org.apache.hadoop", "hadoop-hdfs-client"),
+             Artifact("org.apache.hadoop", "hadoop-common")),
 }
-"""Feature -> the (group, artifact) it adds, each at the bundled Hadoop version; Ivy brings
-their runtime dependencies (hadoop-aws: the AWS SDK v2 bundle)."""
+"""Feature -> the artifacts it adds, each at the bundled Hadoop version; Ivy brings their
+runtime dependencies (hadoop-aws: the AWS SDK v2 bundle; HDFS: Hadoop's common libraries)."""
 LOCK = Path(__file__).with_name("jars.lock")
 RESOLVE_TIMEOUT = 1800
 MAVEN_CENTRAL = "https://repo1.maven.org/maven2/"
@@ -42,12 +56,17 @@ def bundled_hadoop_version(spark_home: Path) -> str:
 
 def ivy_module(feature: str, version: str) -> str:
     """An ivy.xml that depends on the feature's artifacts (their default, runtime, conf)."""
-    dependencies = "".join(
-        f"<dependency org={quoteattr(group)} name={quoteattr(name)} rev={quoteattr(version)} "
-        'conf="default->default"/>' for group, name in FEATURES[feature])
-    return ('<ivy-module version="2.0"><info organisation="kindling" '
-            f'module={quoteattr("jars-" + feature)}/><dependencies>{dependencies}'
-            "</dependencies></ivy-module>")
+    dependencies = []
+    for artifact in FEATURES[feature]:
+        name = quoteattr(artifact.name)
+        jars = "".join([f'<artifact name={name} type="jar"/>', *(
+            f'<artifact name={name} type="jar" m:classifier={quoteattr(c)}/>'
+            for c in artifact.classifiers)]) if artifact.classifiers else ""
+        dependencies.append(f"<dependency org={quoteattr(artifact.group)} name={name} "
+                            f'rev={quoteattr(version)} conf="default->default">{jars}</dependency>')
+    return ('<ivy-module version="2.0" xmlns:m="http://ant.apache.org/ivy/maven">'
+            f'<info organisation="kindling" module={quoteattr("jars-" + feature)}/>'
+            f"<dependencies>{''.join(dependencies)}</dependencies></ivy-module>")
 
 
 def sha256(path: Path) -> str:
@@ -78,6 +97,8 @@ def resolve(feature: str, spark_home: Path, lock: Path = LOCK) -> Path:
     if not pinned:
         raise UserError(f"{lock} pins no jar for {feature}; run `fab jars --lock` and commit it")
     if not _matches(folder, pinned):
+        print(f"{feature} jars: resolving Hadoop {version}'s from Maven Central into {folder} "
+              "(once per machine)...", flush=True)
         _ivy_retrieve(feature, version, spark_home, folder)
         jars = {jar.name: sha256(jar) for jar in folder.glob("*.jar")}
         if jars != pinned:

@@ -14,15 +14,22 @@ VENV = f"{HOME}/venv"
 PYTHON = f"{VENV}/bin/python"
 WHEELHOUSE = f"{HOME}/wheelhouse"
 WHEELHOUSE_SERVER_PID = f"{HOME}/wheelhouse-server.pid"
-JARS = f"{HOME}/jars/s3a"
+HADOOP_CONF = f"{HOME}/hadoop/conf"
+BIN = f"{HOME}/bin"
 STAMPS = f"{HOME}/stamps"
 SRV = "/srv/kindling"
 DATA = f"{SRV}/data"
 RUNS = f"{SRV}/runs"
 SPARK_STATE = f"{SRV}/spark"
+HDFS_STATE = f"{SRV}/hdfs"
 
 INSTALL_TIMEOUT = 1800
 COMMAND_TIMEOUT = 120
+
+
+def jar_folder(feature: str) -> str:
+    """Where a feature's jars (ops.jvm) live on every host."""
+    return f"{HOME}/jars/{feature}"
 
 
 def where(cxn: Context) -> tuple[str, str]:

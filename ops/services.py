@@ -19,12 +19,14 @@ from pathlib import Path
 
 from fabric import Connection
 
-from ops import spark
+from ops import hdfs, spark
 from ops.ssh import ssh_command
 from kindling import Host, Inventory
-from ops.remote import (COMMAND_TIMEOUT, DATA, HOME, INSTALL_TIMEOUT, JARS, PYTHON, RUNS,
-                        SPARK_STATE, SRV, STAMPS, VENV, WHEELHOUSE, WHEELHOUSE_SERVER_PID,
-                        read_stamp, sh, where, write_stamp)
+from ops.remote import (BIN, COMMAND_TIMEOUT, DATA, HADOOP_CONF, HDFS_STATE, HOME,
+                        INSTALL_TIMEOUT, PYTHON, RUNS, SPARK_STATE, SRV, STAMPS, VENV, WHEELHOUSE,
+                        WHEELHOUSE_SERVER_PID,
+                        jar_folder, read_stamp, sh, where, write_stamp)
+from ops.runs import write_files_command
 from ops.staging import push_path, staged_check
 from ops.wheelhouse import INSTALLER, pins
 from kindling import HostError, KindlingError
@@ -48,8 +50,8 @@ class DeployContext:
     """Local path -> remote path of data/weights staged on every host."""
     served: "ServedWheelhouse | None" = None
     """The wheelhouse as the master serves it to the other hosts, when they need it."""
-    jars: Path | None = None
-    """The S3A jars (ops.jvm) on this machine, when the job reads s3:// locations."""
+    jars: dict[str, Path] = field(default_factory=dict)
+    """Feature -> its jars (ops.jvm) on this machine, for the features this deploy needs."""
 
 
 class Service:
@@ -319,26 +321,29 @@ def push_files(cxn: Connection, host: Host, inventory: Inventory, files: list[Pa
         raise HostError(*where(cxn), step, f"scp exit {done.returncode}: {detail}")
 
 
-class S3AJars(Service):
-    """The S3A jars (ops.jvm) in JARS on every host, for jobs that read s3:// locations:
-    the bytes pinned by ops/jars.lock, checked with sha256sum on the host."""
+class JvmJars(Service):
+    """One feature's jars (ops.jvm: S3A, HDFS) in /opt/kindling/jars/FEATURE on a host: the
+    bytes pinned by ops/jars.lock, checked again with sha256sum on the host."""
 
-    name = "s3a jars"
+    def __init__(self, feature: str):
+        self.feature = feature
+        self.name = f"{feature} jars"
 
     def is_current(self, cxn, host, ctx):
-        return not ctx.jars or read_stamp(cxn, "s3a-jars") == self.version(ctx)
+        return self.feature not in ctx.jars or read_stamp(cxn, self.name.replace(" ", "-")) == \
+            self.version(ctx)
 
-    @staticmethod
-    def version(ctx: DeployContext) -> str:
-        return file_digest([ctx.jars / ".verified"])
+    def version(self, ctx: DeployContext) -> str:
+        return file_digest([ctx.jars[self.feature] / ".verified"])
 
     def install(self, cxn, host, ctx):
-        push_files(cxn, host, ctx.inventory, sorted(ctx.jars.glob("*.jar")), JARS,
-                   "copying the S3A jars")
-        cxn.put(str(ctx.jars / ".verified"), f"{JARS}/SHA256SUMS")
-        sh(cxn, f"cd {JARS} && sha256sum --quiet -c SHA256SUMS", timeout=INSTALL_TIMEOUT,
-           what="checking the S3A jars")
-        write_stamp(cxn, "s3a-jars", self.version(ctx))
+        local, remote = ctx.jars[self.feature], jar_folder(self.feature)
+        push_files(cxn, host, ctx.inventory, sorted(local.glob("*.jar")), remote,
+                   f"copying the {self.name}")
+        cxn.put(str(local / ".verified"), f"{remote}/SHA256SUMS")
+        sh(cxn, f"cd {remote} && sha256sum --quiet -c SHA256SUMS", timeout=INSTALL_TIMEOUT,
+           what=f"checking the {self.name}")
+        write_stamp(cxn, self.name.replace(" ", "-"), self.version(ctx))
 
 
 class ProjectWheel(Service):
@@ -381,15 +386,121 @@ def remote_spark_home(cxn: Connection) -> str:
               what="locating pyspark in the venv")
 
 
-def master_status(cxn: Connection, master: Host) -> dict | None:
-    """The master's /json/ document fetched on the master host (UIs are not open to the world)."""
-    url = f"http://{master.privateIp}:{spark.MASTER_WEBUI_PORT}/json/"
-    result = cxn.run(f"{PYTHON} -c \"import urllib.request; "
+def fetch_json(cxn: Connection, url: str) -> dict | None:
+    """A JSON document fetched on the host (the UIs listen on private addresses only), or None
+    when nothing answers."""
+    result = cxn.run(f"python3 -c \"import urllib.request; "
                      f"print(urllib.request.urlopen('{url}', timeout=5).read().decode())\"",
                      hide=True, warn=True, timeout=COMMAND_TIMEOUT, in_stream=False)
     if result.exited != 0:
         return None
     return json.loads(result.stdout)
+
+
+def master_status(cxn: Connection, master: Host) -> dict | None:
+    """The Spark master's /json/ document."""
+    return fetch_json(cxn, f"http://{master.privateIp}:{spark.MASTER_WEBUI_PORT}/json/")
+
+
+def namenode_info(cxn: Connection, master: Host) -> dict | None:
+    """The NameNode's JMX bean NameNodeInfo (live DataNodes, capacity), fetched on the master."""
+    document = fetch_json(cxn, f"http://{master.privateIp}:{hdfs.NAMENODE_HTTP_PORT}/jmx?"
+                               "qry=Hadoop:service=NameNode,name=NameNodeInfo")
+    beans = (document or {}).get("beans") or [None]
+    return beans[0]  # None while the NameNode is starting: its beans are not registered yet
+
+
+class HdfsDaemon(Service):
+    """A NameNode or DataNode from the HDFS jars, its configuration in HADOOP_CONF, its data in
+    HDFS_STATE; restarted when its configuration or jars change."""
+
+    daemon_class = ""
+    label = ""
+
+    def version(self, host: Host, ctx: DeployContext) -> str:
+        files = self.config(host, ctx)
+        text = "".join(f"{name}\n{body}" for name, body in sorted(files.items()))
+        return hashlib.sha256(text.encode()).hexdigest()[:16] + JvmJars("hdfs").version(ctx)
+
+    def config(self, host: Host, ctx: DeployContext) -> dict[str, str]:
+        inventory = ctx.inventory
+        return hdfs.config_files(inventory.master.privateIp, host.privateIp, HDFS_STATE,
+                                 min(3, len(inventory.workers)))
+
+    def running(self, cxn: Connection, host: Host, ctx: DeployContext) -> bool:
+        raise NotImplementedError
+
+    def is_current(self, cxn, host, ctx):
+        return (read_stamp(cxn, self.label) == self.version(host, ctx)
+                and self.running(cxn, host, ctx))
+
+    def install(self, cxn, host, ctx):
+        jars = jar_folder("hdfs")
+        pid = f"{HDFS_STATE}/{self.label}.pid"
+        sh(cxn, f"mkdir -p {HDFS_STATE} {BIN} && "
+                + write_files_command(HADOOP_CONF, self.config(host, ctx)), what="writing the "
+                "HDFS configuration")
+        sh(cxn, f"printf %s {shlex.quote(hdfs.shell_command(HADOOP_CONF, jars))} > {BIN}/hdfs "
+                f"&& chmod +x {BIN}/hdfs", what="installing the hdfs command")
+        sh(cxn, hdfs.stop_command(pid), what=f"stopping the old {self.label}")
+        self.prepare(cxn, host, ctx)
+        sh(cxn, hdfs.start_command(HADOOP_CONF, jars, self.daemon_class,
+                                   f"{HDFS_STATE}/{self.label}.log", pid),
+           what=f"starting the {self.label}")
+        write_stamp(cxn, self.label, self.version(host, ctx))
+
+    def prepare(self, cxn: Connection, host: Host, ctx: DeployContext) -> None:
+        """What must be done before the daemon starts."""
+
+
+class NameNode(HdfsDaemon):
+    """HDFS's NameNode on the master, formatted on its first start only."""
+
+    name = "hdfs namenode"
+    label = "namenode"
+    daemon_class = hdfs.NAMENODE_CLASS
+    registration_timeout = 120
+
+    def running(self, cxn, host, ctx):
+        return namenode_info(cxn, host) is not None
+
+    def prepare(self, cxn, host, ctx):
+        sh(cxn, hdfs.format_command(HADOOP_CONF, jar_folder("hdfs"), HDFS_STATE,
+                                    ctx.inventory.clusterName),
+           timeout=INSTALL_TIMEOUT, what="formatting the NameNode (first start only)")
+
+    def health_check(self, cxn, host, ctx):
+        """Every worker's DataNode live on the NameNode, within a deadline."""
+        deadline = time.monotonic() + self.registration_timeout
+        while True:
+            down = down_datanodes(cxn, ctx.inventory)
+            if not down:
+                return
+            if time.monotonic() > deadline:
+                raise KindlingError(f"HDFS DataNodes on {', '.join(down)} are not live on the "
+                                    f"NameNode after {self.registration_timeout}s; see "
+                                    f"{HDFS_STATE}/datanode.log on those hosts")
+            time.sleep(1)
+
+
+class DataNode(HdfsDaemon):
+    """HDFS's DataNode on a worker, storing blocks under HDFS_STATE/data."""
+
+    name = "hdfs datanode"
+    label = "datanode"
+    daemon_class = hdfs.DATANODE_CLASS
+
+    def running(self, cxn, host, ctx):
+        return cxn.run(f"kill -0 $(cat {HDFS_STATE}/{self.label}.pid 2>/dev/null) 2>/dev/null",
+                       hide=True, warn=True, timeout=COMMAND_TIMEOUT, in_stream=False).exited == 0
+
+
+def down_datanodes(cxn: Connection, inventory: Inventory) -> list[str]:
+    """`name (ip)` of each worker whose DataNode the NameNode does not see live (cxn: the
+    master's connection); every worker when the NameNode does not answer."""
+    info = namenode_info(cxn, inventory.master)
+    live = hdfs.live_datanodes(info) if info else {}
+    return [f"{w.name} ({w.privateIp})" for w in inventory.workers if w.privateIp not in live]
 
 
 class SparkMaster(Service):

@@ -22,6 +22,7 @@ from urllib.parse import urlparse
 from kindling import UserError
 
 S3_URI = re.compile(r"^s3a?://")
+HDFS_URI = re.compile(r"^hdfs://")
 CHECK_TIMEOUT = 10
 CREDENTIAL_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 

@@ -17,19 +17,21 @@ import urllib.error
 import urllib.request
 from dataclasses import replace
 from pathlib import Path
+from urllib.parse import quote, urlparse
 
 from invoke import Context
 
 from kindling import Inventory, KindlingError, UserError, load_inventory, parse_inventory
-from ops import jvm, local, runs, ssh
+from ops import hdfs, jvm, local, runs, ssh
 from ops.cluster import Cluster, console
 from ops.deploy import (check_deployed, deploy_context, fetch_results, install_hosts,
-                        name_failed_host, ship_s3a_jars, stage_data, start_spark)
+                        name_failed_host, ship_s3a_jars, stage_data, start_hdfs,
+                        start_spark)
 from ops.launch import Run
-from ops.remote import JARS, PYTHON, RUNS, sh
-from ops.services import master_status, remote_spark_home
+from ops.remote import BIN, PYTHON, RUNS, jar_folder, sh
+from ops.services import fetch_json, master_status, namenode_info, remote_spark_home
 from ops.spark import alive_workers, worker_states
-from ops.storage import S3_URI, ObjectStore, local_endpoint
+from ops.storage import HDFS_URI, S3_URI, ObjectStore, local_endpoint
 from workloads.jobs import Download, Job, Placement, split_output
 
 TARGET_ENV = "KINDLING_TARGET"
@@ -135,23 +137,36 @@ class Target:
 
     def storage(self, job: Job, args: list[str]) -> tuple[dict[str, str], dict[str, str]]:
         """The spark-submit confs and driver environment that let the job read the URIs it was
-        given (s3://bucket/prefix), each checked from here first."""
+        given (s3://bucket/prefix, hdfs:///path), each checked from here first."""
         uris = job.uri_values(args)
         if not uris:
             return {}, {}
-        other = next((uri for uri in uris if not S3_URI.match(uri)), None)
+        other = next((uri for uri in uris if not S3_URI.match(uri) and not HDFS_URI.match(uri)),
+                     None)
         if other:
-            raise UserError(f"{other}: kindling reads s3:// (and s3a://) locations; pass one, or "
-                            "a local folder (copied to the hosts)")
+            raise UserError(f"{other}: kindling reads s3:// (or s3a://) and hdfs:// locations; "
+                            "pass one, or a local folder (copied to the hosts)")
         if not job.uses_spark:
             raise UserError(f"{uris[0]}: {job.name} reads its data from the hosts' disks, not "
                             "through Spark; pass a local folder (copied to every host)")
+        conf: dict[str, str] = {}
+        in_hdfs = [uri for uri in uris if HDFS_URI.match(uri)]
+        if in_hdfs:
+            conf |= self.hdfs_conf(in_hdfs)
+        in_s3 = [uri for uri in uris if S3_URI.match(uri)]
+        if not in_s3:
+            return conf, {}
         store = self.object_store()
         jars = self.s3a_jars()
         credentials: dict[str, str] = {}
-        for uri in uris:
+        for uri in in_s3:
             credentials |= store.check(uri)
-        return store.spark_conf(jars, credentials), credentials
+        return conf | store.spark_conf(jars, credentials), credentials
+
+    def hdfs_conf(self, uris: list[str]) -> dict[str, str]:
+        """Spark confs for reading the cluster's HDFS, once each path was found there."""
+        raise UserError(f"{uris[0]}: the local target has no HDFS; run on a cluster with "
+                        "`hdfs: true` (pulumi config set hdfs true), or pass a local folder")
 
     def status(self) -> None:
         live = self.cluster.parallel(lambda host, cxn: sh(cxn, runs.live_command(self.runs_dir)))
@@ -257,6 +272,8 @@ class ClusterTarget(Target):
         started = time.monotonic()
         ctx = deploy_context(self.inventory, job, args, wheelhouse)
         install_hosts(self.cluster, ctx)
+        if self.inventory.hdfs:
+            start_hdfs(self.cluster, ctx)
         if job.uses_spark:
             start_spark(self.cluster, ctx)
         console.print(f"deploy took {time.monotonic() - started:.1f}s")
@@ -316,11 +333,48 @@ class ClusterTarget(Target):
         master = self.inventory.master
         return master_status(self.cluster.connection(master), master)
 
+    def status(self):
+        super().status()
+        if not self.inventory.hdfs:
+            return
+        master = self.inventory.master
+        info = namenode_info(self.cluster.connection(master), master)
+        if info is None:
+            console.print(f"hdfs: NameNode on {master.name} not running (`fab deploy JOB` starts it)")
+            return
+        live = hdfs.live_datanodes(info)
+        down = [f"{w.name} ({w.privateIp})" for w in self.inventory.workers
+                if w.privateIp not in live]
+        console.print(f"hdfs: NameNode {hdfs.default_fs(master.privateIp)} up, {len(live)}/"
+                      f"{len(self.inventory.workers)} DataNodes live, capacity "
+                      f"{info.get('Total', 0) / 1e9:.1f} GB, {info.get('Free', 0) / 1e9:.1f} GB free"
+                      + (f"; DataNode down on {', '.join(down)} (`fab deploy JOB` restarts it)"
+                         if down else ""))
+
     def object_store(self):
         return ObjectStore(self.inventory.s3Endpoint, self.inventory.region)
 
+    def hdfs_conf(self, uris):
+        master = self.inventory.master
+        if not self.inventory.hdfs:
+            raise UserError(f"{uris[0]}: cluster {self.inventory.clusterName!r} runs no HDFS; "
+                            "`pulumi config set hdfs true`, `pulumi up`, then `fab deploy`")
+        cxn = self.cluster.connection(master)
+        if namenode_info(cxn, master) is None:
+            raise UserError(f"{uris[0]}: the HDFS NameNode on {master.name} is not running; "
+                            "`fab deploy JOB` starts it")
+        for uri in uris:
+            path = urlparse(uri).path or "/"
+            url = (f"http://{master.privateIp}:{hdfs.NAMENODE_HTTP_PORT}/webhdfs/v1{quote(path)}"
+                   "?op=GETFILESTATUS")
+            if fetch_json(cxn, url) is None:
+                raise UserError(f"{uri}: no such path in the cluster's HDFS; put the data there "
+                                f"first (`fab exec --role master '{BIN}/hdfs dfs -put DIR "
+                                f"{path}'`) or fix the path")
+        return {"spark.hadoop.fs.defaultFS": hdfs.default_fs(master.privateIp)}
+
     def s3a_jars(self):
-        return JARS
+        return jar_folder("s3a")
 
 
 def target_spec(target: str | None) -> str:

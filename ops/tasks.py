@@ -26,6 +26,7 @@ from invoke.exceptions import Exit
 from kindling import Inventory, KindlingError, UserError
 from ops import local
 from ops.cluster import console
+from ops.hdfs import NAMENODE_HTTP_PORT
 from ops.spark import MASTER_WEBUI_PORT
 from ops.ssh import ssh_command
 from ops.targets import (LOCAL, ClusterTarget, Target, load_cluster_inventory, load_target,
@@ -223,12 +224,15 @@ def ssh(c, host="master", target=None):
 @task(help={"target": TARGET_HELP, "seconds": "keep the tunnels this long (default: until Ctrl-C)"})
 @cli_errors
 def ui(c, target=None, seconds=0):
-    """SSH tunnels to the cluster's web UIs (the Spark master's); prints their local URLs."""
+    """SSH tunnels to the cluster's web UIs (the Spark master's, HDFS's NameNode's); prints
+    their local URLs."""
     inventory = _inventory(target)
     master = inventory.master
     argv = ssh_command(inventory, master)
-    [spark_port] = local.free_ports(1)
+    spark_port, namenode_port = local.free_ports(2)
     tunnels = {"Spark master UI": (spark_port, MASTER_WEBUI_PORT)}
+    if inventory.hdfs:
+        tunnels["HDFS NameNode UI"] = (namenode_port, NAMENODE_HTTP_PORT)
     forwards = [a for lp, rp in tunnels.values() for a in ("-L", f"127.0.0.1:{lp}:{master.privateIp}:{rp}")]
     tunnel = subprocess.Popen([argv[0], "-N", "-o", "ExitOnForwardFailure=yes", *forwards, *argv[1:]])
     for name, (local_port, _) in tunnels.items():

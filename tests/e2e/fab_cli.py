@@ -6,15 +6,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ops import jvm
+
 REPO = Path(__file__).resolve().parents[2]
 FAB = str(Path(sys.executable).parent / "fab")
 
 
 def fab_env(assets: Path, runs: Path, home: Path) -> dict[str, str]:
-    """The environment of a user's shell: offline assets, a runs folder and a home of the test's."""
+    """The environment of a user's shell: offline assets, a runs folder and a home of the test's
+    (the JVM jars resolved once per machine are shared, as the wheelhouse is)."""
     return {"KINDLING_ASSETS": str(assets), "KINDLING_RUNS_DIR": str(runs),
             "KINDLING_CONNECT_DEADLINE": "8", "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
-            "HOME": str(home), "LANG": "C.UTF-8"}
+            "HOME": str(home), "LANG": "C.UTF-8",
+            "XDG_CACHE_HOME": str(jvm.cache_root().parents[1])}
 
 
 def fab(env: dict, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import tarfile
 import time
 import urllib.request
 from pathlib import Path
@@ -227,6 +228,16 @@ def test_second_deploy_skips_every_install_step(netns_cluster, env, wheelhouse, 
                "train-mnist's processes to go after `fab stop`", timeout=30)
 
 
+def assert_classified_where_stored(cluster, done: subprocess.CompletedProcess) -> None:
+    """classify succeeded on the buses-cars photos, and no host got a copy of them."""
+    metrics = json.loads((results_of(done) / "metrics.json").read_text())
+    assert metrics["classes"] == ["buses", "cars"]
+    assert metrics["accuracy"] >= ACCURACY_FLOOR["classify"], metrics
+    for host in cluster.hosts:
+        copied = cluster.exec(host, "find /srv/kindling/data -name '*.jp*g'").stdout
+        assert not copied.strip(), (host, copied)
+
+
 def test_classify_reads_s3_on_the_cluster_through_spark(netns_cluster, env, deployed, tmp_path,
                                                         assets):
     """A moto S3 server on the bridge as the cluster's store (inventory s3Endpoint): the photos
@@ -244,12 +255,8 @@ def test_classify_reads_s3_on_the_cluster_through_spark(netns_cluster, env, depl
         done = fab(user, "run", "classify", "--target", str(inventory), "--data",
                    "s3://cluster-photos/vehicles")
         took = time.monotonic() - started
-    metrics = json.loads((results_of(done) / "metrics.json").read_text())
-    assert metrics["classes"] == ["buses", "cars"]
-    assert metrics["accuracy"] >= ACCURACY_FLOOR["classify"], metrics
+    assert_classified_where_stored(netns_cluster, done)
     for host in netns_cluster.hosts:
-        copied = netns_cluster.exec(host, "find /srv/kindling/data -name '*.jp*g'").stdout
-        assert not copied.strip(), (host, copied)
         check = netns_cluster.exec(host, "cd /opt/kindling/jars/s3a && sha256sum -c --quiet SHA256SUMS")
         assert check.returncode == 0, (host, check.stdout, check.stderr)
     assert SECRET_KEY not in done.stdout + done.stderr
@@ -388,3 +395,90 @@ def test_killed_python_workers_fail_train_mnist_naming_their_host(netns_cluster,
     print(f"train-mnist failed {seconds:.1f}s after worker-1's Python was killed: {err.strip()[-300:]}")
     assert code == 1, err
     assert "died on worker-1" in err and "on worker-0" not in err, err
+
+
+@pytest.fixture(scope="module")
+def hdfs_cluster(netns_cluster, env, wheelhouse, deployed, tmp_path_factory, assets):
+    """The session cluster with `hdfs: true` in its inventory: `fab deploy` (train-ps, stopped
+    once launched) brings up the NameNode and the DataNodes; the photos put into HDFS as a user
+    would, with `fab put` and the hosts' `hdfs dfs`."""
+    inventory = tmp_path_factory.mktemp("hdfs") / "cluster.json"
+    inventory.write_text(json.dumps(json.loads(netns_cluster.inventory_path.read_text())
+                                    | {"hdfs": True}))
+    target = ("--target", str(inventory))
+    started = time.monotonic()
+    done = fab(env, "deploy", "train-ps", *target, "--wheelhouse", wheelhouse, "--detach",
+               *TRAIN_PS_FLAGS)
+    took = time.monotonic() - started
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert fab(env, "stop", "--job", "train-ps", *target).returncode == 0
+    photos = tmp_path_factory.mktemp("photos") / "vehicles.tar"
+    with tarfile.open(photos, "w") as tar:
+        tar.add(assets / "datasets" / "buses-cars", arcname="vehicles",  # writable copies
+                filter=lambda info: info.replace(mode=info.mode | 0o700, deep=False))
+    assert fab(env, "put", str(photos), "/tmp/vehicles.tar", "--role", "master", *target).returncode == 0
+    put = fab(env, "exec", "--role", "master", *target,
+              "cd /tmp && tar -xf vehicles.tar && /opt/kindling/bin/hdfs dfs -mkdir -p /photos && "
+              "/opt/kindling/bin/hdfs dfs -put -f vehicles /photos/ && rm -rf vehicles vehicles.tar")
+    assert put.returncode == 0, put.stdout + put.stderr
+    print(f"deploy with HDFS (jars, NameNode, DataNodes; the rest current): {took:.1f}s\n"
+          + "\n".join(line for line in done.stdout.splitlines() if "installing..." not in line))
+    return {"target": target, "deploy": done}
+
+
+def listening_addresses(cluster, host) -> dict[int, set[str]]:
+    """Port -> the addresses a host listens on (IPv4-mapped IPv6 written as IPv4)."""
+    bound: dict[int, set[str]] = {}
+    for line in cluster.exec(host, "ss -ltnH").stdout.splitlines():
+        address, _, port = line.split()[3].rpartition(":")
+        bound.setdefault(int(port), set()).add(address.strip("[]").removeprefix("::ffff:"))
+    return bound
+
+
+def test_hdfs_namenode_on_the_master_datanodes_on_the_workers_and_classify_reads_it(
+        netns_cluster, env, hdfs_cluster):
+    target = hdfs_cluster["target"]
+    assert "hdfs ready: 2 DataNodes live" in hdfs_cluster["deploy"].stdout
+    for host, ports in [(netns_cluster.inventory.master, (8020, 9870)),
+                        *((worker, (9866, 9864, 9867)) for worker in netns_cluster.inventory.workers)]:
+        bound = listening_addresses(netns_cluster, host)
+        for port in ports:  # on the private address only
+            assert bound.get(port) == {host.privateIp}, (host.name, port, bound)
+    status = fab(env, "status", *target)
+    assert status.returncode == 0, status.stderr
+    assert re.search(r"hdfs: NameNode hdfs://\S+:8020 up, 2/2 DataNodes live, capacity [\d.]+ GB",
+                     status.stdout), status.stdout
+
+    missing = fab(env, "run", "classify", *target, "--data", "hdfs:///photos/nowhere")
+    assert "no such path in the cluster's HDFS" in one_error_line(missing)
+    no_hdfs = fab(env, "run", "classify", "--target", str(netns_cluster.inventory_path),
+                  "--data", "hdfs:///photos/vehicles")
+    assert "runs no HDFS; `pulumi config set hdfs true`" in one_error_line(no_hdfs)
+
+    assert_classified_where_stored(netns_cluster, fab(env, "run", "classify", *target, "--data",
+                                                      "hdfs:///photos/vehicles"))
+
+
+def test_hdfs_a_killed_datanode_is_named_and_a_second_deploy_restarts_it_without_reformatting(
+        netns_cluster, env, wheelhouse, hdfs_cluster):
+    target = hdfs_cluster["target"]
+    version = netns_cluster.exec("master", "grep -E 'clusterID|namespaceID' "
+                                           "/srv/kindling/hdfs/name/current/VERSION").stdout
+    assert "clusterID=kindling-" in version
+    worker = netns_cluster.inventory.workers[1]
+    netns_cluster.exec(worker, "kill $(cat /srv/kindling/hdfs/datanode.pid)")
+    named = f"DataNode down on {worker.name} ({worker.privateIp})"
+    wait_until(lambda: named in fab(env, "status", *target).stdout,
+               f"`fab status` to name {worker.name}'s DataNode", timeout=120, interval=3)
+    again = fab(env, "deploy", "train-ps", *target, "--wheelhouse", wheelhouse, "--detach",
+                *TRAIN_PS_FLAGS)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert fab(env, "stop", "--job", "train-ps", *target).returncode == 0
+    assert re.search(rf"^{worker.name} +hdfs datanode +installed", again.stdout, re.M), again.stdout
+    assert re.search(r"^master +hdfs namenode +skipped", again.stdout, re.M), again.stdout
+    assert netns_cluster.exec("master", "grep -E 'clusterID|namespaceID' "
+                                        "/srv/kindling/hdfs/name/current/VERSION").stdout == version
+    listing = fab(env, "exec", "--role", "master", *target,
+                  "/opt/kindling/bin/hdfs dfs -ls /photos/vehicles")
+    assert "/photos/vehicles/buses" in listing.stdout, listing.stdout + listing.stderr
+    assert "2/2 DataNodes live" in fab(env, "status", *target).stdout

@@ -33,7 +33,7 @@ def outputs() -> dict:
         "clusterName": "test", "region": "local", "sshUser": "ubuntu", "sshPrivateKey": private,
         "knownHosts": "\n".join(known_hosts_line([h["publicIp"], h["hostname"]], public) for h in hosts),
         "master": hosts[0], "workers": hosts[1:], "ps": [], "bucket": "",
-        "sparkMasterUrl": "spark://10.77.0.2:7077", "s3Endpoint": "",
+        "sparkMasterUrl": "spark://10.77.0.2:7077", "s3Endpoint": "", "hdfs": False,
     }
 
 
@@ -56,6 +56,7 @@ def test_round_trip(outputs, tmp_path):
     (lambda o: o.update(knownHosts=o["knownHosts"].splitlines()[0]), "no host key for worker-0"),
     (lambda o: o["workers"][1].update(name="worker-0"), "host name 'worker-0' appears twice"),
     (lambda o: o.update(s3Endpoint="minio:9000"), "'s3Endpoint' must be an http"),
+    (lambda o: o.update(hdfs="yes"), "field 'hdfs' must be true or false"),
 ])
 def test_each_problem_names_the_field(outputs, mutate, message):
     mutate(outputs)

@@ -72,7 +72,8 @@ def test_killed_process_reported_as_died(tmp_path):
     ])
     run.start()
     deadline = time.monotonic() + 10
-    while "running" not in (tmp_path / "worker-0.log").read_text():
+    log = tmp_path / "worker-0.log"  # made by the detached shell, maybe after start() returns
+    while not log.is_file() or "running" not in log.read_text():
         assert time.monotonic() < deadline, "worker 0 never started"
         time.sleep(0.05)
     worker_pid = int((tmp_path / "worker-0.pid").read_text())

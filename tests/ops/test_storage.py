@@ -51,7 +51,8 @@ def user_env(endpoint: str, tmp_path: Path, assets: Path, **extra: str) -> dict[
     ("classify", f"s3://{BUCKET}/{PREFIX}", {"AWS_ACCESS_KEY_ID": None}, "no AWS credentials"),
     ("classify", f"s3://{BUCKET}/{PREFIX}", {"AWS_ENDPOINT_URL": "http://127.0.0.1:{closed}"},
      "cannot reach the S3 endpoint http://127.0.0.1:"),
-    ("classify", "hdfs:///photos", {}, "kindling reads s3:// (and s3a://) locations"),
+    ("classify", "hdfs:///photos", {}, "the local target has no HDFS"),
+    ("classify", "gs://photos/vehicles", {}, "kindling reads s3:// (or s3a://) and hdfs://"),
     ("train-ps", f"s3://{BUCKET}/{PREFIX}", {}, "train-ps reads its data from the hosts' disks"),
 ])
 def test_a_bad_location_is_one_line_before_anything_starts(s3, tmp_path, assets, job, data,
