@@ -228,14 +228,21 @@ def test_second_deploy_skips_every_install_step(netns_cluster, env, wheelhouse, 
                "train-mnist's processes to go after `fab stop`", timeout=30)
 
 
-def assert_classified_where_stored(cluster, done: subprocess.CompletedProcess) -> None:
-    """classify succeeded on the buses-cars photos, and no host got a copy of them."""
+def staged_photos(cluster) -> dict[str, str]:
+    """Host -> the photos fab has copied there (by earlier runs of local folders)."""
+    return {host.name: cluster.exec(host, "find /srv/kindling/data -name '*.jp*g' | sort").stdout
+            for host in cluster.hosts}
+
+
+def classify_where_stored(cluster, env, *args: str) -> subprocess.CompletedProcess:
+    """`fab run classify ARGS` succeeds on the buses-cars photos, and no host gets a copy."""
+    before = staged_photos(cluster)
+    done = fab(env, "run", "classify", *args)
     metrics = json.loads((results_of(done) / "metrics.json").read_text())
     assert metrics["classes"] == ["buses", "cars"]
     assert metrics["accuracy"] >= ACCURACY_FLOOR["classify"], metrics
-    for host in cluster.hosts:
-        copied = cluster.exec(host, "find /srv/kindling/data -name '*.jp*g'").stdout
-        assert not copied.strip(), (host, copied)
+    assert staged_photos(cluster) == before
+    return done
 
 
 def test_classify_reads_s3_on_the_cluster_through_spark(netns_cluster, env, deployed, tmp_path,
@@ -252,10 +259,9 @@ def test_classify_reads_s3_on_the_cluster_through_spark(netns_cluster, env, depl
                       "s3://no-such-bucket/vehicles")
         assert "bucket 'no-such-bucket' does not exist at " + endpoint in one_error_line(missing)
         started = time.monotonic()
-        done = fab(user, "run", "classify", "--target", str(inventory), "--data",
-                   "s3://cluster-photos/vehicles")
+        done = classify_where_stored(netns_cluster, user, "--target", str(inventory), "--data",
+                                     "s3://cluster-photos/vehicles")
         took = time.monotonic() - started
-    assert_classified_where_stored(netns_cluster, done)
     for host in netns_cluster.hosts:
         check = netns_cluster.exec(host, "cd /opt/kindling/jars/s3a && sha256sum -c --quiet SHA256SUMS")
         assert check.returncode == 0, (host, check.stdout, check.stderr)
@@ -455,8 +461,7 @@ def test_hdfs_namenode_on_the_master_datanodes_on_the_workers_and_classify_reads
                   "--data", "hdfs:///photos/vehicles")
     assert "runs no HDFS; `pulumi config set hdfs true`" in one_error_line(no_hdfs)
 
-    assert_classified_where_stored(netns_cluster, fab(env, "run", "classify", *target, "--data",
-                                                      "hdfs:///photos/vehicles"))
+    classify_where_stored(netns_cluster, env, *target, "--data", "hdfs:///photos/vehicles")
 
 
 def test_hdfs_a_killed_datanode_is_named_and_a_second_deploy_restarts_it_without_reformatting(
