@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlparse
 
 from kindling import UserError
@@ -39,28 +40,42 @@ class ObjectStore:
     """"" for AWS S3; else the URL of an S3-compatible store."""
     region: str = ""
 
+    def client(self):
+        """boto3's S3 client for this store, credentials found the standard AWS ways."""
+        import boto3
+        from botocore.config import Config
+
+        session = boto3.Session()
+        return session.client("s3", endpoint_url=self.endpoint or None,
+                              region_name=self.region or session.region_name or "us-east-1",
+                              config=Config(connect_timeout=CHECK_TIMEOUT,
+                                            read_timeout=CHECK_TIMEOUT,
+                                            retries={"max_attempts": 1}))
+
+    def upload(self, folder: Path, bucket: str, prefix: str) -> int:
+        """Every file below folder to s3://bucket/prefix/ (s3transfer's multipart uploads); the
+        number of files."""
+        client = self.client()
+        files = sorted(p for p in folder.rglob("*") if p.is_file())
+        for file in files:
+            client.upload_file(str(file), bucket, f"{prefix}/{file.relative_to(folder).as_posix()}")
+        return len(files)
+
     def check(self, uri: str) -> dict[str, str]:
         """Refuse a location Spark could not read, naming the problem and the fix; the
         credentials the job must be given (only for an explicit endpoint)."""
         import boto3
         import botocore.exceptions as errors
-        from botocore.config import Config
 
         parsed = urlparse(uri)
         bucket, prefix = parsed.netloc, parsed.path.lstrip("/")
         where = f" at {self.endpoint}" if self.endpoint else ""
-        session = boto3.Session()
-        credentials = session.get_credentials()
+        credentials = boto3.Session().get_credentials()
         if credentials is None:
             raise UserError(f"{uri}: no AWS credentials on this machine; set AWS_PROFILE, run "
                             "`aws configure`, or export AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
-        client = session.client("s3", endpoint_url=self.endpoint or None,
-                                 region_name=self.region or session.region_name or "us-east-1",
-                                 config=Config(connect_timeout=CHECK_TIMEOUT,
-                                               read_timeout=CHECK_TIMEOUT,
-                                               retries={"max_attempts": 1}))
         try:
-            listed = client.list_objects_v2(Bucket=bucket, Prefix=prefix.rstrip("/") + "/"
+            listed = self.client().list_objects_v2(Bucket=bucket, Prefix=prefix.rstrip("/") + "/"
                                             if prefix else "", MaxKeys=1)
         except errors.EndpointConnectionError:
             raise UserError(f"{uri}: cannot reach the S3 endpoint {self.endpoint or 'of AWS'}; fix "

@@ -317,7 +317,25 @@ class ClusterTarget(Target):
     def results(self, run, since):
         local_dir = runs.runs_root() / run.run_id
         fetch_results(self.cluster, run.run_dir, local_dir, since)
+        if self.inventory.bucket:
+            self.keep_in_bucket(local_dir, run.run_id)
         return local_dir
+
+    def keep_in_bucket(self, local_dir: Path, run_id: str) -> None:
+        """The fetched results also in the cluster's bucket, s3://BUCKET/runs/<id>/, where they
+        outlive the cluster; a failed upload is a warning (the results are here)."""
+        import botocore.exceptions
+        import boto3.exceptions
+
+        where = f"s3://{self.inventory.bucket}/runs/{run_id}/"
+        try:
+            count = self.object_store().upload(local_dir, self.inventory.bucket, f"runs/{run_id}")
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError,
+                boto3.exceptions.S3UploadFailedError) as exc:
+            print(f"warning: results not copied to {where} ({exc}); they are in "
+                  f"{os.path.relpath(local_dir)}", file=sys.stderr)
+            return
+        console.print(f"results also in {where} ({count} files)")
 
     def explain(self, error, results):
         status = self.spark_status()

@@ -21,7 +21,7 @@ import pytest
 from e2e.fab_cli import FAB, REPO, fab, fab_env, job_processes, one_error_line, results_of
 from floors import ACCURACY_FLOOR
 from kindling import known_hosts_line
-from s3_server import ACCESS_KEY, SECRET_KEY, moto_s3, upload_folder
+from s3_server import ACCESS_KEY, SECRET_KEY, client, moto_s3, upload_folder
 
 WHEELHOUSE = Path("/var/cache/kindling/wheelhouse")
 MNIST_FLAGS = ["--epochs", "2", "--input-mode", "tensorflow"]
@@ -247,13 +247,14 @@ def classify_where_stored(cluster, env, *args: str) -> subprocess.CompletedProce
 
 def test_classify_reads_s3_on_the_cluster_through_spark(netns_cluster, env, deployed, tmp_path,
                                                         assets):
-    """A moto S3 server on the bridge as the cluster's store (inventory s3Endpoint): the photos
-    are read by the executors on the workers through S3A, never copied by fab."""
+    """A moto S3 server on the bridge as the cluster's store (inventory s3Endpoint and bucket):
+    the photos are read by the executors on the workers through S3A, never copied by fab, and
+    the run's results land in the bucket as well as in runs/<id>/."""
     with moto_s3(netns_cluster.bridge_address) as endpoint:
         upload_folder(endpoint, "cluster-photos", "vehicles", assets / "datasets" / "buses-cars")
         inventory = tmp_path / "cluster.json"
         inventory.write_text(json.dumps(json.loads(netns_cluster.inventory_path.read_text())
-                                        | {"s3Endpoint": endpoint}))
+                                        | {"s3Endpoint": endpoint, "bucket": "cluster-photos"}))
         user = env | {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
         missing = fab(user, "run", "classify", "--target", str(inventory), "--data",
                       "s3://no-such-bucket/vehicles")
@@ -262,6 +263,13 @@ def test_classify_reads_s3_on_the_cluster_through_spark(netns_cluster, env, depl
         done = classify_where_stored(netns_cluster, user, "--target", str(inventory), "--data",
                                      "s3://cluster-photos/vehicles")
         took = time.monotonic() - started
+        results = results_of(done)
+        kept = client(endpoint).list_objects_v2(Bucket="cluster-photos",
+                                                Prefix=f"runs/{results.name}/")
+    kept = {item["Key"].split("/", 2)[2] for item in kept.get("Contents", [])}
+    local = {p.relative_to(results).as_posix() for p in results.rglob("*") if p.is_file()}
+    assert "metrics.json" in kept and kept == local, (kept ^ local)
+    assert f"results also in s3://cluster-photos/runs/{results.name}/" in done.stdout
     for host in netns_cluster.hosts:
         check = netns_cluster.exec(host, "cd /opt/kindling/jars/s3a && sha256sum -c --quiet SHA256SUMS")
         assert check.returncode == 0, (host, check.stdout, check.stderr)
