@@ -275,7 +275,8 @@ def _serve(process: subprocess.Popen, seconds) -> None:
             "target": "ask this target's master for its Python instead"})
 @cli_errors
 def wheelhouse(c, folder="wheelhouse", python_version=None, target=None):
-    """Build a folder of every wheel the hosts need, for `fab deploy --wheelhouse` (air-gapped)."""
+    """Build a folder of every wheel the hosts need, for `fab deploy --wheelhouse` (air-gapped),
+    and resolve the JVM jars (S3A, HDFS) that fab deploy copies to them."""
     from ops import wheelhouse as wheels
     from ops.deploy import PROJECT_ROOT
     from ops.services import workload_requirements
@@ -296,6 +297,11 @@ def wheelhouse(c, folder="wheelhouse", python_version=None, target=None):
                          workload_requirements(constraints))
     print(f"wheelhouse: {folder} ({count} wheels for CPython {interpreter.python}, glibc "
           f"{interpreter.glibc}, in {time.monotonic() - started:.0f}s)")
+    from ops import jvm
+
+    spark_home = Path(local.local_spark_home())
+    for feature in jvm.FEATURES:  # fab deploy copies these to the hosts from this machine
+        print(f"{feature} jars: {jvm.resolve(feature, spark_home)}")
 
 
 @task(help={"lock": "resolve afresh and rewrite ops/jars.lock with what Maven Central served"})
