@@ -146,9 +146,6 @@ class Target:
         if other:
             raise UserError(f"{other}: kindling reads s3:// (or s3a://) and hdfs:// locations; "
                             "pass one, or a local folder (copied to the hosts)")
-        if not job.uses_spark:
-            raise UserError(f"{uris[0]}: {job.name} reads its data from the hosts' disks, not "
-                            "through Spark; pass a local folder (copied to every host)")
         conf: dict[str, str] = {}
         in_hdfs = [uri for uri in uris if HDFS_URI.match(uri)]
         if in_hdfs:

@@ -49,6 +49,9 @@ class Flag:
     """Names a local file or folder that ops copies to every host (the argv gets the host path)."""
     names: tuple[str, ...] = ()
     """Values of a path flag that are names, not paths (`--weights imagenet`)."""
+    stored: bool = False
+    """The job reads this path through Spark (Hadoop's FileSystem), so it may also be a
+    location in the cluster's storage: s3://bucket/prefix or hdfs:///path."""
     offline: str = ""
     """When the flag is omitted and $KINDLING_ASSETS is set: this path below $KINDLING_ASSETS..."""
     offline_value: str = ""
@@ -245,8 +248,17 @@ class Job:
                 if value not in flag.names and not is_uri(value)]
 
     def uri_values(self, argv: list[str]) -> list[str]:
-        """The values of path flags that are URIs: data the job reads where it is stored."""
-        return [value for _, value, _ in self._path_flag_values(argv) if is_uri(value)]
+        """The values of path flags that are URIs: data the job reads where it is stored. A
+        URI given to a flag the job reads from the hosts' disks is refused here."""
+        uris = []
+        for _, value, flag in self._path_flag_values(argv):
+            if is_uri(value):
+                if not flag.stored:
+                    raise UserError(f"{flag.name} {value}: {self.name} reads {flag.name} from "
+                                    "the hosts' disks, not through Spark; pass a local path "
+                                    "(copied to every host)")
+                uris.append(value)
+        return uris
 
     def with_paths(self, argv: list[str], paths: dict[str, str]) -> list[str]:
         """argv with each path flag's value replaced by paths[value] (the host path)."""
@@ -465,7 +477,8 @@ JOBS: dict[str, Job] = {job.name: job for job in (
     Job("classify", "workloads.classify",
         "Transfer learning: DeepImageFeaturizer + LogisticRegression on a folder of labelled images",
         flags=(Flag("--data", "a folder with one subfolder of images per class (labels follow "
-                    "the sorted subfolder names); copied to every host", path=True,
+                    "the sorted subfolder names), copied to every host; or where it is stored: "
+                    "s3://bucket/prefix, hdfs:///path", path=True, stored=True,
                     offline="datasets/buses-cars", check=_lazy("workloads.classify", "class_folders")),
                Flag("--model", "Keras ImageNet model (default: InceptionV3, the chapter's)",
                     default="InceptionV3", offline_value="MobileNet",
