@@ -8,6 +8,7 @@ The builders below return shell strings (like ops.spark), so ops runs them over 
 
 from __future__ import annotations
 
+import json
 import shlex
 from xml.sax.saxutils import escape
 
@@ -89,8 +90,6 @@ def shell_command(conf: str, jars: str) -> str:
 def live_datanodes(namenode_info: dict) -> dict[str, dict]:
     """Address -> the NameNode's entry for each DataNode that reported within STALE_SECONDS,
     from its JMX bean NameNodeInfo (LiveNodes is a JSON string keyed by host:port)."""
-    import json
-
     live = json.loads(namenode_info.get("LiveNodes") or "{}")
     return {node["xferaddr"].rsplit(":", 1)[0]: node for node in live.values()
             if node.get("lastContact", STALE_SECONDS + 1) <= STALE_SECONDS}

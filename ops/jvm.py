@@ -70,11 +70,13 @@ def ivy_module(feature: str, version: str) -> str:
 
 
 def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(file, "sha256").hexdigest()
+
+
+def sums(digests: dict[str, str]) -> str:
+    """jar name -> sha256 as `sha256sum -c` reads it (the hosts check the jars with it)."""
+    return "\n".join(f"{digest}  {name}" for name, digest in sorted(digests.items()))
 
 
 def locked(feature: str, lock: Path = LOCK) -> dict[str, str]:
@@ -106,15 +108,14 @@ def resolve(feature: str, spark_home: Path, lock: Path = LOCK) -> Path:
             raise UserError(f"{feature} jars resolved for Hadoop {version} differ from {lock} "
                             f"({differ}); if pyspark's pin changed on purpose, run `fab jars "
                             "--lock` and commit the lock")
-        (folder / ".verified").write_text("\n".join(f"{d}  {n}" for n, d in sorted(jars.items())))
+        (folder / ".verified").write_text(sums(jars))
     return folder
 
 
 def _matches(folder: Path, pinned: dict[str, str]) -> bool:
     """Verified before with the same pins (hashing 700 MB on every command would be slow)."""
     stamp = folder / ".verified"
-    wanted = "\n".join(f"{d}  {n}" for n, d in sorted(pinned.items()))
-    return stamp.is_file() and stamp.read_text() == wanted and all(
+    return stamp.is_file() and stamp.read_text() == sums(pinned) and all(
         (folder / name).is_file() for name in pinned)
 
 
@@ -155,6 +156,8 @@ def write_lock(spark_home: Path, lock: Path = LOCK) -> list[str]:
     for feature in FEATURES:
         folder = cache_root() / version / feature
         _ivy_retrieve(feature, version, spark_home, folder)
-        lines += [f"{sha256(jar)}  {feature}/{jar.name}" for jar in sorted(folder.glob("*.jar"))]
+        jars = {jar.name: sha256(jar) for jar in folder.glob("*.jar")}
+        (folder / ".verified").write_text(sums(jars))  # what resolve() would check again
+        lines += [f"{digest}  {feature}/{name}" for name, digest in sorted(jars.items())]
     lock.write_text("\n".join(lines) + "\n")
     return lines

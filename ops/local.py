@@ -19,7 +19,7 @@ import urllib.request
 from contextlib import ExitStack
 from pathlib import Path
 
-from kindling import Host
+from kindling import Host, UserError
 from ops.spark import (MASTER_PORT, MASTER_WEBUI_PORT, alive_workers, master_start_command,
                        master_stop_command, worker_start_command, worker_stop_command)
 
@@ -53,7 +53,7 @@ def local_spark_home() -> str:
 
     spec = importlib.util.find_spec("pyspark")
     if spec is None or not spec.origin:
-        raise RuntimeError("pyspark is not installed; pip install -e '.[workloads]'")
+        raise UserError("pyspark is not installed on this machine; pip install -e '.[workloads]'")
     return str(Path(spec.origin).parent)
 
 

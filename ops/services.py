@@ -473,7 +473,7 @@ class NameNode(HdfsDaemon):
         """Every worker's DataNode live on the NameNode, within a deadline."""
         deadline = time.monotonic() + self.registration_timeout
         while True:
-            down = down_datanodes(cxn, ctx.inventory)
+            down = down_datanodes(ctx.inventory, namenode_info(cxn, host))
             if not down:
                 return
             if time.monotonic() > deadline:
@@ -495,10 +495,9 @@ class DataNode(HdfsDaemon):
                        hide=True, warn=True, timeout=COMMAND_TIMEOUT, in_stream=False).exited == 0
 
 
-def down_datanodes(cxn: Connection, inventory: Inventory) -> list[str]:
-    """`name (ip)` of each worker whose DataNode the NameNode does not see live (cxn: the
-    master's connection); every worker when the NameNode does not answer."""
-    info = namenode_info(cxn, inventory.master)
+def down_datanodes(inventory: Inventory, info: dict | None) -> list[str]:
+    """`name (ip)` of each worker whose DataNode the NameNode (its NameNodeInfo) does not see
+    live; every worker when the NameNode does not answer (None)."""
     live = hdfs.live_datanodes(info) if info else {}
     return [f"{w.name} ({w.privateIp})" for w in inventory.workers if w.privateIp not in live]
 

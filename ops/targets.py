@@ -29,7 +29,8 @@ from ops.deploy import (check_deployed, deploy_context, fetch_results, install_h
                         start_spark)
 from ops.launch import Run
 from ops.remote import BIN, PYTHON, RUNS, jar_folder, sh
-from ops.services import fetch_json, master_status, namenode_info, remote_spark_home
+from ops.services import (down_datanodes, fetch_json, master_status, namenode_info,
+                          remote_spark_home)
 from ops.spark import alive_workers, worker_states
 from ops.storage import HDFS_URI, S3_URI, ObjectStore, local_endpoint
 from workloads.jobs import Download, Job, Placement, split_output
@@ -285,8 +286,8 @@ class ClusterTarget(Target):
         check_deployed(self.cluster, job)
         if job.uses_spark:
             self.check_spark_workers(job)
-        if job.uri_values(args):
-            ship_s3a_jars(self.cluster)
+        if any(S3_URI.match(uri) for uri in job.uri_values(args)):
+            ship_s3a_jars(self.cluster)  # hdfs:// needs none: pyspark has the HDFS client
         return stage_data(self.cluster, job, args)
 
     def check_spark_workers(self, job: Job) -> None:
@@ -357,10 +358,9 @@ class ClusterTarget(Target):
         if info is None:
             console.print(f"hdfs: NameNode on {master.name} not running (`fab deploy JOB` starts it)")
             return
-        live = hdfs.live_datanodes(info)
-        down = [f"{w.name} ({w.privateIp})" for w in self.inventory.workers
-                if w.privateIp not in live]
-        console.print(f"hdfs: NameNode {hdfs.default_fs(master.privateIp)} up, {len(live)}/"
+        down = down_datanodes(self.inventory, info)
+        live = len(self.inventory.workers) - len(down)
+        console.print(f"hdfs: NameNode {hdfs.default_fs(master.privateIp)} up, {live}/"
                       f"{len(self.inventory.workers)} DataNodes live, capacity "
                       f"{info.get('Total', 0) / 1e9:.1f} GB, {info.get('Free', 0) / 1e9:.1f} GB free"
                       + (f"; DataNode down on {', '.join(down)} (`fab deploy JOB` restarts it)"
