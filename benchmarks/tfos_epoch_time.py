@@ -40,7 +40,7 @@ def single_process_epochs(data: str, nodes: int, batch_size: int, epochs: int,
     import keras
     import tensorflow as tf
 
-    shard = mnist_node.write_shard(data, 0, 1, scratch)
+    [shard] = mnist_node.write_shards(data, 1, scratch)
     digits = sum(1 for _ in tf.data.TFRecordDataset(shard))
     steps_per_epoch = digits // nodes // batch_size
     batches = mnist_node.batched(mnist_node.shuffled_stream(mnist_node.tfrecord_records(shard)),

@@ -9,19 +9,24 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlparse
 
 from kindling import Host, Inventory, KindlingError, UserError
-from ops.cluster import Cluster, Progress
-from ops.remote import SPARK_STATE, read_stamp, sh
+from ops.cluster import Cluster, Progress, console
+from ops.remote import BIN, SPARK_STATE, read_stamp, sh
 from ops import hdfs, jvm
 from ops.local import local_spark_home
 from ops.services import (BasePackages, CloudInit, DeployContext, Layout, ProjectWheel,
                           DataNode, JvmJars, NameNode, PythonDependencies, ServedWheelhouse, Service, SparkMaster,
-                          SparkWorker, StagedData, WheelhouseServer)
-from ops.staging import remote_path
+                          SparkWorker, StagedData, WheelhouseServer, fetch_json)
+from ops.staging import TRANSFER_TIMEOUT, content_digest, push_path, remote_path, staged_check
+from ops.storage import ObjectStore
 from workloads.jobs import Job
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+STORED_DATA = "data"
+"""Below the cluster's storage root: data uploaded from the control machine, by content hash."""
+STORED_MARKER = "_COMPLETE"
 HOST_SERVICES: tuple[Service, ...] = (Layout(), WheelhouseServer(), CloudInit(), BasePackages(),
                                       PythonDependencies(), ProjectWheel(), StagedData())
 """In order on each host. The wheelhouse upload (master only) overlaps the hosts' cloud-init."""
@@ -52,10 +57,11 @@ def project_wheel() -> Path:
     return wheels[0]
 
 
-def staged_paths(job: Job, args: list[str]) -> dict[str, tuple[Path, str]]:
-    """Each value of the job's path flags -> (the local file or folder, its path on the hosts)."""
+def staged_paths(job: Job, args: list[str], shared: bool = False) -> dict[str, tuple[Path, str]]:
+    """Each value of the job's path flags -> (the local file or folder, its path on the hosts);
+    on a cluster with shared storage, not the data that goes there (see store_data)."""
     staged = {}
-    for _, value in job.path_values(args):
+    for _, value in job.path_values(args, stored=False if shared else None):
         local = Path(value).expanduser().resolve()
         if not local.exists():
             raise UserError(f"{value}: no such file or folder on this machine; pass an existing "
@@ -73,7 +79,8 @@ def deploy_context(inventory: Inventory, job: Job, args: list[str],
         if not wheelhouse_dir.is_dir() or not any(wheelhouse_dir.glob("*.whl")):
             raise UserError(f"--wheelhouse {wheelhouse}: not a folder of wheels; build one with "
                             "`fab wheelhouse --folder DIR`")
-    staged = {str(local): remote for local, remote in staged_paths(job, args).values()}
+    shared = bool(inventory.bucket or inventory.hdfs)
+    staged = {str(local): remote for local, remote in staged_paths(job, args, shared).values()}
     return DeployContext(inventory, PROJECT_ROOT / "constraints.txt", project_wheel(),
                          wheelhouse_dir, staged)
 
@@ -183,6 +190,73 @@ def stage_data(cluster: Cluster, job: Job, args: list[str]) -> list[str]:
             service.install(cxn, host, ctx)
     cluster.parallel(stage)
     return job.with_paths(args, {value: remote for value, (_, remote) in staged.items()})
+
+
+def store_data(cluster: Cluster, job: Job, args: list[str], root: str,
+               bucket_store: ObjectStore) -> list[str]:
+    """Each local folder or file given to a flag the job can read from storage, uploaded once
+    to the cluster's storage under root (HDFS through the master, or the bucket from here) at a
+    content-addressed location, skipped when already there; args with those locations."""
+    located = {}
+    for _, value in job.path_values(args, stored=True):
+        local = Path(value).expanduser().resolve()
+        if not local.exists():
+            raise UserError(f"{value}: no such file or folder on this machine; pass an existing "
+                            "path (it is uploaded to the cluster's storage)")
+        digest = content_digest(local)
+        location = f"{root}/{STORED_DATA}/{digest}"
+        if root.startswith("hdfs://"):
+            put_in_hdfs(cluster, local, urlparse(location).path)
+        else:
+            put_in_bucket(bucket_store, local, location)
+        located[value] = f"{location}/{local.name}"
+    return job.with_paths(args, located)
+
+
+def put_in_hdfs(cluster: Cluster, local: Path, folder: str) -> None:
+    """local in HDFS as folder/<name>: pushed to the master (once), then `hdfs dfs -put` into
+    a temporary folder renamed into place, so a half-done copy is never taken for data."""
+    master = cluster.inventory.master
+    cxn = cluster.connection(master)
+    url = (f"http://{master.privateIp}:{hdfs.NAMENODE_HTTP_PORT}/webhdfs/v1{folder}"
+           "?op=GETFILESTATUS")
+    if fetch_json(cxn, url) is not None:
+        console.print(f"data: {local.name} already in hdfs://{folder}")
+        return
+    started = time.monotonic()
+    remote = remote_path(local)
+    if cxn.run(staged_check(remote), hide=True, warn=True, in_stream=False).exited != 0:
+        push_path(cxn, local, remote)
+    partial = f"{folder}.partial"
+    for command in (f"-rm -r -f {partial}", f"-mkdir -p {partial}", f"-put -f {remote} {partial}/",
+                    f"-mv {partial} {folder}"):
+        sh(cxn, f"{BIN}/hdfs dfs {command}", timeout=TRANSFER_TIMEOUT,
+           what=f"copying {local.name} into HDFS (hdfs dfs {command.split()[0]})")
+    console.print(f"data: {local.name} copied once into hdfs://{folder} "
+                  f"({time.monotonic() - started:.1f}s)")
+
+
+def put_in_bucket(store: ObjectStore, local: Path, location: str) -> None:
+    """local in the bucket as location/<name>, then a marker: a later run finding the marker
+    skips the upload."""
+    bucket, _, prefix = location.removeprefix("s3://").partition("/")
+    client = store.client()
+    marker = f"{prefix}/{STORED_MARKER}"
+    try:
+        client.head_object(Bucket=bucket, Key=marker)
+        console.print(f"data: {local.name} already in {location}")
+        return
+    except client.exceptions.ClientError:
+        pass
+    started = time.monotonic()
+    if local.is_dir():
+        count = store.upload(local, bucket, f"{prefix}/{local.name}")
+    else:
+        client.upload_file(str(local), bucket, f"{prefix}/{local.name}")
+        count = 1
+    client.put_object(Bucket=bucket, Key=marker, Body=b"")
+    console.print(f"data: {local.name} uploaded once to {location} ({count} files, "
+                  f"{time.monotonic() - started:.1f}s)")
 
 
 def ship_s3a_jars(cluster: Cluster) -> None:

@@ -45,6 +45,7 @@ def config_files(master_ip: str, host_ip: str, state: str, replication: int) -> 
         "dfs.namenode.stale.datanode.interval": STALE_SECONDS * 1000,
         # the hosts' private names may not resolve; addresses are what the members know
         "dfs.namenode.datanode.registration.ip-hostname-check": "false",
+        "dfs.datanode.hostname": host_ip,  # WebHDFS redirects clients to this name
         "dfs.permissions.enabled": "false",
         **{key: f"{host_ip}:{port}" for key, port in DATANODE_PORTS.items()},
     }

@@ -61,19 +61,14 @@ class ObjectStore:
             client.upload_file(str(file), bucket, f"{prefix}/{file.relative_to(folder).as_posix()}")
         return len(files)
 
-    def check(self, uri: str) -> dict[str, str]:
-        """Refuse a location Spark could not read, naming the problem and the fix; the
-        credentials the job must be given (only for an explicit endpoint)."""
-        import boto3
+    def check(self, uri: str) -> None:
+        """Refuse a location Spark could not read, naming the problem and the fix."""
         import botocore.exceptions as errors
 
         parsed = urlparse(uri)
         bucket, prefix = parsed.netloc, parsed.path.lstrip("/")
         where = f" at {self.endpoint}" if self.endpoint else ""
-        credentials = boto3.Session().get_credentials()
-        if credentials is None:
-            raise UserError(f"{uri}: no AWS credentials on this machine; set AWS_PROFILE, run "
-                            "`aws configure`, or export AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
+        self.credentials(uri)
         try:
             listed = self.client().list_objects_v2(Bucket=bucket, Prefix=prefix.rstrip("/") + "/"
                                             if prefix else "", MaxKeys=1)
@@ -94,16 +89,34 @@ class ObjectStore:
         if not listed.get("KeyCount"):
             raise UserError(f"{uri}: nothing is stored under this prefix{where}; upload the data "
                             f"there first (e.g. `aws s3 sync DIR {uri}`) or fix the path")
+
+    @staticmethod
+    def credentials(uri: str):
+        """This machine's AWS credentials, or one line on how to give some."""
+        import boto3
+
+        credentials = boto3.Session().get_credentials()
+        if credentials is None:
+            raise UserError(f"{uri}: no AWS credentials on this machine; set AWS_PROFILE, run "
+                            "`aws configure`, or export AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
+        return credentials.get_frozen_credentials()
+
+    def job_env(self, uri: str) -> dict[str, str]:
+        """What the job's processes need to reach this store, as the AWS SDKs read it: on AWS
+        the region only (the instance role supplies credentials); with an explicit endpoint,
+        the endpoint and this machine's credentials."""
+        env = {"AWS_REGION": self.region} if self.region else {}
         if not self.endpoint:
-            return {}
-        frozen = credentials.get_frozen_credentials()
+            return env
+        frozen = self.credentials(uri)
         given = dict(zip(CREDENTIAL_VARIABLES, (frozen.access_key, frozen.secret_key,
                                                 frozen.token)))
-        return {name: value for name, value in given.items() if value}
+        return env | {"AWS_REGION": self.region or "us-east-1", "AWS_ENDPOINT_URL_S3": self.endpoint,
+                      **{name: value for name, value in given.items() if value}}
 
-    def spark_conf(self, jars: str, credentials: dict[str, str]) -> dict[str, str]:
+    def spark_conf(self, jars: str, env: dict[str, str]) -> dict[str, str]:
         """spark-submit confs: S3A on every classpath, s3:// mapped to it, the endpoint, and
-        the credentials handed to the executors (Spark redacts them in its UI and logs)."""
+        the job environment handed to the executors (Spark redacts secrets in its UI and logs)."""
         classpath = f"{jars}/*"
         conf = {"spark.driver.extraClassPath": classpath,
                 "spark.executor.extraClassPath": classpath,
@@ -114,5 +127,5 @@ class ObjectStore:
                      "spark.hadoop.fs.s3a.endpoint.region": self.region or "us-east-1",
                      "spark.hadoop.fs.s3a.connection.ssl.enabled":
                          str(self.endpoint.startswith("https:")).lower()}
-        conf |= {f"spark.executorEnv.{name}": value for name, value in credentials.items()}
+        conf |= {f"spark.executorEnv.{name}": value for name, value in env.items()}
         return conf

@@ -26,13 +26,14 @@ from ops import hdfs, jvm, local, runs, ssh
 from ops.cluster import Cluster, console
 from ops.deploy import (check_deployed, deploy_context, fetch_results, install_hosts,
                         name_failed_host, ship_s3a_jars, stage_data, start_hdfs,
-                        start_spark)
+                        start_spark, store_data)
 from ops.launch import Run
 from ops.remote import BIN, PYTHON, RUNS, jar_folder, sh
 from ops.services import (down_datanodes, fetch_json, master_status, namenode_info,
                           remote_spark_home)
 from ops.spark import alive_workers, worker_states
 from ops.storage import HDFS_URI, S3_URI, ObjectStore, local_endpoint
+from workloads import stored
 from workloads.jobs import Download, Job, Placement, split_output
 
 TARGET_ENV = "KINDLING_TARGET"
@@ -107,13 +108,14 @@ class Target:
         run_id = runs.new_run_id(job.name)
         run_dir = self.run_folder(run_id, output)
         check_downloads(job.downloads(job.parse(args)))
-        spark_conf, driver_env = self.storage(job, args)
+        self.storage(job.uri_values(args))  # a bad location is refused before anything starts
         if deploy:
             self.deploy(job, args, wheelhouse)
         try:
             host_args = self.prepare(job, args)
-            placement = replace(self.placement(job), spark_conf=tuple(spark_conf.items()),
-                                driver_env=tuple(driver_env.items()))
+            conf, env = self.storage(job.uri_values(host_args), self.run_store(run_id))
+            placement = replace(self.placement(job), spark_conf=tuple(conf.items()),
+                                storage_env=tuple(env.items()))
             launch = job.plan(job, placement, host_args, run_dir)
             run = Run(run_id, run_dir, launch.processes, self.cluster, files=launch.files,
                       noise=launch.noise)
@@ -136,12 +138,10 @@ class Target:
             if not detach:
                 self.release(job)
 
-    def storage(self, job: Job, args: list[str]) -> tuple[dict[str, str], dict[str, str]]:
-        """The spark-submit confs and driver environment that let the job read the URIs it was
-        given (s3://bucket/prefix, hdfs:///path), each checked from here first."""
-        uris = job.uri_values(args)
-        if not uris:
-            return {}, {}
+    def storage(self, uris: list[str], run_store: str = "") -> tuple[dict[str, str], dict[str, str]]:
+        """The spark-submit confs and the environment that let the job's processes read the
+        locations they were given (s3://bucket/prefix, hdfs:///path, each checked from here
+        first) and write the run's folder in the cluster's storage."""
         other = next((uri for uri in uris if not S3_URI.match(uri) and not HDFS_URI.match(uri)),
                      None)
         if other:
@@ -149,22 +149,30 @@ class Target:
                             "pass one, or a local folder (copied to the hosts)")
         conf: dict[str, str] = {}
         in_hdfs = [uri for uri in uris if HDFS_URI.match(uri)]
-        if in_hdfs:
+        if in_hdfs or HDFS_URI.match(run_store):
             conf |= self.hdfs_conf(in_hdfs)
         in_s3 = [uri for uri in uris if S3_URI.match(uri)]
-        if not in_s3:
-            return conf, {}
+        env = {stored.RUN_STORE_ENV: run_store} if run_store else {}
+        if not in_s3 and not S3_URI.match(run_store):
+            return conf, env
         store = self.object_store()
-        jars = self.s3a_jars()
-        credentials: dict[str, str] = {}
         for uri in in_s3:
-            credentials |= store.check(uri)
-        return conf | store.spark_conf(jars, credentials), credentials
+            store.check(uri)
+        access = store.job_env((in_s3 or [run_store])[0])
+        return conf | store.spark_conf(self.s3a_jars(), access), env | access
+
+    def store_root(self) -> str:
+        """Where the cluster keeps data and runs in its storage ("" when it has none)."""
+        return ""
+
+    def run_store(self, run_id: str) -> str:
+        """The run's folder in the cluster's storage ("" when it has none)."""
+        root = self.store_root()
+        return stored.join(root, "runs", run_id) if root else ""
 
     def hdfs_conf(self, uris: list[str]) -> dict[str, str]:
         """Spark confs for reading the cluster's HDFS, once each path was found there."""
-        raise UserError(f"{uris[0]}: the local target has no HDFS; run on a cluster with "
-                        "`hdfs: true` (pulumi config set hdfs true), or pass a local folder")
+        raise NotImplementedError
 
     def status(self) -> None:
         live = self.cluster.parallel(lambda host, cxn: sh(cxn, runs.live_command(self.runs_dir)))
@@ -252,6 +260,19 @@ class LocalTarget(Target):
         return ObjectStore(local_endpoint(), os.environ.get("AWS_REGION")
                            or os.environ.get("AWS_DEFAULT_REGION", ""))
 
+    def hdfs_conf(self, uris):
+        """An HDFS reached by its NameNode's address (hdfs://NAMENODE:8020/path): checked over
+        WebHDFS from here, read by pyspark's own HDFS client."""
+        for uri in uris:
+            if not urlparse(uri).hostname:
+                raise UserError(f"{uri}: the local target has no HDFS of its own; name the "
+                                "NameNode (hdfs://NAMENODE:8020/path), run on a cluster with "
+                                "`hdfs: true`, or pass a local folder")
+            if not stored.exists(uri):
+                raise UserError(f"{uri}: no such path in that HDFS; put the data there first "
+                                "(`hdfs dfs -put DIR PATH`) or fix the path")
+        return {}
+
     def s3a_jars(self):
         return str(jvm.resolve("s3a", Path(local.local_spark_home())))
 
@@ -286,9 +307,30 @@ class ClusterTarget(Target):
         check_deployed(self.cluster, job)
         if job.uses_spark:
             self.check_spark_workers(job)
-        if any(S3_URI.match(uri) for uri in job.uri_values(args)):
+        root = self.store_root()
+        if root:
+            args = store_data(self.cluster, job, args, self.data_root(), self.object_store())
+        if job.uses_spark and (any(S3_URI.match(uri) for uri in job.uri_values(args))
+                               or (job.writes_store and S3_URI.match(root))):
             ship_s3a_jars(self.cluster)  # hdfs:// needs none: pyspark has the HDFS client
-        return stage_data(self.cluster, job, args)
+        return [arg.replace("hdfs:///", self.hdfs_root() + "/")
+                for arg in stage_data(self.cluster, job, args)]
+
+    def hdfs_root(self) -> str:
+        """hdfs://NAMENODE:8020: what hdfs:///path means on this cluster, spelt out for the
+        processes that reach HDFS without Hadoop's configuration (WebHDFS)."""
+        return hdfs.default_fs(self.inventory.master.privateIp)
+
+    def data_root(self) -> str:
+        """Where a local --data folder goes: HDFS when the cluster runs it (the hosts read it
+        there, close by), else the bucket."""
+        return self.hdfs_root() + "/kindling" if self.inventory.hdfs else self.store_root()
+
+    def store_root(self):
+        """The bucket, where runs outlive the cluster; HDFS on a cluster without one."""
+        if self.inventory.bucket:
+            return f"s3://{self.inventory.bucket}"
+        return self.hdfs_root() + "/kindling" if self.inventory.hdfs else ""
 
     def check_spark_workers(self, job: Job) -> None:
         """Every worker host's Spark worker ALIVE on the master, or which one is not and the fix."""
@@ -386,7 +428,7 @@ class ClusterTarget(Target):
                 raise UserError(f"{uri}: no such path in the cluster's HDFS; put the data there "
                                 f"first (`fab exec --role master '{BIN}/hdfs dfs -put DIR "
                                 f"{path}'`) or fix the path")
-        return {"spark.hadoop.fs.defaultFS": hdfs.default_fs(master.privateIp)}
+        return {"spark.hadoop.fs.defaultFS": self.hdfs_root()}
 
     def s3a_jars(self):
         return jar_folder("s3a")

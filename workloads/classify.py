@@ -20,7 +20,9 @@ import numpy as np
 
 from kindling import UserError
 from workloads.common import results_dir, run_cli, write_metrics
-from workloads.jobs import JOBS, is_uri
+from workloads import stored
+from workloads.jobs import JOBS
+from workloads.stored import is_uri
 
 JOB = "classify"
 
@@ -75,6 +77,19 @@ def held_out(origins: list[str], fraction: float, seed: int, label: int) -> list
     count = min(len(origins) - 1, max(1, round(len(origins) * fraction)))
     rng = np.random.default_rng([seed, label])
     return sorted(rng.choice(sorted(origins), size=count, replace=False).tolist())
+
+
+def save_model(model, output: Path) -> str:
+    """The fitted PipelineModel saved where every executor can write, the run's folder in the
+    cluster's storage (else <output>/model), and loaded back from there; its location."""
+    from pyspark.ml import PipelineModel
+
+    location = stored.join(stored.run_store(), "model") if stored.run_store() else str(output / "model")
+    model.write().overwrite().save(location)
+    loaded = PipelineModel.load(location)
+    if [type(stage) for stage in loaded.stages] != [type(stage) for stage in model.stages]:
+        raise RuntimeError(f"the model loaded back from {location} has stages {loaded.stages}")
+    return location
 
 
 def spark_session():
@@ -135,7 +150,7 @@ def main(argv: list[str] | None = None) -> dict:
     table = predictions_table(predictions, classes)
     table.to_csv(output / "predictions.csv", index=False)
     plot_confusion(table, classes, output / "confusion_matrix.png")
-    model.write().overwrite().save(str(output / "model"))
+    metrics["model_location"] = save_model(model, output)
     for cached in (predictions, *(read.images for read in reads)):
         cached.unpersist()
     finished = time.monotonic()

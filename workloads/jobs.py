@@ -22,6 +22,7 @@ from typing import Callable
 
 from kindling import Host, UserError
 from workloads import tf_cluster
+from workloads.stored import is_uri
 from workloads.common import ArgumentParser, asset
 
 OUTPUT_FLAG = "--output"
@@ -50,8 +51,9 @@ class Flag:
     names: tuple[str, ...] = ()
     """Values of a path flag that are names, not paths (`--weights imagenet`)."""
     stored: bool = False
-    """The job reads this path through Spark (Hadoop's FileSystem), so it may also be a
-    location in the cluster's storage: s3://bucket/prefix or hdfs:///path."""
+    """The job can read this path from the cluster's storage (through Spark, or
+    workloads.stored), so it may be s3://bucket/prefix or hdfs:///path, and a local folder is
+    uploaded there once instead of to every host."""
     offline: str = ""
     """When the flag is omitted and $KINDLING_ASSETS is set: this path below $KINDLING_ASSETS..."""
     offline_value: str = ""
@@ -118,8 +120,9 @@ class Placement:
     """Ports per TF role when hosts are shared (the local target); None: TF_PORTS."""
     spark_conf: tuple[tuple[str, str], ...] = ()
     """Confs the target adds to every spark-submit (the storage's classpath and settings)."""
-    driver_env: tuple[tuple[str, str], ...] = ()
-    """Environment the target gives the Spark driver (a storage's credentials)."""
+    storage_env: tuple[tuple[str, str], ...] = ()
+    """Environment the target gives the job's own processes (the driver, TF's roles) to reach
+    the cluster's storage: endpoint, region, credentials, the run's folder there."""
 
     def script(self, module: str) -> str:
         """A job module's file on the hosts, as spark-submit wants it."""
@@ -164,6 +167,9 @@ class Job:
     validate: Callable[[argparse.Namespace], None] | None = None
     """Rules across flags, run wherever the flags are parsed."""
     downloads: Callable[[argparse.Namespace], list[Download]] = lambda args: []
+    writes_store: bool = False
+    """Its executors write into the run's folder in the cluster's storage (through Spark), so
+    they need that storage's client on their classpath."""
 
     # -- flags ---------------------------------------------------------------------------------
 
@@ -241,11 +247,13 @@ class Job:
             found.append((i, inline, flag) if eq else (i + 1, argv[i + 1], flag))
         return found
 
-    def path_values(self, argv: list[str]) -> list[tuple[int, str]]:
+    def path_values(self, argv: list[str], stored: bool | None = None) -> list[tuple[int, str]]:
         """(argv index of the value, value) of every path flag naming a local path (a URI such
-        as s3://bucket/prefix is read where it is, never copied)."""
+        as s3://bucket/prefix is read where it is, never copied); only those of flags that may
+        (stored=True) or may not (False) be storage locations, when given."""
         return [(index, value) for index, value, flag in self._path_flag_values(argv)
-                if value not in flag.names and not is_uri(value)]
+                if value not in flag.names and not is_uri(value)
+                and stored in (None, flag.stored)]
 
     def uri_values(self, argv: list[str]) -> list[str]:
         """The values of path flags that are URIs: data the job reads where it is stored. A
@@ -267,11 +275,6 @@ class Job:
             prefix = out[index].partition("=")[0] + "=" if out[index].startswith("--") else ""
             out[index] = prefix + paths[value]
         return out
-
-
-def is_uri(value: str) -> bool:
-    """A location in a file system (s3://bucket/prefix, hdfs:///path), not a path on a host."""
-    return bool(re.match(r"^[a-z][a-z0-9+.-]*://", value))
 
 
 def split_output(argv: list[str]) -> tuple[list[str], str | None]:
@@ -312,7 +315,7 @@ def spark_submit(job: Job, placement: Placement, args: list[str], run_dir: str,
         argv += ["--conf", f"{key}={value}"]
     argv += [placement.script(job.module), *args, OUTPUT_FLAG, run_dir]
     env = (("SPARK_HOME", placement.spark_home), ("SPARK_LOCAL_IP", placement.master.privateIp),
-           ("PYTHONUNBUFFERED", "1"), *placement.driver_env)
+           ("PYTHONUNBUFFERED", "1"), *placement.storage_env)
     return Launch([Process("driver", placement.master, tuple(argv), env, main=True)])
 
 
@@ -365,8 +368,8 @@ def tf_roles_plan(job: Job, placement: Placement, args: list[str], run_dir: str)
                                    (addresses.get("chief") or [None])[0])
     main_task = ("worker", 0) if sync else ("chief", 0)
     processes = [
-        Process(f"{role} {index}", hosts[role][index], tuple(argv), (("PYTHONUNBUFFERED", "1"),),
-                main=(role, index) == main_task)
+        Process(f"{role} {index}", hosts[role][index], tuple(argv),
+                (("PYTHONUNBUFFERED", "1"), *placement.storage_env), main=(role, index) == main_task)
         for role, index, _, argv in tf_cluster.process_argvs(
             spec, [*args, OUTPUT_FLAG, run_dir], f"{run_dir}/cluster_spec.json",
             python=placement.python)]
@@ -419,8 +422,10 @@ def _imagenet_download(args: argparse.Namespace) -> list[Download]:
 
 
 MNIST_DATA = Flag("--data", "MNIST: a folder of the four IDX .gz files or an mnist.npz "
-                  "(copied to every host); omit to download MNIST", aliases=("--data-dir",),
-                  path=True, offline="datasets/mnist", check=_lazy("workloads.mnist", "mnist_source"))
+                  "(copied to every host), or where it is stored: s3://bucket/prefix, "
+                  "hdfs:///path; omit to download MNIST", aliases=("--data-dir",), path=True,
+                  stored=True, offline="datasets/mnist",
+                  check=_lazy("workloads.mnist", "mnist_source"))
 BATCH_SIZE = Flag("--batch-size", "examples per training step", type=int, default=64, minimum=1)
 
 
@@ -442,6 +447,10 @@ JOBS: dict[str, Job] = {job.name: job for job in (
                Flag("--steps-per-epoch", "training steps per epoch (default: one pass over "
                     "the data)", type=int, minimum=1),
                BATCH_SIZE, learning_rate(1e-3),
+               Flag("--resume", "continue from the last checkpoint of an earlier run: its results "
+                    "folder (runs/<id>) or where the cluster stored it (s3://BUCKET/runs/<id>, "
+                    "hdfs:///kindling/runs/<id>)", path=True, stored=True,
+                    check=_lazy("workloads.train_ps", "checkpoints_in")),
                Flag("--timeout", "seconds to wait for peers to come up or answer",
                     type=float, default=120.0, minimum=1, fab=False),
                Flag("--threads", "intra-op threads per process (0: TensorFlow's default)",
@@ -493,7 +502,8 @@ JOBS: dict[str, Job] = {job.name: job for job in (
                     default=0.4, fab=False),
                Flag("--max-iter", "LogisticRegression iterations", type=int, default=30,
                     minimum=1, fab=False)),
-        plan=plain_spark_plan, validate=_classify_rules, downloads=_imagenet_download),
+        plan=plain_spark_plan, validate=_classify_rules, downloads=_imagenet_download,
+        writes_store=True),
 )}
 
 

@@ -7,12 +7,14 @@ Data comes from a standard MNIST folder (the four IDX ``.gz`` files), a ``mnist.
 from __future__ import annotations
 
 import gzip
+import io
 import struct
 from pathlib import Path
 
 import numpy as np
 
 from kindling import UserError
+from workloads import stored
 
 IDX_FILES = {
     "x_train": "train-images-idx3-ubyte.gz",
@@ -28,9 +30,13 @@ SHIFT_PIXELS = 2
 
 def read_idx(path: Path) -> np.ndarray:
     """Parse an IDX file (gzipped or not) into a uint8 array of its declared shape."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    return parse_idx(path.read_bytes(), str(path))
+
+
+def parse_idx(data: bytes, path: str) -> np.ndarray:
+    """An IDX file's bytes (gzipped or not) as a uint8 array of its declared shape."""
+    if data[:2] == b"\x1f\x8b":
+        data = gzip.decompress(data)
     if len(data) < 4 or data[:2] != b"\x00\x00" or data[2] != 0x08:
         raise UserError(f"{path} is not an IDX file of unsigned bytes; use the MNIST .gz files")
     ndim = data[3]
@@ -64,16 +70,39 @@ def load_mnist(data: str | None) -> tuple[tuple[np.ndarray, np.ndarray], tuple[n
         import keras  # the public MNIST, downloaded and cached by Keras
 
         return keras.datasets.mnist.load_data()
+    if stored.is_uri(data):
+        return load_stored_mnist(data)
     path = mnist_source(data)
     if path.suffix == ".npz":
-        with np.load(path) as npz:
-            missing = [k for k in IDX_FILES if k not in npz]
-            if missing:
-                raise UserError(f"{path} lacks arrays {missing}; an mnist.npz holds x_train, "
-                                "y_train, x_test, y_test")
-            return (npz["x_train"], npz["y_train"]), (npz["x_test"], npz["y_test"])
+        return read_npz(path, str(path))
     arrays = {key: read_idx(path / name) for key, name in IDX_FILES.items()}
     return (arrays["x_train"], arrays["y_train"]), (arrays["x_test"], arrays["y_test"])
+
+
+def load_stored_mnist(location: str):
+    """MNIST from the cluster's storage: an mnist.npz, or a folder holding one or the four IDX
+    files, read into memory (11 MB)."""
+    if location.endswith(".npz"):
+        return read_npz(io.BytesIO(stored.read_bytes(location)), location)
+    if stored.exists(stored.join(location, "mnist.npz")):
+        return load_stored_mnist(stored.join(location, "mnist.npz"))
+    missing = [name for name in IDX_FILES.values() if not stored.exists(stored.join(location, name))]
+    if missing:
+        raise UserError(f"MNIST location {location} lacks {', '.join(missing)}; it needs the four "
+                        "standard IDX .gz files or an mnist.npz")
+    arrays = {key: parse_idx(stored.read_bytes(stored.join(location, name)),
+                             stored.join(location, name)) for key, name in IDX_FILES.items()}
+    return (arrays["x_train"], arrays["y_train"]), (arrays["x_test"], arrays["y_test"])
+
+
+def read_npz(source, path: str):
+    """The four arrays of an mnist.npz (a file or a file object)."""
+    with np.load(source) as npz:
+        missing = [k for k in IDX_FILES if k not in npz]
+        if missing:
+            raise UserError(f"{path} lacks arrays {missing}; an mnist.npz holds x_train, "
+                            "y_train, x_test, y_test")
+        return (npz["x_train"], npz["y_train"]), (npz["x_test"], npz["y_test"])
 
 
 def shuffled(x: np.ndarray, y: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -9,6 +9,7 @@ workloads.train_mnist.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
@@ -22,6 +23,7 @@ from typing import NamedTuple
 
 from tensorflowonspark import util as tfos_util
 
+from workloads import stored
 from workloads.common import write_metrics
 from workloads.mnist import IMAGE_SHAPE, adam, build_cnn, load_mnist, shuffled, training_input
 from workloads.node_failures import report_failure
@@ -29,6 +31,8 @@ from workloads.training import (Epoch, barrier, epoch_of, evaluate_and_export, l
                                 plot_training_curve, summary_writer, train_step)
 
 SEED = 0
+SHARDS_DONE = "_SUCCESS"
+"""Written last beside stored shards (as Hadoop marks a finished output): they are complete."""
 READ_AHEAD_BATCHES = 3
 """Batches a node's tf.data pipeline may hold beyond its last step: prefetch(1), the batch the
 generator is filling, one spare."""
@@ -98,8 +102,7 @@ def run_node(args: argparse.Namespace, ctx) -> None:
     if feed is not None:
         records = fed_records(feed, args.batch_size)
     else:
-        records = shuffled_stream(tfrecord_records(
-            write_shard(args.data, ctx.executor_id, args.cluster_size, os.getcwd())))
+        records = shuffled_stream(tfrecord_records(node_shard(args, ctx.executor_id)))
     with strategy.scope():
         model = build_cnn()
         optimizer = adam(args.learning_rate, args.steps)
@@ -166,22 +169,55 @@ def fed_records(feed, batch_size: int):
         tf.TensorSpec((IMAGE_SHAPE[0] * IMAGE_SHAPE[1],), tf.uint8), tf.TensorSpec((), tf.int64)))
 
 
-def write_shard(data: str | None, index: int, count: int, folder: str) -> str:
-    """TENSORFLOW mode's prep step: this node's slice of the shuffled training digits as a
-    TFRecord file in its executor folder. The MNIST folder is at the same path on every host,
-    so no node needs a shared file system (TFoS' usual HDFS)."""
+def shard_name(index: int, count: int) -> str:
+    return f"mnist-train-{index:05d}-of-{count:05d}.tfrecord"
+
+
+def write_shards(data: str | None, count: int, folder: str, only: int | None = None) -> list[str]:
+    """TENSORFLOW mode's prep step: the shuffled training digits dealt into `count` TFRecord
+    files in folder (or only the `only`-th of them); their paths."""
     import tensorflow as tf
 
     (x, y), _ = load_mnist(data)
     x, y = shuffled(x, y, SEED)
-    path = Path(folder, f"mnist-train-{index:05d}-of-{count:05d}.tfrecord").resolve()
-    with tf.io.TFRecordWriter(str(path)) as writer:
-        for image, label in zip(x[index::count], y[index::count]):
-            writer.write(tf.train.Example(features=tf.train.Features(feature={
-                "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image.tobytes()])),
-                "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
-            })).SerializeToString())
-    return str(path)
+    paths = []
+    for index in range(count) if only is None else (only,):
+        path = Path(folder, shard_name(index, count)).resolve()
+        with tf.io.TFRecordWriter(str(path)) as writer:
+            for image, label in zip(x[index::count], y[index::count]):
+                writer.write(tf.train.Example(features=tf.train.Features(feature={
+                    "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image.tobytes()])),
+                    "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
+                })).SerializeToString())
+        paths.append(str(path))
+    return paths
+
+
+def stored_shards(data: str, count: int) -> str:
+    """With --data in the cluster's storage, the driver deals the digits into TFRecord shards
+    stored beside it, once per version of the data and node count (TFoS' usual layout: the
+    nodes read their files from the shared file system); the shards' location."""
+    key = hashlib.sha256(repr((stored.fingerprint(data), count, SEED)).encode()).hexdigest()[:12]
+    location = f"{data.rstrip('/')}_tfrecords/{key}"
+    if stored.exists(stored.join(location, SHARDS_DONE)):
+        print(f"train-mnist: TFRecord shards already in {location}", flush=True)
+        return location
+    with tempfile.TemporaryDirectory() as folder:
+        write_shards(data, count, folder)
+        stored.copy(folder, location)
+        Path(folder, SHARDS_DONE).touch()
+        stored.copy(str(Path(folder, SHARDS_DONE)), stored.join(location, SHARDS_DONE))
+    print(f"train-mnist: {count} TFRecord shards written to {location}", flush=True)
+    return location
+
+
+def node_shard(args: argparse.Namespace, index: int) -> str:
+    """This node's TFRecord file, local: read from the stored shards, else made from --data
+    (the same folder on every host, so no node needs a shared file system)."""
+    if getattr(args, "shards", None):
+        return stored.local_copy(stored.join(args.shards, shard_name(index, args.cluster_size)),
+                                 os.getcwd())
+    return write_shards(args.data, args.cluster_size, os.getcwd(), only=index)[0]
 
 
 def tfrecord_records(path: str):

@@ -7,9 +7,10 @@ multi-worker strategies, keras#20585). Input modes:
 
 - spark: the driver shuffles the digits into an RDD of (image, label) that TFCluster.train
   feeds to every node through TFNode.DataFeed.
-- tensorflow: each node converts its shard of the MNIST folder (the same path on every host)
-  into a TFRecord file in its executor folder and reads it with tf.data; the driver only
-  coordinates. Faster: no feeding job, no per-row queue traffic.
+- tensorflow: each node reads its TFRecord shard with tf.data; the driver only coordinates.
+  Faster: no feeding job, no per-row queue traffic. With --data in the cluster's storage
+  (hdfs://, s3://) the driver writes the shards there once and each node fetches its own;
+  with a local folder (the same path on every host) each node makes its shard itself.
 
 --engine barrier replaces TFoS by Spark barrier mode (tensorflow input only): the nodes start
 together, trade addresses with BarrierTaskContext.allGather and fail as one unit.
@@ -34,8 +35,9 @@ from kindling import UserError
 from workloads.common import results_dir, run_cli
 from workloads.jobs import JOBS
 from workloads.mnist import load_mnist, shuffled
-from workloads.mnist_node import READ_AHEAD_BATCHES, SEED, barrier_node, main_fun
+from workloads.mnist_node import READ_AHEAD_BATCHES, SEED, barrier_node, main_fun, stored_shards
 from workloads.node_failures import FailureCollector, error_line
+from workloads.stored import is_uri
 
 PARTITIONS_PER_NODE = 5
 """SPARK mode: partitions per node and epoch; smaller partitions waste less data at the end."""
@@ -111,7 +113,7 @@ def training_rdd(sc, x: np.ndarray, y: np.ndarray, nodes: int):
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
-    if args.data:
+    if args.data and not is_uri(args.data):
         args.data = str(Path(args.data).expanduser().resolve())
     (x_train, y_train), _ = load_mnist(args.data)  # a bad --data fails here, before Spark
     output = results_dir(args.output, "train-mnist").resolve()
@@ -130,6 +132,8 @@ def main(argv: list[str] | None = None) -> None:
     args.cluster_size = args.cluster_size or default_cluster_size(conf)
     check_cores(conf, args.cluster_size)
     args.steps, args.steps_per_epoch = plan_steps(args, args.train_digits)
+    args.shards = (stored_shards(args.data, args.cluster_size) if args.input_mode == "tensorflow"
+                   and args.data and is_uri(args.data) else None)
     sc = SparkContext(conf=conf)
     app_id, started = sc.applicationId, time.monotonic()
     print(f"train-mnist: {args.cluster_size} TF nodes ({args.engine}), {args.input_mode} input, "

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from kindling import UserError
+from workloads import stored
 from workloads.common import results_dir, run_cli, write_metrics
 from workloads.jobs import JOBS
 from workloads.mnist import adam, build_cnn, load_mnist, shuffled, training_input
@@ -186,7 +187,9 @@ def train(spec: ClusterSpec, role: str, index: int, args: argparse.Namespace,
     # Non-chief sync trainers must save too (TF's rule), into a folder of their own.
     checkpoint_dir = output / "checkpoints" if chief else Path(tempfile.mkdtemp(prefix=JOB))
     manager = tf.train.CheckpointManager(checkpoint, str(checkpoint_dir), max_to_keep=2)
-    if args.output:  # resume from the chief's checkpoints (sync: on a shared filesystem)
+    if args.resume:
+        checkpoint.restore(resumed_checkpoint(args.resume))
+    elif args.output:  # a rerun into the same folder resumes (sync: on a shared filesystem)
         checkpoint.restore(tf.train.latest_checkpoint(str(Path(args.output) / "checkpoints")))
 
     make_dataset = dataset_fn(tf, x_train, y_train, args.batch_size)
@@ -214,6 +217,8 @@ def train(spec: ClusterSpec, role: str, index: int, args: argparse.Namespace,
             epochs.append(epoch_of(results, time.monotonic() - epoch_started))
             epoch.assign(number)
             manager.save()
+            if chief and stored.run_store():  # where another host can resume from
+                stored.copy(str(checkpoint_dir), stored.join(stored.run_store(), "checkpoints"))
             if summaries:
                 log_epoch(summaries, number, epochs[-1])
             print(f"epoch {number}/{args.epochs}: loss {epochs[-1].loss:.4f}, accuracy "
@@ -252,6 +257,24 @@ def train(spec: ClusterSpec, role: str, index: int, args: argparse.Namespace,
     except tf.errors.OpError as exc:
         exit_now(1, tf_error_line(spec, exc.message, (role, index)))
     print(f"{describe(spec, role, index)}: done in {time.monotonic() - started:.1f}s", flush=True)
+
+
+def checkpoints_in(run: str) -> str:
+    """An earlier run's checkpoints folder (local or stored), refused in one line when it has
+    none."""
+    folder = stored.join(run, "checkpoints")
+    if not stored.exists(stored.join(folder, "checkpoint")):
+        raise UserError(f"--resume {run}: no checkpoints there (no {folder}/checkpoint); pass "
+                        "the results folder or stored location of a train-ps run")
+    return folder
+
+
+def resumed_checkpoint(run: str) -> str:
+    """The latest checkpoint of an earlier run, on this host's disk (copied when stored)."""
+    import tensorflow as tf
+
+    folder = stored.download(checkpoints_in(run)) if stored.is_uri(run) else checkpoints_in(run)
+    return tf.train.latest_checkpoint(folder)
 
 
 def evaluate_and_save(weights: list, test_set, output: Path, metrics: dict) -> None:

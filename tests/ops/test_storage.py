@@ -53,8 +53,10 @@ def user_env(endpoint: str, tmp_path: Path, assets: Path, **extra: str) -> dict[
      "cannot reach the S3 endpoint http://127.0.0.1:"),
     ("classify", "hdfs:///photos", {}, "the local target has no HDFS"),
     ("classify", "gs://photos/vehicles", {}, "kindling reads s3:// (or s3a://) and hdfs://"),
-    ("train-ps", f"s3://{BUCKET}/{PREFIX}", {}, "train-ps reads --data from the hosts' disks"),
-    ("train-mnist", f"s3://{BUCKET}/{PREFIX}", {}, "train-mnist reads --data from the hosts' disks"),
+    ("train-ps", f"s3://no-such-bucket/mnist", {}, "bucket 'no-such-bucket' does not exist at"),
+    ("train-mnist", "hdfs:///mnist", {}, "the local target has no HDFS of its own"),
+    ("classify --weights", f"s3://{BUCKET}/{PREFIX}/bus.h5", {},
+     "classify reads --weights from the hosts' disks"),
 ])
 def test_a_bad_location_is_one_line_before_anything_starts(s3, tmp_path, assets, job, data,
                                                            env_change, message):
@@ -66,7 +68,9 @@ def test_a_bad_location_is_one_line_before_anything_starts(s3, tmp_path, assets,
             env[name] = value.format(closed=free_port())
     spark_logs = REPO / ".kindling" / "local" / "spark" / "logs"
     before = {log.name: log.stat().st_mtime_ns for log in spark_logs.glob("*")}
-    done = subprocess.run([FAB, "run", job, "--target", "local", "--data", data], cwd=REPO,
+    job, _, flag = job.partition(" ")
+    done = subprocess.run([FAB, "run", job, "--target", "local", "--job-args",
+                           f"{flag or '--data'} {data}"], cwd=REPO,
                           env=env, capture_output=True, text=True, timeout=120,
                           stdin=subprocess.DEVNULL)
     lines = [line for line in done.stderr.splitlines() if line.strip()]

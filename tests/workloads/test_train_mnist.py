@@ -148,7 +148,7 @@ def test_tfrecord_shards_split_the_shuffled_digits(assets, tmp_path):
     x, y = shuffled(x, y, mnist_node.SEED)
     seen_labels = []
     for index in range(2):
-        path = mnist_node.write_shard(data, index, 2, str(tmp_path))
+        [path] = mnist_node.write_shards(data, 2, str(tmp_path), only=index)
         assert path == str(tmp_path / f"mnist-train-0000{index}-of-00002.tfrecord")
         [(images, labels)] = mnist_node.tfrecord_records(path).batch(5000).as_numpy_iterator()
         assert len(labels) == 2500
