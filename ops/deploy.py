@@ -221,7 +221,7 @@ def put_in_hdfs(cluster: Cluster, local: Path, folder: str) -> None:
     url = (f"http://{master.privateIp}:{hdfs.NAMENODE_HTTP_PORT}/webhdfs/v1{folder}"
            "?op=GETFILESTATUS")
     if fetch_json(cxn, url) is not None:
-        console.print(f"data: {local.name} already in hdfs://{folder}")
+        console.print(f"data: {local.name} already in hdfs://{folder}/{local.name}")
         return
     started = time.monotonic()
     remote = remote_path(local)
@@ -232,22 +232,31 @@ def put_in_hdfs(cluster: Cluster, local: Path, folder: str) -> None:
                     f"-mv {partial} {folder}"):
         sh(cxn, f"{BIN}/hdfs dfs {command}", timeout=TRANSFER_TIMEOUT,
            what=f"copying {local.name} into HDFS (hdfs dfs {command.split()[0]})")
-    console.print(f"data: {local.name} copied once into hdfs://{folder} "
+    console.print(f"data: {local.name} copied once into hdfs://{folder}/{local.name} "
                   f"({time.monotonic() - started:.1f}s)")
 
 
 def put_in_bucket(store: ObjectStore, local: Path, location: str) -> None:
     """local in the bucket as location/<name>, then a marker: a later run finding the marker
     skips the upload."""
+    import botocore.exceptions
+
     bucket, _, prefix = location.removeprefix("s3://").partition("/")
+    store.credentials(location)
     client = store.client()
     marker = f"{prefix}/{STORED_MARKER}"
     try:
         client.head_object(Bucket=bucket, Key=marker)
-        console.print(f"data: {local.name} already in {location}")
+        console.print(f"data: {local.name} already in {location}/{local.name}")
         return
-    except client.exceptions.ClientError:
-        pass
+    except botocore.exceptions.ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        if code not in ("404", "NoSuchKey"):
+            raise UserError(f"{location}: S3 refused to look for the data there ({code}); use "
+                            f"credentials that may read and write s3://{bucket}") from None
+    except botocore.exceptions.EndpointConnectionError:
+        raise UserError(f"{location}: cannot reach the S3 endpoint {store.endpoint or 'of AWS'}; "
+                        "fix the inventory's s3Endpoint") from None
     started = time.monotonic()
     if local.is_dir():
         count = store.upload(local, bucket, f"{prefix}/{local.name}")
@@ -255,7 +264,7 @@ def put_in_bucket(store: ObjectStore, local: Path, location: str) -> None:
         client.upload_file(str(local), bucket, f"{prefix}/{local.name}")
         count = 1
     client.put_object(Bucket=bucket, Key=marker, Body=b"")
-    console.print(f"data: {local.name} uploaded once to {location} ({count} files, "
+    console.print(f"data: {local.name} uploaded once to {location}/{local.name} ({count} files, "
                   f"{time.monotonic() - started:.1f}s)")
 
 

@@ -137,7 +137,8 @@ def render_stack(workers: int = 2, ps: int = 0) -> RenderedStack:
 
 def map_addresses(outputs: dict, addresses: dict[str, str]) -> dict:
     """The stack outputs with each host's publicIp/privateIp (those it has) replaced by
-    addresses[host name], publicDns dropped (no DNS here), knownHosts and sparkMasterUrl to match."""
+    addresses[host name], publicDns dropped (no DNS here), knownHosts and sparkMasterUrl to match,
+    no bucket."""
     mapped = copy.deepcopy(outputs)
     renames: dict[str, str] = {}
     for entry in _entries(mapped):
@@ -154,6 +155,7 @@ def map_addresses(outputs: dict, addresses: dict[str, str]) -> dict:
         lines.append(known_hosts_line(list(dict.fromkeys(renames.get(n, n) for n in names.split(","))), key))
     mapped["knownHosts"] = "\n".join(lines) + "\n"
     mapped["sparkMasterUrl"] = spark_master_url(mapped["master"]["privateIp"])
+    mapped["bucket"] = ""  # no S3 here (the hosts have no route out): the netns e2e uses moto
     return mapped
 
 

@@ -269,9 +269,12 @@ class Job:
         return uris
 
     def with_paths(self, argv: list[str], paths: dict[str, str]) -> list[str]:
-        """argv with each path flag's value replaced by paths[value] (the host path)."""
+        """argv with each path flag's value found in paths replaced by paths[value] (its path
+        on the hosts, or its location in the cluster's storage)."""
         out = list(argv)
         for index, value in self.path_values(argv):
+            if value not in paths:
+                continue
             prefix = out[index].partition("=")[0] + "=" if out[index].startswith("--") else ""
             out[index] = prefix + paths[value]
         return out

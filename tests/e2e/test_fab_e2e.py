@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import tarfile
 import time
@@ -268,7 +269,11 @@ def test_classify_reads_s3_on_the_cluster_through_spark(netns_cluster, env, depl
                                                 Prefix=f"runs/{results.name}/")
     kept = {item["Key"].split("/", 2)[2] for item in kept.get("Contents", [])}
     local = {p.relative_to(results).as_posix() for p in results.rglob("*") if p.is_file()}
-    assert "metrics.json" in kept and kept == local, (kept ^ local)
+    model = {key for key in kept if key.startswith("model/")}  # written there by the executors
+    assert "metrics.json" in kept and kept - model == local, (kept - model) ^ local
+    assert "model/metadata/_SUCCESS" in model and any("stages/1_" in key for key in model), model
+    assert json.loads((results / "metrics.json").read_text())["model_location"] == (
+        f"s3://cluster-photos/runs/{results.name}/model")
     assert f"results also in s3://cluster-photos/runs/{results.name}/" in done.stdout
     for host in netns_cluster.hosts:
         check = netns_cluster.exec(host, "cd /opt/kindling/jars/s3a && sha256sum -c --quiet SHA256SUMS")
@@ -413,19 +418,21 @@ def test_killed_python_workers_fail_train_mnist_naming_their_host(netns_cluster,
 
 @pytest.fixture(scope="module")
 def hdfs_cluster(netns_cluster, env, wheelhouse, deployed, tmp_path_factory, assets):
-    """The session cluster with `hdfs: true` in its inventory: `fab deploy` (train-ps, stopped
-    once launched) brings up the NameNode and the DataNodes; the photos put into HDFS as a user
-    would, with `fab put` and the hosts' `hdfs dfs`."""
+    """The session cluster with `hdfs: true` in its inventory: `fab deploy train-ps` brings up
+    the NameNode and the DataNodes, uploads the local MNIST folder into HDFS once and trains
+    from there; the photos put into HDFS as a user would, with `fab put` and `hdfs dfs`."""
     inventory = tmp_path_factory.mktemp("hdfs") / "cluster.json"
     inventory.write_text(json.dumps(json.loads(netns_cluster.inventory_path.read_text())
                                     | {"hdfs": True}))
     target = ("--target", str(inventory))
     started = time.monotonic()
-    done = fab(env, "deploy", "train-ps", *target, "--wheelhouse", wheelhouse, "--detach",
-               *TRAIN_PS_FLAGS)
+    mnist = tmp_path_factory.mktemp("fresh") / "mnist"  # content no host has seen yet
+    shutil.copytree(assets / "datasets" / "mnist", mnist)
+    (mnist / "README").write_text("MNIST for the HDFS e2e\n")
+    done = fab(env, "deploy", "train-ps", *target, "--wheelhouse", wheelhouse, "--data",
+               str(mnist), *TRAIN_PS_FLAGS)
     took = time.monotonic() - started
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert fab(env, "stop", "--job", "train-ps", *target).returncode == 0
     photos = tmp_path_factory.mktemp("photos") / "vehicles.tar"
     with tarfile.open(photos, "w") as tar:
         tar.add(assets / "datasets" / "buses-cars", arcname="vehicles",  # writable copies
@@ -435,9 +442,9 @@ def hdfs_cluster(netns_cluster, env, wheelhouse, deployed, tmp_path_factory, ass
               "cd /tmp && tar -xf vehicles.tar && /opt/kindling/bin/hdfs dfs -mkdir -p /photos && "
               "/opt/kindling/bin/hdfs dfs -put -f vehicles /photos/ && rm -rf vehicles vehicles.tar")
     assert put.returncode == 0, put.stdout + put.stderr
-    print(f"deploy with HDFS (jars, NameNode, DataNodes; the rest current): {took:.1f}s\n"
+    print(f"deploy with HDFS (jars, NameNode, DataNodes, MNIST into HDFS, train-ps): {took:.1f}s\n"
           + "\n".join(line for line in done.stdout.splitlines() if "installing..." not in line))
-    return {"target": target, "deploy": done}
+    return {"target": target, "deploy": done, "mnist": mnist}
 
 
 def listening_addresses(cluster, host) -> dict[int, set[str]]:
@@ -470,6 +477,43 @@ def test_hdfs_namenode_on_the_master_datanodes_on_the_workers_and_classify_reads
     assert "runs no HDFS; `pulumi config set hdfs true`" in one_error_line(no_hdfs)
 
     classify_where_stored(netns_cluster, env, *target, "--data", "hdfs:///photos/vehicles")
+
+
+def test_hdfs_holds_local_data_once_and_train_ps_resumes_from_it_on_another_host(
+        netns_cluster, env, hdfs_cluster):
+    """The fixture's train-ps read MNIST from HDFS (uploaded once, no worker got a copy) and
+    left its checkpoints in hdfs:///kindling/runs/<id>; a sync run, whose chief is on worker-0
+    instead of the master, resumes from them at epoch 2."""
+    target, first = hdfs_cluster["target"], hdfs_cluster["deploy"]
+    uploaded = re.search(r"data: mnist copied once into (hdfs:///kindling/data/(\w+)/mnist)",
+                         first.stdout)
+    mnist, digest = uploaded.groups()
+    for worker in netns_cluster.inventory.workers:  # the hosts' copies are named by the same hash
+        assert netns_cluster.exec(worker, f"test -e /srv/kindling/data/{digest}").returncode == 1
+    run_id = results_of(first).name
+    before = json.loads((results_of(first) / "metrics.json").read_text())
+    assert before["epochs_this_run"] == 1
+    resumed = fab(env, "run", "train-ps", *target, "--epochs", "2", "--data",
+                  str(hdfs_cluster["mnist"]), "--job-args",
+                  f"--steps-per-epoch 40 --strategy sync --resume hdfs:///kindling/runs/{run_id}")
+    assert f"data: mnist already in {mnist}" in resumed.stdout, resumed.stdout
+    metrics = json.loads((results_of(resumed) / "metrics.json").read_text())
+    assert metrics["history"]["first_epoch"] == 2 and metrics["epochs_this_run"] == 1, metrics
+    assert metrics["strategy"] == "sync" and (results_of(resumed) / "logs" / "worker-0"
+                                              / "worker-0.log").is_file()
+    # a fresh model's first epoch starts from chance; a resumed one from the trained weights
+    assert metrics["history"]["loss"][0] < 0.8 * before["history"]["loss"][0], (metrics, before)
+    no_checkpoints = fab(env, "run", "train-ps", *target, "--job-args",
+                         "--resume hdfs:///kindling/runs/no-such-run")
+    assert "no such path in the cluster's HDFS" in one_error_line(no_checkpoints)
+
+    mnist_run = fab(env, "run", "train-mnist", *target, "--data", mnist, "--input-mode",
+                    "tensorflow", "--epochs", "1", "--job-args", "--steps 20")
+    assert "2 TFRecord shards written to hdfs://" in mnist_run.stdout, mnist_run.stdout
+    assert json.loads((results_of(mnist_run) / "metrics.json").read_text())["steps"] == 20
+    shards = fab(env, "exec", "--role", "master", *target,
+                 f"/opt/kindling/bin/hdfs dfs -ls -R {mnist}_tfrecords")
+    assert shards.stdout.count(".tfrecord") == 2, shards.stdout + shards.stderr
 
 
 def test_hdfs_a_killed_datanode_is_named_and_a_second_deploy_restarts_it_without_reformatting(

@@ -94,11 +94,26 @@ def test_rehearsal_a_new_host_without_pypi_or_wheelhouse_is_one_line_naming_it(f
     assert fab(env, "stop", "--target", str(hosts.inventory_path)).returncode == 0
 
 
-def test_rehearsal_run_classify(first_deploy, hosts, env):
-    results = results_of(fab(env, "run", "classify", "--target", str(hosts.inventory_path)))
+def test_rehearsal_hdfs_on_the_fresh_hosts_holds_the_photos_classify_reads(
+        first_deploy, hosts, env, rehearsal_wheelhouse, tmp_path):
+    """`hdfs: true` on the fresh Debian hosts (their Java from the user data, the jars from this
+    machine): the NameNode and both DataNodes come up, the local photos go into HDFS once and
+    classify's executors read them there."""
+    inventory = tmp_path / "cluster.json"
+    inventory.write_text(json.dumps(json.loads(hosts.inventory_path.read_text()) | {"hdfs": True}))
+    started = time.monotonic()
+    done = fab(env, "deploy", "classify", "--target", str(inventory), "--wheelhouse",
+               str(rehearsal_wheelhouse))
+    results = results_of(done)
+    print(f"rehearsal deploy with HDFS + classify: {time.monotonic() - started:.1f}s")
+    assert "hdfs ready: 2 DataNodes live" in done.stdout, done.stdout
+    assert re.search(r"data: buses-cars copied once into hdfs:///kindling/data/\w+/buses-cars",
+                     done.stdout), done.stdout
     metrics = json.loads((results / "metrics.json").read_text())
-    print(f"classify on the rehearsal hosts: accuracy {metrics['accuracy']:.4f}")
+    print(f"classify on the rehearsal hosts from HDFS: accuracy {metrics['accuracy']:.4f}")
     assert metrics["accuracy"] >= ACCURACY_FLOOR["classify"]
+    assert metrics["model_location"].startswith("hdfs://") and "/kindling/runs/classify-" in \
+        metrics["model_location"], metrics
 
 
 def test_rehearsal_train_ps_roles_status_logs_and_a_second_deploy(first_deploy, hosts, env,
