@@ -48,8 +48,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 SCHEMA_KEYS = ("clusterName", "region", "sshUser", "sshPrivateKey", "knownHosts",
-               "master", "workers", "ps", "bucket", "sparkMasterUrl", "s3Endpoint", "hdfs")
-HOST_KEYS = ("name", "hostname", "publicIp", "privateIp", "publicDns")
+               "master", "workers", "ps", "bucket", "sparkMasterUrl", "s3Endpoint", "hdfs",
+               "idleStopMinutes", "maxHours", "ec2Endpoint", "imdsEndpoint")
+HOST_KEYS = ("name", "hostname", "publicIp", "privateIp", "publicDns", "instanceId")
+DEFAULT_IDLE_STOP_MINUTES = 60.0
 SPARK_MASTER_PORT = 7077
 
 
@@ -84,6 +86,10 @@ class Host:
     privateIp: str
     publicIp: str = ""
     publicDns: str = ""
+    instanceId: str = ""
+    """The EC2 instance ("" where none is known): what idle auto-stop stops."""
+    spot: bool = False
+    """A one-time spot instance: EC2 cannot stop it, auto-stop terminates it."""
 
     @property
     def address(self) -> str:
@@ -105,6 +111,14 @@ class Inventory:
     sparkMasterUrl: str = ""
     s3Endpoint: str = ""
     hdfs: bool = False
+    idleStopMinutes: float = DEFAULT_IDLE_STOP_MINUTES
+    """Stop the cluster after this long with no job, Spark application or SSH login (0: never)."""
+    maxHours: float = 0.0
+    """Stop the cluster this long after it started, busy or not (0: no limit)."""
+    ec2Endpoint: str = ""
+    """"" for AWS EC2; else an EC2-compatible endpoint (the tests' moto server)."""
+    imdsEndpoint: str = ""
+    """"" for the hosts' own instance metadata service; else where theirs is (the tests')."""
     source: str = field(default="", compare=False)
 
     @property
@@ -157,7 +171,7 @@ def _host(data: object, where: str) -> Host:
     values = {k: str(data.get(k) or "") for k in HOST_KEYS}
     values["name"] = values["name"] or where
     values["hostname"] = values["hostname"] or private_ip
-    return Host(**values)
+    return Host(**values, spot=_flag(data.get("spot"), "spot", where))
 
 
 def parse_inventory(data: object, source: str = "inventory") -> Inventory:
@@ -191,8 +205,13 @@ def parse_inventory(data: object, source: str = "inventory") -> Inventory:
         ps=tuple(_host(h, f"ps[{i}]") for i, h in enumerate(ps)),
         bucket=str(data.get("bucket") or ""),
         sparkMasterUrl=str(data.get("sparkMasterUrl") or spark_master_url(master.privateIp)),
-        s3Endpoint=_endpoint(data.get("s3Endpoint"), where),
+        s3Endpoint=_endpoint(data.get("s3Endpoint"), where, "s3Endpoint", "S3"),
         hdfs=_flag(data.get("hdfs"), "hdfs", where),
+        idleStopMinutes=_hours_or_minutes(data.get("idleStopMinutes"), "idleStopMinutes",
+                                          DEFAULT_IDLE_STOP_MINUTES, where),
+        maxHours=_hours_or_minutes(data.get("maxHours"), "maxHours", 0.0, where),
+        ec2Endpoint=_endpoint(data.get("ec2Endpoint"), where, "ec2Endpoint", "EC2"),
+        imdsEndpoint=_endpoint(data.get("imdsEndpoint"), where, "imdsEndpoint", "IMDS"),
         source=source,
     )
     names = [h.name for h in inventory.hosts]
@@ -207,14 +226,25 @@ def parse_inventory(data: object, source: str = "inventory") -> Inventory:
     return inventory
 
 
-def _endpoint(value: object, where: str) -> str:
-    """The optional s3Endpoint: "" (AWS S3) or an http(s) URL."""
+def _endpoint(value: object, where: str, key: str, service: str) -> str:
+    """An optional endpoint field: "" (AWS itself) or an http(s) URL."""
     if not value:
         return ""
     if not isinstance(value, str) or not re.match(r"^https?://[^/\s]+/?$", value):
-        raise InventoryError(f"inventory {where}: field 's3Endpoint' must be an http(s)://host[:port] "
-                             f"URL of an S3-compatible store, or \"\" for AWS S3; got {value!r}")
+        raise InventoryError(f"inventory {where}: field '{key}' must be an http(s)://host[:port] "
+                             f"URL of an {service}-compatible endpoint, or \"\" for AWS {service}; "
+                             f"got {value!r}")
     return value.rstrip("/")
+
+
+def _hours_or_minutes(value: object, key: str, default: float, where: str) -> float:
+    """An optional duration field: a number >= 0 (0: off)."""
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise InventoryError(f"inventory {where}: field '{key}' must be a number >= 0 (0: off), "
+                             f"got {value!r}")
+    return float(value)
 
 
 def _flag(value: object, key: str, where: str) -> bool:

@@ -39,7 +39,8 @@ class SparkCluster(pulumi.ComponentResource):
             cluster, network.vpc_id, args.ssh_cidr), child)
         login = LoginKey(f"{name}-login", LoginKeyArgs(cluster, args.ssh_public_key, args.ssh_private_key), child)
         data = DataBucket(f"{name}-data", DataBucketArgs(cluster), child)
-        role = InstanceRole(f"{name}-role", InstanceRoleArgs(cluster, data.arn), child)
+        role = InstanceRole(f"{name}-role", InstanceRoleArgs(cluster, data.arn, args.spot_workers),
+                            child)
         placement = aws.ec2.PlacementGroup(
             f"{name}-placement", strategy="cluster", tags=cluster_tags(cluster, "placement"),
             opts=child) if args.placement_group else None
@@ -77,6 +78,10 @@ class SparkCluster(pulumi.ComponentResource):
             "sparkMasterUrl": master.entry.apply(lambda entry: spark_master_url(entry["privateIp"])),
             "s3Endpoint": pulumi.Output.from_input(""),  # AWS S3 itself (the hosts' region)
             "hdfs": pulumi.Output.from_input(args.hdfs),
+            "idleStopMinutes": pulumi.Output.from_input(float(args.idle_stop_minutes)),
+            "maxHours": pulumi.Output.from_input(float(args.max_hours)),
+            "ec2Endpoint": pulumi.Output.from_input(""),  # AWS EC2 itself
+            "imdsEndpoint": pulumi.Output.from_input(""),  # the instances' own metadata service
         }
         self.hourly_cost_usd = plan.hourly_cost_usd
         self.register_outputs(self.inventory)

@@ -48,6 +48,8 @@ class SparkClusterArgs:
     placement_group: bool = False                   # placementGroup
     hdfs: bool = False                              # hdfs (recorded as the kindling:hdfs tag)
     running: bool = True                            # running (false: stop instances, keep disks)
+    idle_stop_minutes: float = 60.0                 # idleStopMinutes (0: never auto-stop)
+    max_hours: float = 0.0                          # maxHours (stop this long after start; 0: no limit)
     availability_zone: Optional[str] = None         # availabilityZone (own VPC only; default: a zone
                                                     #   offering every instance type chosen)
     subnet_id: Optional[str] = None                 # subnetId (use an existing subnet and its VPC)
@@ -84,6 +86,10 @@ class SparkClusterArgs:
         if self.spot_max_price is not None and not self.spot_workers:
             _fail("spotMaxPrice is set but spotWorkers is false; `pulumi config rm spotMaxPrice` "
                   "or `pulumi config set spotWorkers true`")
+        for key, value in (("idleStopMinutes", self.idle_stop_minutes), ("maxHours", self.max_hours)):
+            if value < 0:
+                _fail(f"{key} is {value:g}; use 0 (off) or a positive number: "
+                      f"`pulumi config set {key} {60 if key == 'idleStopMinutes' else 8}`")
         if self.ami is not None and not re.fullmatch(r"ami-[0-9a-f]{8,17}", self.ami):
             _fail(f"ami {self.ami!r} is not an AMI id; e.g. `pulumi config set ami ami-0123456789abcdef0`, "
                   "or `pulumi config rm ami` for the latest Ubuntu 24.04")
@@ -164,6 +170,8 @@ CONFIG_KEYS: dict[str, tuple[str, Callable[[pulumi.Config, str], object]]] = {
     "placementGroup": ("placement_group", pulumi.Config.get_bool),
     "hdfs": ("hdfs", pulumi.Config.get_bool),
     "running": ("running", pulumi.Config.get_bool),
+    "idleStopMinutes": ("idle_stop_minutes", pulumi.Config.get_float),
+    "maxHours": ("max_hours", pulumi.Config.get_float),
     "availabilityZone": ("availability_zone", pulumi.Config.get),
     "vpcId": ("vpc_id", pulumi.Config.get),
     "subnetId": ("subnet_id", pulumi.Config.get),

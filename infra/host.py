@@ -21,7 +21,7 @@ import pulumi_aws as aws
 import pulumi_tls as tls
 
 from infra.cloud_init import cloud_config
-from infra.tags import HDFS_TAG, ROLE_TAG, cluster_tags
+from infra.tags import HDFS_TAG, MARKET_TAG, ROLE_TAG, cluster_tags
 from kindling import known_hosts_line
 
 
@@ -68,7 +68,8 @@ class ClusterHost(pulumi.ComponentResource):
         super().__init__("kindling:infra:ClusterHost", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         tags = cluster_tags(args.cluster_name, args.host_name,
-                            **{ROLE_TAG: args.role, HDFS_TAG: str(args.hdfs).lower()})
+                            **{ROLE_TAG: args.role, HDFS_TAG: str(args.hdfs).lower(),
+                               MARKET_TAG: "spot" if args.spot else "on-demand"})
         host_key = tls.PrivateKey(f"{name}-host-key", algorithm="ED25519", opts=child)
         hostname = aws_hostname(args.private_ip)
         user_data = pulumi.Output.all(host_key.private_key_openssh, host_key.public_key_openssh).apply(
@@ -120,8 +121,11 @@ class ClusterHost(pulumi.ComponentResource):
                 aws.ec2transitgateway.InstanceState(
                     f"{name}-state", instance_id=instance.id, state="running" if args.running else "stopped",
                     opts=child)
-        self.entry = public.apply(lambda v: {"name": args.host_name, "hostname": hostname, "publicIp": v[0],
-                                             "privateIp": args.private_ip, "publicDns": v[1]})
+        instance_id = instance.id if args.running or not args.spot else pulumi.Output.from_input("")
+        self.entry = pulumi.Output.all(public, instance_id).apply(lambda v: {
+            "name": args.host_name, "hostname": hostname, "publicIp": v[0][0],
+            "privateIp": args.private_ip, "publicDns": v[0][1], "instanceId": v[1],
+            "spot": args.spot})
         self.known_hosts = pulumi.Output.all(self.entry, host_key.public_key_openssh).apply(
             lambda v: known_hosts_line([v[0]["publicIp"], v[0]["privateIp"], v[0]["hostname"],
                                         v[0]["publicDns"]], v[1]))

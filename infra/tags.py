@@ -5,6 +5,8 @@ from __future__ import annotations
 CLUSTER_TAG = "kindling:cluster"
 ROLE_TAG = "kindling:role"
 HDFS_TAG = "kindling:hdfs"
+MARKET_TAG = "kindling:market"
+"""spot or on-demand: idle auto-stop may terminate only the cluster's spot instances."""
 
 
 def cluster_tags(cluster_name: str, name: str, **extra: str) -> dict[str, str]:

@@ -46,9 +46,14 @@ class Settings:
     peers: tuple[str, ...] = ()
     """The other hosts' private addresses (the master only: it decides for the cluster)."""
     instance_ids: tuple[str, ...] = ()
+    """The cluster's on-demand instances: stopped, their disks kept (the master only)."""
+    spot_ids: tuple[str, ...] = ()
+    """Its one-time spot instances, which EC2 cannot stop: terminated (`pulumi up` replaces them)."""
     region: str = ""
     ec2_endpoint: str = ""
     """"" for AWS; else an EC2-compatible endpoint (the tests' moto server)."""
+    imds_endpoint: str = ""
+    """"" for the instance's own metadata service (the instance role's credentials)."""
 
     @classmethod
     def load(cls, path: str) -> "Settings":
@@ -124,12 +129,17 @@ def decide(now: float, started: float, last_active: float, settings: Settings) -
 
 
 def stop_cluster(settings: Settings) -> None:
-    """StopInstances on every instance of the cluster: the one permission the role grants."""
+    """Stop the on-demand instances, terminate the spot ones: what the instance role allows."""
+    if settings.imds_endpoint:  # boto3 reads the instance role's credentials from there
+        os.environ["AWS_EC2_METADATA_SERVICE_ENDPOINT"] = settings.imds_endpoint
     import boto3
 
-    ec2 = boto3.client("ec2", region_name=settings.region or None,
+    ec2 = boto3.client("ec2", region_name=settings.region or "us-east-1",
                        endpoint_url=settings.ec2_endpoint or None)
-    ec2.stop_instances(InstanceIds=list(settings.instance_ids))
+    if settings.instance_ids:
+        ec2.stop_instances(InstanceIds=list(settings.instance_ids))
+    if settings.spot_ids:
+        ec2.terminate_instances(InstanceIds=list(settings.spot_ids))
 
 
 def serve_activity(settings: Settings) -> ThreadingHTTPServer:
@@ -162,16 +172,20 @@ def watch(settings: Settings, clock=time.time) -> None:
     started = clock()
     last_active, stopped = started, False
     while True:
-        if settings.instance_ids:
+        if settings.instance_ids or settings.spot_ids:
             now = clock()
             active = cluster_activity(settings)
             if active:
                 last_active, stopped = now, False
             why, stop_at = decide(now, started, last_active, settings)
             if why and not stopped:
-                stop_cluster(settings)
-                stopped = True
-                print(f"{time.strftime('%H:%M:%S')} stopped the cluster: {why}", flush=True)
+                try:
+                    stop_cluster(settings)
+                    stopped = True
+                    print(f"{time.strftime('%H:%M:%S')} stopped the cluster: {why}", flush=True)
+                except Exception as exc:  # noqa: BLE001 - the watcher must outlive a failed call
+                    print(f"{time.strftime('%H:%M:%S')} could not stop the cluster ({why}): "
+                          f"{exc}; trying again", flush=True)
             status = {"checked": now, "started": started, "lastActive": last_active,
                       "active": active, "stopAt": stop_at, "stopped": stopped,
                       "idleStopMinutes": settings.idle_minutes, "maxHours": settings.max_hours}

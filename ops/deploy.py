@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -13,10 +14,10 @@ from urllib.parse import urlparse
 
 from kindling import Host, Inventory, KindlingError, UserError
 from ops.cluster import Cluster, Progress, console
-from ops.remote import BIN, SPARK_STATE, read_stamp, sh
+from ops.remote import PYTHON, SPARK_STATE, read_stamp, sh
 from ops import hdfs, jvm
 from ops.local import local_spark_home
-from ops.services import (BasePackages, CloudInit, DeployContext, Layout, ProjectWheel,
+from ops.services import (AutoStop, BasePackages, CloudInit, DeployContext, Layout, ProjectWheel,
                           DataNode, JvmJars, NameNode, PythonDependencies, ServedWheelhouse, Service, SparkMaster,
                           SparkWorker, StagedData, WheelhouseServer, fetch_json)
 from ops.staging import TRANSFER_TIMEOUT, content_digest, push_path, remote_path, staged_check
@@ -167,6 +168,20 @@ def start_hdfs(cluster: Cluster, ctx: DeployContext) -> None:
                   f"hdfs://{master.privateIp}:{hdfs.NAMENODE_PORT}")
 
 
+def start_autostop(cluster: Cluster, ctx: DeployContext) -> None:
+    """The idle watcher on every host, when the inventory names the instances it may stop and
+    a limit is set (idleStopMinutes or maxHours)."""
+    inventory = cluster.inventory
+    if not any(host.instanceId for host in inventory.hosts) or not (
+            inventory.idleStopMinutes or inventory.maxHours):
+        return
+    progress = Progress(inventory.hosts)
+    cluster.parallel(lambda host, cxn: bring_up(host, cxn, (AutoStop(),), ctx, progress))
+    limits = [f"after {inventory.idleStopMinutes:g} idle minutes" if inventory.idleStopMinutes
+              else "", f"{inventory.maxHours:g} h after it started" if inventory.maxHours else ""]
+    progress.done("auto-stop: the cluster stops " + " or ".join(filter(None, limits)))
+
+
 def check_deployed(cluster: Cluster, job: Job) -> None:
     """One clear error when `fab deploy JOB` has not been run."""
     def installed(host, cxn) -> bool:
@@ -214,11 +229,11 @@ def store_data(cluster: Cluster, job: Job, args: list[str], root: str,
 
 
 def put_in_hdfs(cluster: Cluster, local: Path, folder: str) -> None:
-    """local in HDFS as folder/<name>: pushed to the master (once), then `hdfs dfs -put` into
-    a temporary folder renamed into place, so a half-done copy is never taken for data."""
+    """local in HDFS as folder/<name>: pushed to the master (once), then written into HDFS from
+    there over WebHDFS, whole or not at all (workloads.stored.publish)."""
     master = cluster.inventory.master
     cxn = cluster.connection(master)
-    url = (f"http://{master.privateIp}:{hdfs.NAMENODE_HTTP_PORT}/webhdfs/v1{folder}"
+    url = (f"http://{master.privateIp}:{hdfs.NAMENODE_HTTP_PORT}/webhdfs/v1{folder}/{local.name}"
            "?op=GETFILESTATUS")
     if fetch_json(cxn, url) is not None:
         console.print(f"data: {local.name} already in hdfs://{folder}/{local.name}")
@@ -227,11 +242,10 @@ def put_in_hdfs(cluster: Cluster, local: Path, folder: str) -> None:
     remote = remote_path(local)
     if cxn.run(staged_check(remote), hide=True, warn=True, in_stream=False).exited != 0:
         push_path(cxn, local, remote)
-    partial = f"{folder}.partial"
-    for command in (f"-rm -r -f {partial}", f"-mkdir -p {partial}", f"-put -f {remote} {partial}/",
-                    f"-mv {partial} {folder}"):
-        sh(cxn, f"{BIN}/hdfs dfs {command}", timeout=TRANSFER_TIMEOUT,
-           what=f"copying {local.name} into HDFS (hdfs dfs {command.split()[0]})")
+    target = f"{hdfs.default_fs(master.privateIp)}{folder}/{local.name}"
+    publish = "import sys; from workloads import stored; stored.publish(*sys.argv[1:])"
+    sh(cxn, shlex.join([PYTHON, "-c", publish, remote, target]), timeout=TRANSFER_TIMEOUT,
+       what=f"copying {local.name} into HDFS")
     console.print(f"data: {local.name} copied once into hdfs://{folder}/{local.name} "
                   f"({time.monotonic() - started:.1f}s)")
 

@@ -22,6 +22,7 @@ DATA = f"{SRV}/data"
 RUNS = f"{SRV}/runs"
 SPARK_STATE = f"{SRV}/spark"
 HDFS_STATE = f"{SRV}/hdfs"
+AUTOSTOP_STATE = f"{SRV}/autostop"
 
 INSTALL_TIMEOUT = 1800
 COMMAND_TIMEOUT = 120

@@ -22,7 +22,7 @@ from fabric import Connection
 from ops import hdfs, spark
 from ops.ssh import ssh_command
 from kindling import Host, Inventory
-from ops.remote import (BIN, COMMAND_TIMEOUT, DATA, HADOOP_CONF, HDFS_STATE, HOME,
+from ops.remote import (AUTOSTOP_STATE, BIN, COMMAND_TIMEOUT, DATA, HADOOP_CONF, HDFS_STATE, HOME,
                         INSTALL_TIMEOUT, PYTHON, RUNS, SPARK_STATE, SRV, STAMPS, VENV, WHEELHOUSE,
                         WHEELHOUSE_SERVER_PID,
                         jar_folder, read_stamp, sh, where, write_stamp)
@@ -548,3 +548,64 @@ class SparkWorker(Service):
                                            ctx.inventory.sparkMasterUrl, 1, int(cores), memory,
                                            SPARK_STATE, python=PYTHON),
            what="starting the Spark worker")
+
+
+class AutoStop(Service):
+    """The idle watcher (ops.autostop) on every host, as a systemd service where systemd runs the
+    host, else a detached process with the same code; restarted when its settings change."""
+
+    name = "auto-stop"
+    unit = "kindling-autostop"
+
+    def settings(self, host: Host, ctx: DeployContext) -> dict:
+        inventory = ctx.inventory
+        is_master = host == inventory.master
+        idle_seconds = inventory.idleStopMinutes * 60 or inventory.maxHours * 3600
+        others = [h for h in inventory.hosts if h != inventory.master]
+        return {
+            "host": host.name, "address": host.privateIp, "runs": RUNS, "state": AUTOSTOP_STATE,
+            "idle_minutes": inventory.idleStopMinutes, "max_hours": inventory.maxHours,
+            "interval": max(1.0, min(30.0, idle_seconds / 10)),
+            "spark_master": (f"http://{host.privateIp}:{spark.MASTER_WEBUI_PORT}/json/"
+                             if is_master else ""),
+            "peers": [h.privateIp for h in others] if is_master else [],
+            "instance_ids": [h.instanceId for h in inventory.hosts if not h.spot] if is_master else [],
+            "spot_ids": [h.instanceId for h in inventory.hosts if h.spot] if is_master else [],
+            "region": inventory.region, "ec2_endpoint": inventory.ec2Endpoint,
+            "imds_endpoint": inventory.imdsEndpoint,
+        }
+
+    def version(self, host: Host, ctx: DeployContext) -> str:
+        text = json.dumps(self.settings(host, ctx), sort_keys=True) + ctx.project_wheel.name
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def running(self, cxn: Connection) -> bool:
+        check = (f"systemctl is-active --quiet {self.unit} 2>/dev/null || "
+                 f"(p=$(cat {AUTOSTOP_STATE}/watcher.pid 2>/dev/null) && kill -0 \"$p\")")
+        return cxn.run(check, hide=True, warn=True, timeout=COMMAND_TIMEOUT,
+                       in_stream=False).exited == 0
+
+    def is_current(self, cxn, host, ctx):
+        return read_stamp(cxn, "autostop") == self.version(host, ctx) and self.running(cxn)
+
+    def install(self, cxn, host, ctx):
+        settings = f"{HOME}/autostop.json"
+        sh(cxn, f"mkdir -p {AUTOSTOP_STATE} && " + write_files_command(HOME, {
+            "autostop.json": json.dumps(self.settings(host, ctx), indent=1)}),
+           what="writing the auto-stop settings")
+        command = f"{PYTHON} -m ops.autostop {settings}"
+        if cxn.run("test -d /run/systemd/system", hide=True, warn=True,
+                   in_stream=False).exited == 0:
+            unit = (f"[Unit]\nDescription=kindling idle auto-stop\nAfter=network-online.target\n"
+                    f"[Service]\nExecStart={command}\nRestart=always\nRestartSec=10\n"
+                    f"[Install]\nWantedBy=multi-user.target\n")
+            sh(cxn, f"printf %s {shlex.quote(unit)} | sudo tee /etc/systemd/system/{self.unit}.service"
+                    f" > /dev/null && sudo systemctl daemon-reload && sudo systemctl enable "
+                    f"--quiet {self.unit} && sudo systemctl restart {self.unit}",
+               what="starting the auto-stop service")
+        else:
+            pid = f"{AUTOSTOP_STATE}/watcher.pid"
+            sh(cxn, hdfs.stop_command(pid) + f"; (setsid nohup {command} > "
+                    f"{AUTOSTOP_STATE}/watcher.log 2>&1 < /dev/null & echo $! > {pid})",
+               what="starting the auto-stop watcher")
+        write_stamp(cxn, "autostop", self.version(host, ctx))

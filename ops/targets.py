@@ -26,9 +26,9 @@ from ops import hdfs, jvm, local, runs, ssh
 from ops.cluster import Cluster, console
 from ops.deploy import (check_deployed, deploy_context, fetch_results, install_hosts,
                         name_failed_host, ship_s3a_jars, stage_data, start_hdfs,
-                        start_spark, store_data)
+                        start_autostop, start_spark, store_data)
 from ops.launch import Run
-from ops.remote import BIN, PYTHON, RUNS, jar_folder, sh
+from ops.remote import AUTOSTOP_STATE, BIN, PYTHON, RUNS, jar_folder, sh
 from ops.services import (down_datanodes, fetch_json, master_status, namenode_info,
                           remote_spark_home)
 from ops.spark import alive_workers, worker_states
@@ -295,6 +295,7 @@ class ClusterTarget(Target):
             start_hdfs(self.cluster, ctx)
         if job.uses_spark:
             start_spark(self.cluster, ctx)
+        start_autostop(self.cluster, ctx)
         console.print(f"deploy took {time.monotonic() - started:.1f}s")
 
     def run_folder(self, run_id, output):
@@ -393,6 +394,7 @@ class ClusterTarget(Target):
 
     def status(self):
         super().status()
+        self.autostop_status()
         if not self.inventory.hdfs:
             return
         master = self.inventory.master
@@ -407,6 +409,29 @@ class ClusterTarget(Target):
                       f"{info.get('Total', 0) / 1e9:.1f} GB, {info.get('Free', 0) / 1e9:.1f} GB free"
                       + (f"; DataNode down on {', '.join(down)} (`fab deploy JOB` restarts it)"
                          if down else ""))
+
+    def autostop_status(self) -> None:
+        """What the master's idle watcher decided last: busy, or when it stops the cluster."""
+        if not any(host.instanceId for host in self.inventory.hosts):
+            return
+        text = sh(self.cluster.connection(self.inventory.master),
+                  f"cat {AUTOSTOP_STATE}/status.json 2>/dev/null || true")
+        if not text:
+            console.print("auto-stop: not running (`fab deploy JOB` starts it)")
+            return
+        state = json.loads(text)
+        clock = lambda seconds: time.strftime("%H:%M:%S", time.localtime(seconds))
+        if state["stopped"]:
+            console.print(f"auto-stop: stopped the cluster (idle since {clock(state['lastActive'])})")
+        elif not state["stopAt"]:
+            console.print("auto-stop: off (idleStopMinutes 0, no maxHours)")
+        elif state["active"]:
+            console.print(f"auto-stop: busy ({'; '.join(state['active'])}); the cluster stops "
+                          f"after {state['idleStopMinutes']:g} idle minutes")
+        else:
+            left = max(0.0, state["stopAt"] - state["checked"])
+            console.print(f"auto-stop: idle since {clock(state['lastActive'])}; the cluster stops "
+                          f"in {left / 60:.1f} min (at {clock(state['stopAt'])})")
 
     def object_store(self):
         return ObjectStore(self.inventory.s3Endpoint, self.inventory.region)

@@ -108,6 +108,22 @@ def copy(source: str, destination: str) -> None:
                   destination_filesystem=destination_fs)
 
 
+def publish(source: str, location: str) -> None:
+    """source copied to location (HDFS or local: a file system that renames) as a whole or not at
+    all: into location.partial first, then renamed, so no reader takes a half-done copy."""
+    from pyarrow import fs
+
+    filesystem_, destination = filesystem(location)
+    partial = destination + ".partial"
+    kind = filesystem_.get_file_info(partial).type
+    if kind == fs.FileType.Directory:
+        filesystem_.delete_dir(partial)
+    elif kind == fs.FileType.File:
+        filesystem_.delete_file(partial)
+    copy(source, location + ".partial")
+    filesystem_.move(partial, destination)
+
+
 def local_copy(location: str, folder: str) -> str:
     """A local path holding location: itself when it is local, else a copy below folder."""
     if not is_uri(location):

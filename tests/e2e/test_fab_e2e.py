@@ -17,12 +17,13 @@ import time
 import urllib.request
 from pathlib import Path
 
+import boto3
 import pytest
 
 from e2e.fab_cli import FAB, REPO, fab, fab_env, job_processes, one_error_line, results_of
 from floors import ACCURACY_FLOOR
 from kindling import known_hosts_line
-from s3_server import ACCESS_KEY, SECRET_KEY, client, moto_s3, upload_folder
+from moto_endpoint import ACCESS_KEY, SECRET_KEY, client, moto_server, upload_folder
 
 WHEELHOUSE = Path("/var/cache/kindling/wheelhouse")
 MNIST_FLAGS = ["--epochs", "2", "--input-mode", "tensorflow"]
@@ -251,7 +252,7 @@ def test_classify_reads_s3_on_the_cluster_through_spark(netns_cluster, env, depl
     """A moto S3 server on the bridge as the cluster's store (inventory s3Endpoint and bucket):
     the photos are read by the executors on the workers through S3A, never copied by fab, and
     the run's results land in the bucket as well as in runs/<id>/."""
-    with moto_s3(netns_cluster.bridge_address) as endpoint:
+    with moto_server(netns_cluster.bridge_address) as endpoint:
         upload_folder(endpoint, "cluster-photos", "vehicles", assets / "datasets" / "buses-cars")
         inventory = tmp_path / "cluster.json"
         inventory.write_text(json.dumps(json.loads(netns_cluster.inventory_path.read_text())
@@ -280,6 +281,70 @@ def test_classify_reads_s3_on_the_cluster_through_spark(netns_cluster, env, depl
         assert check.returncode == 0, (host, check.stdout, check.stderr)
     assert SECRET_KEY not in done.stdout + done.stderr
     print(f"classify from s3:// on 3 netns hosts (S3A jars shipped first): {took:.1f}s")
+
+
+def instance_states(ec2, ids: dict[str, str]) -> dict[str, str]:
+    found = ec2.describe_instances(InstanceIds=list(ids.values()))["Reservations"]
+    states = {i["InstanceId"]: i["State"]["Name"] for r in found for i in r["Instances"]}
+    return {name: states[instance] for name, instance in ids.items()}
+
+
+def test_auto_stop_stops_the_idle_cluster_but_never_during_a_job_or_an_ssh_login(
+        netns_cluster, env, wheelhouse, deployed, tmp_path):
+    """moto on the bridge stands for EC2 and the hosts' metadata service (the instance role's
+    credentials); idleStopMinutes scaled down to 6 s. The master's watcher stops every instance
+    once the cluster is idle, not while train-ps runs on it, not while someone is logged in."""
+    with moto_server(netns_cluster.bridge_address) as endpoint:
+        ec2 = boto3.client("ec2", endpoint_url=endpoint, region_name="us-east-1",
+                           aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY)
+        image = ec2.describe_images()["Images"][0]["ImageId"]
+        ids = {host.name: ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1)
+               ["Instances"][0]["InstanceId"] for host in netns_cluster.hosts}
+        outputs = json.loads(netns_cluster.inventory_path.read_text())
+        for entry in [outputs["master"], *outputs["workers"]]:
+            entry["instanceId"] = ids[entry["name"]]
+        inventory = tmp_path / "cluster.json"
+        inventory.write_text(json.dumps(outputs | {"idleStopMinutes": 0.1, "ec2Endpoint": endpoint,
+                                                   "imdsEndpoint": endpoint}))
+        target = ("--target", str(inventory))
+        try:
+            job = fab(env, "deploy", "train-ps", *target, "--wheelhouse", wheelhouse, "--detach",
+                      "--epochs", "2", "--job-args", "--steps-per-epoch 150")
+            assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
+            assert "auto-stop: the cluster stops after 0.1 idle minutes" in job.stdout, job.stdout
+            started = time.monotonic()
+            busy = fab(env, "status", *target)
+            assert re.search(r"auto-stop: busy \(master: job process train-ps-", busy.stdout), busy.stdout
+            wait_until(lambda: not any(job_processes(netns_cluster, h) for h in netns_cluster.hosts),
+                       "train-ps to end", timeout=300)
+            ended = time.monotonic()
+            assert ended - started > 12, f"train-ps took {ended - started:.0f}s: too short to tell"
+            assert set(instance_states(ec2, ids).values()) == {"running"}
+            wait_until(lambda: set(instance_states(ec2, ids).values()) == {"stopped"},
+                       "the idle cluster to be stopped", timeout=60, interval=0.5)
+            delay = time.monotonic() - ended
+            status = fab(env, "status", *target)
+            assert "auto-stop: stopped the cluster (idle since" in status.stdout, status.stdout
+
+            ec2.start_instances(InstanceIds=list(ids.values()))  # as `pulumi up` would
+            login = subprocess.Popen(["script", "-qfec", f"{FAB} ssh --target {inventory}",
+                                      "/dev/null"], env=env, stdin=subprocess.PIPE,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                wait_until(lambda: "SSH login" in fab(env, "status", *target).stdout,
+                           "the master's watcher to see the login", timeout=60)
+                time.sleep(12)  # twice idleStopMinutes: a stop would have come by now
+                assert set(instance_states(ec2, ids).values()) == {"running"}
+            finally:
+                login.terminate()
+                login.wait(timeout=30)
+            wait_until(lambda: set(instance_states(ec2, ids).values()) == {"stopped"},
+                       "the cluster to be stopped once the login ended", timeout=60, interval=0.5)
+        finally:
+            for host in netns_cluster.hosts:
+                netns_cluster.exec(host, "pkill -f '[o]ps.autostop'; rm -f /opt/kindling/stamps/autostop")
+    print(f"auto-stop: the cluster was stopped {delay:.1f}s after train-ps ended "
+          "(idleStopMinutes 0.1 = 6 s, checked every 1 s)")
 
 
 @pytest.fixture(scope="module")

@@ -58,6 +58,7 @@ def test_every_config_key_reaches_its_field():
         "kindling:spotMaxPrice": "0.31", "kindling:rootVolumeSize": "100",
         "kindling:ami": "ami-0123456789abcdef0", "kindling:placementGroup": "true",
         "kindling:hdfs": "true", "kindling:running": "false", "kindling:vpcId": "vpc-0123456789abcdef0",
+        "kindling:idleStopMinutes": "45", "kindling:maxHours": "8.5",
         "kindling:subnetId": "subnet-0123456789abcdef0", "kindling:sshPublicKey": PUBLIC_KEY,
         "kindling:sshPrivateKey": PRIVATE_KEY,
     }
@@ -68,7 +69,7 @@ def test_every_config_key_reaches_its_field():
         master_instance_type="m7i.2xlarge", worker_instance_type="c7i.4xlarge", ps_instance_type="r7i.large",
         worker_count=5, ps_count=2, spot_workers=True, spot_max_price="0.31", root_volume_gib=100,
         ami="ami-0123456789abcdef0", placement_group=True, hdfs=True, running=False,
-        vpc_id="vpc-0123456789abcdef0", subnet_id="subnet-0123456789abcdef0", ssh_public_key=PUBLIC_KEY,
+        idle_stop_minutes=45.0, max_hours=8.5, vpc_id="vpc-0123456789abcdef0", subnet_id="subnet-0123456789abcdef0", ssh_public_key=PUBLIC_KEY,
         ssh_private_key=PRIVATE_KEY)
     assert {**vars(args), "ssh_private_key": PRIVATE_KEY} == vars(expected)
     # Read with get_secret: the private key stays a secret all the way to the sshPrivateKey output.
@@ -78,6 +79,8 @@ def test_every_config_key_reaches_its_field():
 
 @pytest.mark.parametrize("config, problem, fix", [
     ({"kindling:sshCidr": None}, "sshCidr is not set", "pulumi config set sshCidr 203.0.113.7/32"),
+    ({"kindling:idleStopMinutes": "-1"}, "idleStopMinutes is -1", "pulumi config set idleStopMinutes 60"),
+    ({"kindling:maxHours": "-2"}, "maxHours is -2", "pulumi config set maxHours 8"),
     ({"kindling:sshCidr": "0.0.0.0/0"}, "opens SSH to the whole internet",
      "pulumi config set allowSshFromAnywhere true"),
     ({"kindling:sshCidr": "my-laptop"}, "sshCidr 'my-laptop' is not a CIDR", "pulumi config set sshCidr"),

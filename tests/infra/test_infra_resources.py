@@ -247,7 +247,7 @@ def test_instance_role_may_use_only_the_cluster_bucket(cluster):
     [role] = cluster.of_type(ROLE)
     trust = json.loads(role.inputs["assumeRolePolicy"])
     assert [s["Principal"] for s in trust["Statement"]] == [{"Service": "ec2.amazonaws.com"}]
-    [policy] = cluster.of_type(ROLE_POLICY)
+    [policy] = [p for p in cluster.of_type(ROLE_POLICY) if p.name.endswith("-bucket")]
     assert policy.inputs["role"] == role.id
     statements = json.loads(policy.inputs["policy"])["Statement"]
     assert {s["Resource"] for s in statements} == {arn, f"{arn}/*"}
@@ -258,6 +258,37 @@ def test_instance_role_may_use_only_the_cluster_bucket(cluster):
     [profile] = cluster.of_type(INSTANCE_PROFILE)
     assert profile.inputs["role"] == role.outputs["name"]
     assert {i.inputs["iamInstanceProfile"] for i in cluster.of_type(INSTANCE)} == {profile.outputs["name"]}
+
+
+@pytest.mark.parametrize("deployment, spot", [("cluster", True), ("variant", False)])
+def test_auto_stop_may_only_stop_the_clusters_instances_and_end_its_spot_ones(deployment, spot,
+                                                                              request):
+    """The hosts' one EC2 permission: StopInstances on instances tagged with their cluster;
+    with spot workers (EC2 cannot stop one-time spot), TerminateInstances on the spot ones only.
+    Every instance carries the tags those conditions test."""
+    deployment = request.getfixturevalue(deployment)
+    [role] = deployment.of_type(ROLE)
+    [policy] = [p for p in deployment.of_type(ROLE_POLICY) if p.name.endswith("-autostop")]
+    assert policy.inputs["role"] == role.id
+    statements = json.loads(policy.inputs["policy"])["Statement"]
+    cluster_name = role.inputs["tags"]["kindling:cluster"]
+    by_action = {action: s for s in statements for action in s["Action"]}
+    assert set(by_action) == ({"ec2:StopInstances", "ec2:TerminateInstances"} if spot
+                              else {"ec2:StopInstances"})
+    for action, statement in by_action.items():
+        assert statement["Effect"] == "Allow"
+        assert statement["Resource"].startswith("arn:aws:ec2:") and \
+            statement["Resource"].endswith(":instance/*")
+        condition = statement["Condition"]["StringEquals"]
+        assert condition["aws:ResourceTag/kindling:cluster"] == cluster_name
+        assert (condition.get("aws:ResourceTag/kindling:market") == "spot") == (
+            action == "ec2:TerminateInstances")
+    for instance in deployment.of_type(INSTANCE):
+        tags = instance.inputs["tags"]
+        assert tags["kindling:cluster"] == cluster_name
+        is_spot = bool(instance.inputs.get("instanceMarketOptions"))
+        assert tags["kindling:market"] == ("spot" if is_spot else "on-demand"), instance.name
+        assert is_spot == (spot and tags["kindling:role"] == "worker")
 
 
 def test_own_network_vpc_subnet_gateway_and_default_route(defaults):

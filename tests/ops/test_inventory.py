@@ -22,7 +22,8 @@ def openssh_keypair() -> tuple[str, str]:
 
 def host(name: str, ip: str) -> dict:
     return {"name": name, "hostname": f"ip-{ip.replace('.', '-')}", "publicIp": ip,
-            "privateIp": ip, "publicDns": ""}
+            "privateIp": ip, "publicDns": "", "instanceId": f"i-{ip.replace('.', '')}",
+            "spot": name.startswith("worker")}
 
 
 @pytest.fixture
@@ -34,6 +35,7 @@ def outputs() -> dict:
         "knownHosts": "\n".join(known_hosts_line([h["publicIp"], h["hostname"]], public) for h in hosts),
         "master": hosts[0], "workers": hosts[1:], "ps": [], "bucket": "",
         "sparkMasterUrl": "spark://10.77.0.2:7077", "s3Endpoint": "", "hdfs": False,
+        "idleStopMinutes": 60.0, "maxHours": 0.0, "ec2Endpoint": "", "imdsEndpoint": "",
     }
 
 
@@ -57,6 +59,10 @@ def test_round_trip(outputs, tmp_path):
     (lambda o: o["workers"][1].update(name="worker-0"), "host name 'worker-0' appears twice"),
     (lambda o: o.update(s3Endpoint="minio:9000"), "'s3Endpoint' must be an http"),
     (lambda o: o.update(hdfs="yes"), "field 'hdfs' must be true or false"),
+    (lambda o: o.update(idleStopMinutes=-5), "field 'idleStopMinutes' must be a number >= 0"),
+    (lambda o: o.update(maxHours="8h"), "field 'maxHours' must be a number >= 0"),
+    (lambda o: o.update(ec2Endpoint="moto"), "'ec2Endpoint' must be an http"),
+    (lambda o: o["workers"][0].update(spot="yes"), "field 'spot' must be true or false"),
 ])
 def test_each_problem_names_the_field(outputs, mutate, message):
     mutate(outputs)

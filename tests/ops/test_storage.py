@@ -18,7 +18,7 @@ from kindling import UserError
 from ops import jvm
 from ops.local import free_port, local_spark_home
 from ops.storage import ObjectStore
-from s3_server import ACCESS_KEY, SECRET_KEY, moto_s3, upload_folder
+from moto_endpoint import ACCESS_KEY, SECRET_KEY, moto_server, upload_folder
 
 REPO = Path(__file__).resolve().parents[2]
 FAB = str(Path(sys.executable).parent / "fab")
@@ -29,7 +29,7 @@ PREFIX = "vehicles"
 @pytest.fixture(scope="module")
 def s3(assets):
     """A moto S3 server on this machine holding the buses-cars photos under s3://BUCKET/PREFIX."""
-    with moto_s3("127.0.0.1") as endpoint:
+    with moto_server("127.0.0.1") as endpoint:
         upload_folder(endpoint, BUCKET, PREFIX, assets / "datasets" / "buses-cars")
         yield endpoint
 

@@ -16,7 +16,7 @@ import pytest
 
 from hdfs_server import local_hdfs
 from kindling import UserError
-from s3_server import ACCESS_KEY, SECRET_KEY, moto_s3, upload_folder
+from moto_endpoint import ACCESS_KEY, SECRET_KEY, moto_server, upload_folder
 from workloads import mnist_node, stored
 from workloads.mnist import load_mnist
 
@@ -34,7 +34,7 @@ def hdfs_root(tmp_path_factory):
 def s3_root():
     saved = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID",
                                             "AWS_SECRET_ACCESS_KEY", "AWS_REGION")}
-    with moto_s3("127.0.0.1") as endpoint:
+    with moto_server("127.0.0.1") as endpoint:
         os.environ.update(AWS_ENDPOINT_URL_S3=endpoint, AWS_ACCESS_KEY_ID=ACCESS_KEY,
                           AWS_SECRET_ACCESS_KEY=SECRET_KEY, AWS_REGION="us-east-1")
         upload_folder(endpoint, "kindling-data", "empty", Path(__file__).parent)  # the bucket
@@ -99,3 +99,15 @@ def test_train_mnist_tensorflow_mode_reads_its_shards_from_hdfs(hdfs_root, asset
     assert metrics["input_mode"] == "tensorflow" and metrics["steps"] == 20, metrics
     shards = [name for name, _, _ in stored.fingerprint(data + "_tfrecords")]
     assert len([name for name in shards if name.endswith(".tfrecord")]) == 2, shards
+
+
+def test_publish_replaces_a_half_done_copy_and_never_shows_one(hdfs_root, assets):
+    """How fab puts a local folder into HDFS (S3 has no rename: the bucket gets a marker)."""
+    photos = assets / "datasets" / "buses-cars"
+    target = f"{hdfs_root}/published/buses-cars"
+    stored.copy(str(photos / "buses"), target + ".partial")  # an earlier copy that died
+    stored.publish(str(photos), target)
+    assert not stored.exists(target + ".partial")
+    names = sorted(name for name, _, _ in stored.fingerprint(target))
+    assert names == sorted("/" + p.relative_to(photos).as_posix()
+                           for p in photos.rglob("*") if p.is_file())

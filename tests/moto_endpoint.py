@@ -1,5 +1,6 @@
-"""A real S3 endpoint for the storage tests: moto's server, on the address the tests choose
-(127.0.0.1 for the local target; the bridge's address, which namespace hosts can reach)."""
+"""AWS's control plane for the tests, and only that: moto's server (S3 for the storage tests, EC2
+and the instance metadata service for auto-stop), on the address the tests choose (127.0.0.1
+for the local target; the bridge's address, which namespace hosts can reach)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ SECRET_KEY = "kindling-secret"
 
 
 @contextmanager
-def moto_s3(address: str):
-    """A moto S3 server on address (a free port); yields its endpoint URL."""
+def moto_server(address: str):
+    """A moto server on address (a free port): S3, EC2 and the instance metadata service at one
+    endpoint URL, which it yields."""
     from moto.server import ThreadedMotoServer
 
     with socket.socket() as probe:
