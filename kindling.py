@@ -49,7 +49,7 @@ from pathlib import Path
 
 SCHEMA_KEYS = ("clusterName", "region", "sshUser", "sshPrivateKey", "knownHosts",
                "master", "workers", "ps", "bucket", "sparkMasterUrl", "s3Endpoint", "hdfs",
-               "idleStopMinutes", "maxHours", "ec2Endpoint", "imdsEndpoint")
+               "idleStopMinutes", "maxHours", "ec2Endpoint", "imdsEndpoint", "hourlyCostUsd")
 HOST_KEYS = ("name", "hostname", "publicIp", "privateIp", "publicDns", "instanceId")
 DEFAULT_IDLE_STOP_MINUTES = 60.0
 SPARK_MASTER_PORT = 7077
@@ -119,6 +119,9 @@ class Inventory:
     """"" for AWS EC2; else an EC2-compatible endpoint (the tests' moto server)."""
     imdsEndpoint: str = ""
     """"" for the hosts' own instance metadata service; else where theirs is (the tests')."""
+    hourlyCostUsd: tuple[tuple[str, float], ...] | None = None
+    """(("running", USD/h), ("stopped", USD/h)) from the price table `pulumi up` used; None
+    where it has no prices."""
     source: str = field(default="", compare=False)
 
     @property
@@ -139,6 +142,7 @@ class Inventory:
         data.pop("source")
         data["workers"] = list(data["workers"])
         data["ps"] = list(data["ps"])
+        data["hourlyCostUsd"] = dict(self.hourlyCostUsd) if self.hourlyCostUsd else None
         return data
 
 
@@ -212,6 +216,7 @@ def parse_inventory(data: object, source: str = "inventory") -> Inventory:
         maxHours=_hours_or_minutes(data.get("maxHours"), "maxHours", 0.0, where),
         ec2Endpoint=_endpoint(data.get("ec2Endpoint"), where, "ec2Endpoint", "EC2"),
         imdsEndpoint=_endpoint(data.get("imdsEndpoint"), where, "imdsEndpoint", "IMDS"),
+        hourlyCostUsd=_costs(data.get("hourlyCostUsd"), where),
         source=source,
     )
     names = [h.name for h in inventory.hosts]
@@ -254,6 +259,18 @@ def _flag(value: object, key: str, where: str) -> bool:
     if not isinstance(value, bool):
         raise InventoryError(f"inventory {where}: field '{key}' must be true or false, got {value!r}")
     return value
+
+
+def _costs(value: object, where: str) -> tuple[tuple[str, float], ...] | None:
+    """The optional hourlyCostUsd: {"running": USD/h, "stopped": USD/h}, or null."""
+    if value is None:
+        return None
+    if not (isinstance(value, dict) and set(value) == {"running", "stopped"} and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
+            for v in value.values())):
+        raise InventoryError(f"inventory {where}: field 'hourlyCostUsd' must be "
+                             f"{{\"running\": USD, \"stopped\": USD}} or null, got {value!r}")
+    return (("running", float(value["running"])), ("stopped", float(value["stopped"])))
 
 
 def _pinned_addresses(known_hosts: str) -> set[str]:

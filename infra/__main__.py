@@ -1,7 +1,6 @@
-"""`pulumi up` entry point: stack config in, the cluster inventory (and its hourly cost) out.
+"""`pulumi up` entry point: stack config in, the cluster inventory out (its hourly cost too).
 
-`pulumi stack output --json --show-secrets > cluster.json` is then what `fab deploy` reads; the
-inventory parser ignores hourlyCostUsd.
+`pulumi stack output --json --show-secrets > cluster.json` is then what `fab deploy` reads.
 """
 
 import pulumi
@@ -12,4 +11,3 @@ from infra.config import load_config
 cluster = SparkCluster("kindling", load_config())
 for key, value in cluster.inventory.items():
     pulumi.export(key, value)
-pulumi.export("hourlyCostUsd", cluster.hourly_cost_usd)

@@ -25,8 +25,6 @@ SSH_USER = "ubuntu"  # the login user of Ubuntu cloud images
 class SparkCluster(pulumi.ComponentResource):
     inventory: dict[str, pulumi.Output]
     """One output per kindling.SCHEMA_KEYS key; sshPrivateKey is a secret."""
-    hourly_cost_usd: Optional[dict[str, float]]
-    """{"running": USD/h, "stopped": USD/h} from infra/prices.py, None where it has no prices."""
 
     def __init__(self, name: str, args: SparkClusterArgs, opts: Optional[pulumi.ResourceOptions] = None):
         plan = plan_cluster(args)  # may refuse the config: before any resource, even this component
@@ -82,6 +80,6 @@ class SparkCluster(pulumi.ComponentResource):
             "maxHours": pulumi.Output.from_input(float(args.max_hours)),
             "ec2Endpoint": pulumi.Output.from_input(""),  # AWS EC2 itself
             "imdsEndpoint": pulumi.Output.from_input(""),  # the instances' own metadata service
+            "hourlyCostUsd": pulumi.Output.from_input(plan.hourly_cost_usd),
         }
-        self.hourly_cost_usd = plan.hourly_cost_usd
         self.register_outputs(self.inventory)

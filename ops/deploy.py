@@ -14,7 +14,7 @@ from urllib.parse import urlparse
 
 from kindling import Host, Inventory, KindlingError, UserError
 from ops.cluster import Cluster, Progress, console
-from ops.remote import PYTHON, SPARK_STATE, read_stamp, sh
+from ops.remote import COMMAND_TIMEOUT, PYTHON, SPARK_STATE, read_stamp, sh
 from ops import hdfs, jvm
 from ops.local import local_spark_home
 from ops.services import (AutoStop, BasePackages, CloudInit, DeployContext, Layout, ProjectWheel,
@@ -149,6 +149,21 @@ def start_spark(cluster: Cluster, ctx: DeployContext) -> None:
     SparkMaster().health_check(cluster.connection(master), master, ctx)
     progress.done(f"spark ready: {len(inventory.workers)} workers registered with "
                   f"{inventory.sparkMasterUrl}")
+
+
+def check_java_for_hdfs(cluster: Cluster) -> None:
+    """HDFS's daemons need Java on every host: there already, or installable by the base
+    packages (apt-get). Else one line naming the hosts, before anything changes on any host."""
+    def java_or_apt(host: Host, cxn) -> bool:
+        return cxn.run("java -version >/dev/null 2>&1 || apt-get --version >/dev/null 2>&1",
+                       hide=True, warn=True, timeout=COMMAND_TIMEOUT, in_stream=False).exited == 0
+
+    missing = [name for name, ok in cluster.parallel(java_or_apt).items() if not ok]
+    if missing:
+        raise UserError(f"hdfs: true needs Java on every host, and {', '.join(missing)} has no "
+                        "`java` and no apt-get to install one: install a JRE 17+ there, or turn "
+                        "HDFS off (`pulumi config set hdfs false`, or \"hdfs\": false in the "
+                        "inventory)")
 
 
 def start_hdfs(cluster: Cluster, ctx: DeployContext) -> None:

@@ -24,7 +24,7 @@ from invoke import Context
 from kindling import Inventory, KindlingError, UserError, load_inventory, parse_inventory
 from ops import hdfs, jvm, local, runs, ssh
 from ops.cluster import Cluster, console
-from ops.deploy import (check_deployed, deploy_context, fetch_results, install_hosts,
+from ops.deploy import (check_deployed, check_java_for_hdfs, deploy_context, fetch_results, install_hosts,
                         name_failed_host, ship_s3a_jars, stage_data, start_hdfs,
                         start_autostop, start_spark, store_data)
 from ops.launch import Run
@@ -290,6 +290,8 @@ class ClusterTarget(Target):
     def deploy(self, job, args, wheelhouse):
         started = time.monotonic()
         ctx = deploy_context(self.inventory, job, args, wheelhouse)
+        if self.inventory.hdfs:
+            check_java_for_hdfs(self.cluster)
         install_hosts(self.cluster, ctx)
         if self.inventory.hdfs:
             start_hdfs(self.cluster, ctx)
@@ -394,7 +396,8 @@ class ClusterTarget(Target):
 
     def status(self):
         super().status()
-        self.autostop_status()
+        watcher = self.autostop_status()
+        self.cost_status(watcher)
         if not self.inventory.hdfs:
             return
         master = self.inventory.master
@@ -410,15 +413,16 @@ class ClusterTarget(Target):
                       + (f"; DataNode down on {', '.join(down)} (`fab deploy JOB` restarts it)"
                          if down else ""))
 
-    def autostop_status(self) -> None:
-        """What the master's idle watcher decided last: busy, or when it stops the cluster."""
+    def autostop_status(self) -> dict | None:
+        """What the master's idle watcher decided last (busy, or when it stops the cluster);
+        its status document."""
         if not any(host.instanceId for host in self.inventory.hosts):
-            return
+            return None
         text = sh(self.cluster.connection(self.inventory.master),
                   f"cat {AUTOSTOP_STATE}/status.json 2>/dev/null || true")
         if not text:
             console.print("auto-stop: not running (`fab deploy JOB` starts it)")
-            return
+            return None
         state = json.loads(text)
         clock = lambda seconds: time.strftime("%H:%M:%S", time.localtime(seconds))
         if state["stopped"]:
@@ -432,6 +436,22 @@ class ClusterTarget(Target):
             left = max(0.0, state["stopAt"] - state["checked"])
             console.print(f"auto-stop: idle since {clock(state['lastActive'])}; the cluster stops "
                           f"in {left / 60:.1f} min (at {clock(state['stopAt'])})")
+        return state
+
+    def cost_status(self, watcher: dict | None) -> None:
+        """Cost per hour from the price table `pulumi up` used, and the spend since the cluster
+        last started (the master's watcher start, else the master's uptime)."""
+        if not self.inventory.hourlyCostUsd:
+            return
+        costs = dict(self.inventory.hourlyCostUsd)
+        if watcher:
+            up = watcher["checked"] - watcher["started"]
+        else:
+            up = float(sh(self.cluster.connection(self.inventory.master),
+                          "cut -d' ' -f1 /proc/uptime"))
+        console.print(f"cost: ${costs['running']:.4f}/h running (${costs['stopped']:.4f}/h "
+                      f"stopped); up {up / 3600:.2f} h since it last started: "
+                      f"${costs['running'] * up / 3600:.2f}")
 
     def object_store(self):
         return ObjectStore(self.inventory.s3Endpoint, self.inventory.region)

@@ -247,27 +247,33 @@ def classify_where_stored(cluster, env, *args: str) -> subprocess.CompletedProce
     return done
 
 
-def test_classify_reads_s3_on_the_cluster_through_spark(netns_cluster, env, deployed, tmp_path,
-                                                        assets):
-    """A moto S3 server on the bridge as the cluster's store (inventory s3Endpoint and bucket):
-    the photos are read by the executors on the workers through S3A, never copied by fab, and
-    the run's results land in the bucket as well as in runs/<id>/."""
+@pytest.fixture(scope="module")
+def bucket(netns_cluster, env, assets):
+    """A moto S3 server on the bridge as the cluster's store, the photos in its bucket under
+    vehicles/: the inventory fields that name it, and a user's shell with credentials."""
     with moto_server(netns_cluster.bridge_address) as endpoint:
         upload_folder(endpoint, "cluster-photos", "vehicles", assets / "datasets" / "buses-cars")
-        inventory = tmp_path / "cluster.json"
-        inventory.write_text(json.dumps(json.loads(netns_cluster.inventory_path.read_text())
-                                        | {"s3Endpoint": endpoint, "bucket": "cluster-photos"}))
-        user = env | {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
-        missing = fab(user, "run", "classify", "--target", str(inventory), "--data",
-                      "s3://no-such-bucket/vehicles")
-        assert "bucket 'no-such-bucket' does not exist at " + endpoint in one_error_line(missing)
-        started = time.monotonic()
-        done = classify_where_stored(netns_cluster, user, "--target", str(inventory), "--data",
-                                     "s3://cluster-photos/vehicles")
-        took = time.monotonic() - started
-        results = results_of(done)
-        kept = client(endpoint).list_objects_v2(Bucket="cluster-photos",
-                                                Prefix=f"runs/{results.name}/")
+        yield {"fields": {"s3Endpoint": endpoint, "bucket": "cluster-photos"}, "endpoint": endpoint,
+               "user": env | {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}}
+
+
+def test_classify_reads_s3_on_the_cluster_through_spark(netns_cluster, deployed, bucket, tmp_path):
+    """The photos are read by the executors on the workers through S3A, never copied by fab;
+    the model is saved into the run's folder in the bucket by the executors, and the results
+    fetched to runs/<id>/ land there as well."""
+    endpoint, user = bucket["endpoint"], bucket["user"]
+    inventory = tmp_path / "cluster.json"
+    inventory.write_text(json.dumps(json.loads(netns_cluster.inventory_path.read_text())
+                                    | bucket["fields"]))
+    missing = fab(user, "run", "classify", "--target", str(inventory), "--data",
+                  "s3://no-such-bucket/vehicles")
+    assert "bucket 'no-such-bucket' does not exist at " + endpoint in one_error_line(missing)
+    started = time.monotonic()
+    done = classify_where_stored(netns_cluster, user, "--target", str(inventory), "--data",
+                                 "s3://cluster-photos/vehicles")
+    took = time.monotonic() - started
+    results = results_of(done)
+    kept = client(endpoint).list_objects_v2(Bucket="cluster-photos", Prefix=f"runs/{results.name}/")
     kept = {item["Key"].split("/", 2)[2] for item in kept.get("Contents", [])}
     local = {p.relative_to(results).as_posix() for p in results.rglob("*") if p.is_file()}
     model = {key for key in kept if key.startswith("model/")}  # written there by the executors
@@ -304,21 +310,29 @@ def test_auto_stop_stops_the_idle_cluster_but_never_during_a_job_or_an_ssh_login
         for entry in [outputs["master"], *outputs["workers"]]:
             entry["instanceId"] = ids[entry["name"]]
         inventory = tmp_path / "cluster.json"
-        inventory.write_text(json.dumps(outputs | {"idleStopMinutes": 0.1, "ec2Endpoint": endpoint,
-                                                   "imdsEndpoint": endpoint}))
+        inventory.write_text(json.dumps(outputs | {"region": "us-east-1", "idleStopMinutes": 0.1,
+                                                   "ec2Endpoint": endpoint,
+                                                   "imdsEndpoint": endpoint,
+                                                   "hourlyCostUsd": {"running": 0.5,
+                                                                     "stopped": 0.01}}))
         target = ("--target", str(inventory))
         try:
             job = fab(env, "deploy", "train-ps", *target, "--wheelhouse", wheelhouse, "--detach",
-                      "--epochs", "2", "--job-args", "--steps-per-epoch 150")
+                      "--epochs", "1", "--job-args", "--steps-per-epoch 250")
             assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
             assert "auto-stop: the cluster stops after 0.1 idle minutes" in job.stdout, job.stdout
             started = time.monotonic()
-            busy = fab(env, "status", *target)
-            assert re.search(r"auto-stop: busy \(master: job process train-ps-", busy.stdout), busy.stdout
+            busy = " ".join(fab(env, "status", *target).stdout.split())  # unwrapped
+            assert re.search(r"auto-stop: busy \(master: job process train-ps-\S+/chief-0; .*"
+                             r"worker-1: job process train-ps-\S+/worker-1\)", busy), busy
+            cost = re.search(r"cost: \$0\.5000/h running \(\$0\.0100/h stopped\); up ([\d.]+) h "
+                             r"since it last started: \$([\d.]+)", busy)
+            assert cost and float(cost.group(1)) < 0.05, busy  # the watcher started just now
             wait_until(lambda: not any(job_processes(netns_cluster, h) for h in netns_cluster.hosts),
                        "train-ps to end", timeout=300)
             ended = time.monotonic()
-            assert ended - started > 12, f"train-ps took {ended - started:.0f}s: too short to tell"
+            # idle for 6 s (+1 s between checks) would have stopped the cluster during the job
+            assert ended - started > 9, f"train-ps took {ended - started:.0f}s: too short to tell"
             assert set(instance_states(ec2, ids).values()) == {"running"}
             wait_until(lambda: set(instance_states(ec2, ids).values()) == {"stopped"},
                        "the idle cluster to be stopped", timeout=60, interval=0.5)
@@ -333,7 +347,7 @@ def test_auto_stop_stops_the_idle_cluster_but_never_during_a_job_or_an_ssh_login
             try:
                 wait_until(lambda: "SSH login" in fab(env, "status", *target).stdout,
                            "the master's watcher to see the login", timeout=60)
-                time.sleep(12)  # twice idleStopMinutes: a stop would have come by now
+                time.sleep(9)  # idleStopMinutes and then some: a stop would have come by now
                 assert set(instance_states(ec2, ids).values()) == {"running"}
             finally:
                 login.terminate()
@@ -482,13 +496,15 @@ def test_killed_python_workers_fail_train_mnist_naming_their_host(netns_cluster,
 
 
 @pytest.fixture(scope="module")
-def hdfs_cluster(netns_cluster, env, wheelhouse, deployed, tmp_path_factory, assets):
-    """The session cluster with `hdfs: true` in its inventory: `fab deploy train-ps` brings up
-    the NameNode and the DataNodes, uploads the local MNIST folder into HDFS once and trains
-    from there; the photos put into HDFS as a user would, with `fab put` and `hdfs dfs`."""
+def hdfs_cluster(netns_cluster, bucket, wheelhouse, deployed, tmp_path_factory, assets):
+    """The session cluster with `hdfs: true` and the moto bucket in its inventory: `fab deploy
+    train-ps` brings up the NameNode and the DataNodes, uploads the local MNIST folder into HDFS
+    once, trains from there and keeps its checkpoints in the bucket; the photos put into HDFS
+    as a user would, with `fab put` and `hdfs dfs`."""
+    env = bucket["user"]
     inventory = tmp_path_factory.mktemp("hdfs") / "cluster.json"
     inventory.write_text(json.dumps(json.loads(netns_cluster.inventory_path.read_text())
-                                    | {"hdfs": True}))
+                                    | bucket["fields"] | {"hdfs": True}))
     target = ("--target", str(inventory))
     started = time.monotonic()
     mnist = tmp_path_factory.mktemp("fresh") / "mnist"  # content no host has seen yet
@@ -509,7 +525,7 @@ def hdfs_cluster(netns_cluster, env, wheelhouse, deployed, tmp_path_factory, ass
     assert put.returncode == 0, put.stdout + put.stderr
     print(f"deploy with HDFS (jars, NameNode, DataNodes, MNIST into HDFS, train-ps): {took:.1f}s\n"
           + "\n".join(line for line in done.stdout.splitlines() if "installing..." not in line))
-    return {"target": target, "deploy": done, "mnist": mnist}
+    return {"target": target, "deploy": done, "mnist": mnist, "env": env}
 
 
 def listening_addresses(cluster, host) -> dict[int, set[str]]:
@@ -522,7 +538,8 @@ def listening_addresses(cluster, host) -> dict[int, set[str]]:
 
 
 def test_hdfs_namenode_on_the_master_datanodes_on_the_workers_and_classify_reads_it(
-        netns_cluster, env, hdfs_cluster):
+        netns_cluster, hdfs_cluster):
+    env = hdfs_cluster["env"]  # with the bucket's credentials
     target = hdfs_cluster["target"]
     assert "hdfs ready: 2 DataNodes live" in hdfs_cluster["deploy"].stdout
     for host, ports in [(netns_cluster.inventory.master, (8020, 9870)),
@@ -544,11 +561,34 @@ def test_hdfs_namenode_on_the_master_datanodes_on_the_workers_and_classify_reads
     classify_where_stored(netns_cluster, env, *target, "--data", "hdfs:///photos/vehicles")
 
 
+def test_hdfs_on_a_host_without_java_is_one_line_before_anything_changes(
+        netns_cluster, wheelhouse, hdfs_cluster):
+    """worker-1 loses its `java` and its apt-get (bind mounts in its own mount namespace)."""
+    env = hdfs_cluster["env"]  # with the bucket's credentials
+    worker = "worker-1"
+    java = netns_cluster.exec(worker, "readlink -f $(command -v java)", check=True).stdout.strip()
+    masked = [java, "/usr/bin/apt-get"]
+    netns_cluster.exec(worker, " && ".join(f"mount --bind /dev/null {path}" for path in masked),
+                       check=True)
+    try:
+        before = host_state(netns_cluster)
+        line = one_error_line(fab(env, "deploy", "train-ps", *hdfs_cluster["target"],
+                                  "--wheelhouse", wheelhouse, *TRAIN_PS_FLAGS))
+        assert line.startswith(f"error: hdfs: true needs Java on every host, and {worker} has no "
+                               "`java` and no apt-get"), line
+        assert "pulumi config set hdfs false" in line
+        assert host_state(netns_cluster) == before
+    finally:
+        netns_cluster.exec(worker, " ; ".join(f"umount {path}" for path in masked))
+    assert netns_cluster.exec(worker, "java -version").returncode == 0
+
+
 def test_hdfs_holds_local_data_once_and_train_ps_resumes_from_it_on_another_host(
-        netns_cluster, env, hdfs_cluster):
+        netns_cluster, hdfs_cluster):
     """The fixture's train-ps read MNIST from HDFS (uploaded once, no worker got a copy) and
-    left its checkpoints in hdfs:///kindling/runs/<id>; a sync run, whose chief is on worker-0
-    instead of the master, resumes from them at epoch 2."""
+    left its checkpoints in the bucket, s3://cluster-photos/runs/<id>; a sync run, whose chief
+    is on worker-0 instead of the master, resumes from them at epoch 2."""
+    env = hdfs_cluster["env"]  # with the bucket's credentials
     target, first = hdfs_cluster["target"], hdfs_cluster["deploy"]
     uploaded = re.search(r"data: mnist copied once into (hdfs:///kindling/data/(\w+)/mnist)",
                          first.stdout)
@@ -560,7 +600,7 @@ def test_hdfs_holds_local_data_once_and_train_ps_resumes_from_it_on_another_host
     assert before["epochs_this_run"] == 1
     resumed = fab(env, "run", "train-ps", *target, "--epochs", "2", "--data",
                   str(hdfs_cluster["mnist"]), "--job-args",
-                  f"--steps-per-epoch 40 --strategy sync --resume hdfs:///kindling/runs/{run_id}")
+                  f"--steps-per-epoch 40 --strategy sync --resume s3://cluster-photos/runs/{run_id}")
     assert f"data: mnist already in {mnist}" in resumed.stdout, resumed.stdout
     metrics = json.loads((results_of(resumed) / "metrics.json").read_text())
     assert metrics["history"]["first_epoch"] == 2 and metrics["epochs_this_run"] == 1, metrics
@@ -569,8 +609,8 @@ def test_hdfs_holds_local_data_once_and_train_ps_resumes_from_it_on_another_host
     # a fresh model's first epoch starts from chance; a resumed one from the trained weights
     assert metrics["history"]["loss"][0] < 0.8 * before["history"]["loss"][0], (metrics, before)
     no_checkpoints = fab(env, "run", "train-ps", *target, "--job-args",
-                         "--resume hdfs:///kindling/runs/no-such-run")
-    assert "no such path in the cluster's HDFS" in one_error_line(no_checkpoints)
+                         "--resume s3://cluster-photos/runs/no-such-run")
+    assert "nothing is stored under this prefix" in one_error_line(no_checkpoints)
 
     mnist_run = fab(env, "run", "train-mnist", *target, "--data", mnist, "--input-mode",
                     "tensorflow", "--epochs", "1", "--job-args", "--steps 20")
@@ -582,7 +622,8 @@ def test_hdfs_holds_local_data_once_and_train_ps_resumes_from_it_on_another_host
 
 
 def test_hdfs_a_killed_datanode_is_named_and_a_second_deploy_restarts_it_without_reformatting(
-        netns_cluster, env, wheelhouse, hdfs_cluster):
+        netns_cluster, wheelhouse, hdfs_cluster):
+    env = hdfs_cluster["env"]  # with the bucket's credentials
     target = hdfs_cluster["target"]
     version = netns_cluster.exec("master", "grep -E 'clusterID|namespaceID' "
                                            "/srv/kindling/hdfs/name/current/VERSION").stdout

@@ -36,6 +36,7 @@ def outputs() -> dict:
         "master": hosts[0], "workers": hosts[1:], "ps": [], "bucket": "",
         "sparkMasterUrl": "spark://10.77.0.2:7077", "s3Endpoint": "", "hdfs": False,
         "idleStopMinutes": 60.0, "maxHours": 0.0, "ec2Endpoint": "", "imdsEndpoint": "",
+        "hourlyCostUsd": {"running": 0.6, "stopped": 0.01},
     }
 
 
@@ -63,6 +64,7 @@ def test_round_trip(outputs, tmp_path):
     (lambda o: o.update(maxHours="8h"), "field 'maxHours' must be a number >= 0"),
     (lambda o: o.update(ec2Endpoint="moto"), "'ec2Endpoint' must be an http"),
     (lambda o: o["workers"][0].update(spot="yes"), "field 'spot' must be true or false"),
+    (lambda o: o.update(hourlyCostUsd={"running": "cheap"}), "field 'hourlyCostUsd' must be"),
 ])
 def test_each_problem_names_the_field(outputs, mutate, message):
     mutate(outputs)

@@ -1,14 +1,11 @@
 """The cluster's storage as the job processes read and write it (workloads.stored): a real moto
 S3 server and a real one-host HDFS (NameNode + DataNode from the deploy's jars), MNIST and its
-TFRecord shards read back from both, and train-mnist's TENSORFLOW mode reading its shards from
-HDFS through `fab run`."""
+TFRecord shards read back from both. (train-mnist's TENSORFLOW mode reading its shards from
+HDFS through `fab run` is an e2e test on the namespace hosts.)"""
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +17,6 @@ from moto_endpoint import ACCESS_KEY, SECRET_KEY, moto_server, upload_folder
 from workloads import mnist_node, stored
 from workloads.mnist import load_mnist
 
-REPO = Path(__file__).resolve().parents[2]
-FAB = str(Path(sys.executable).parent / "fab")
 
 
 @pytest.fixture(scope="module")
@@ -83,22 +78,19 @@ def test_stored_shards_are_written_once_and_each_node_reads_the_shard_it_would_h
         assert node.read_bytes() == Path(local).read_bytes()
 
 
-@pytest.mark.slow
-def test_train_mnist_tensorflow_mode_reads_its_shards_from_hdfs(hdfs_root, assets, tmp_path):
-    data = f"{hdfs_root}/datasets/mnist"
+def test_the_local_target_reads_an_hdfs_named_by_its_namenode(hdfs_root, assets):
+    """`fab run --target local --data hdfs://NAMENODE:8020/path`: checked over WebHDFS before
+    anything starts, then read by pyspark's own HDFS client (no conf needed)."""
+    from ops.targets import LocalTarget
+
+    data = f"{hdfs_root}/local-target/mnist"
     stored.copy(str(assets / "datasets" / "mnist"), data)
-    env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
-    done = subprocess.run([FAB, "run", "train-mnist", "--target", "local", "--data", data,
-                           "--input-mode", "tensorflow", "--epochs", "1", "--job-args",
-                           f"--steps 20 --output {tmp_path / 'run'}"], cwd=REPO,
-                          env=env | {"KINDLING_ASSETS": str(assets)}, capture_output=True,
-                          text=True, timeout=600, stdin=subprocess.DEVNULL)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "TFRecord shards written to " + data + "_tfrecords/" in done.stdout, done.stdout
-    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert metrics["input_mode"] == "tensorflow" and metrics["steps"] == 20, metrics
-    shards = [name for name, _, _ in stored.fingerprint(data + "_tfrecords")]
-    assert len([name for name in shards if name.endswith(".tfrecord")]) == 2, shards
+    target = LocalTarget()
+    assert target.storage([data]) == ({}, {})
+    with pytest.raises(UserError, match="no such path in that HDFS"):
+        target.storage([f"{hdfs_root}/nowhere"])
+    with pytest.raises(UserError, match="the local target has no HDFS of its own"):
+        target.storage(["hdfs:///local-target/mnist"])
 
 
 def test_publish_replaces_a_half_done_copy_and_never_shows_one(hdfs_root, assets):
