@@ -50,7 +50,7 @@ from pathlib import Path
 SCHEMA_KEYS = ("clusterName", "region", "sshUser", "sshPrivateKey", "knownHosts",
                "master", "workers", "ps", "bucket", "sparkMasterUrl", "s3Endpoint", "hdfs",
                "idleStopMinutes", "maxHours", "ec2Endpoint", "imdsEndpoint", "hourlyCostUsd")
-HOST_KEYS = ("name", "hostname", "publicIp", "privateIp", "publicDns", "instanceId")
+HOST_KEYS = ("name", "hostname", "publicIp", "privateIp", "publicDns", "instanceId", "spot")
 DEFAULT_IDLE_STOP_MINUTES = 60.0
 SPARK_MASTER_PORT = 7077
 
@@ -172,7 +172,7 @@ def _host(data: object, where: str) -> Host:
     private_ip = _require(data, "privateIp", str, where)
     if not private_ip:
         raise InventoryError(f"inventory {where}: field 'privateIp' is empty")
-    values = {k: str(data.get(k) or "") for k in HOST_KEYS}
+    values = {k: str(data.get(k) or "") for k in HOST_KEYS if k != "spot"}
     values["name"] = values["name"] or where
     values["hostname"] = values["hostname"] or private_ip
     return Host(**values, spot=_flag(data.get("spot"), "spot", where))

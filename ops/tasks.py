@@ -291,17 +291,21 @@ def wheelhouse(c, folder="wheelhouse", python_version=None, target=None):
             interpreter = wheels.host_interpreter(where.cluster.connection(master))
     else:
         interpreter = wheels.this_machine()
-    constraints = PROJECT_ROOT / "constraints.txt"
-    started = time.monotonic()
-    count = wheels.build(Path(folder), interpreter, constraints,
-                         workload_requirements(constraints))
-    print(f"wheelhouse: {folder} ({count} wheels for CPython {interpreter.python}, glibc "
-          f"{interpreter.glibc}, in {time.monotonic() - started:.0f}s)")
+    from concurrent.futures import ThreadPoolExecutor
+
     from ops import jvm
 
+    constraints = PROJECT_ROOT / "constraints.txt"
     spark_home = Path(local.local_spark_home())
-    for feature in jvm.FEATURES:  # fab deploy copies these to the hosts from this machine
-        print(f"{feature} jars: {jvm.resolve(feature, spark_home)}")
+    started = time.monotonic()
+    with ThreadPoolExecutor(1) as ivy:  # Maven Central's jars download while pip's wheels do
+        jars = ivy.submit(lambda: [jvm.resolve(feature, spark_home) for feature in jvm.FEATURES])
+        count = wheels.build(Path(folder), interpreter, constraints,
+                             workload_requirements(constraints))
+        print(f"wheelhouse: {folder} ({count} wheels for CPython {interpreter.python}, glibc "
+              f"{interpreter.glibc}, in {time.monotonic() - started:.0f}s)")
+        for feature, path in zip(jvm.FEATURES, jars.result()):  # what fab deploy copies to hosts
+            print(f"{feature} jars: {path}")
 
 
 @task(help={"lock": "resolve afresh and rewrite ops/jars.lock with what Maven Central served"})
