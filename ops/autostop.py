@@ -128,6 +128,29 @@ def decide(now: float, started: float, last_active: float, settings: Settings) -
     return (why if now >= stop_at else ""), stop_at
 
 
+def describe(status: dict) -> str:
+    """`fab status`'s line for the master's status.json: busy, when the cluster stops, or that
+    it was stopped."""
+    def clock(seconds: float) -> str:
+        return time.strftime("%H:%M:%S", time.localtime(seconds))
+
+    if status["stopped"]:
+        return f"auto-stop: stopped the cluster (idle since {clock(status['lastActive'])})"
+    if not status["stopAt"]:
+        return "auto-stop: off (idleStopMinutes 0, no maxHours)"
+    if status["active"]:
+        limits = [f"after {status['idleStopMinutes']:g} idle minutes"] if status[
+            "idleStopMinutes"] else []
+        if status["maxHours"]:
+            deadline = status["started"] + status["maxHours"] * 3600
+            limits.append(f"at {clock(deadline)} however busy (maxHours {status['maxHours']:g})")
+        return (f"auto-stop: busy ({'; '.join(status['active'])}); the cluster stops "
+                + ", or ".join(limits))
+    left = max(0.0, status["stopAt"] - status["checked"])
+    return (f"auto-stop: idle since {clock(status['lastActive'])}; the cluster stops in "
+            f"{left / 60:.1f} min (at {clock(status['stopAt'])})")
+
+
 def stop_cluster(settings: Settings) -> None:
     """Stop the on-demand instances, terminate the spot ones: what the instance role allows."""
     if settings.imds_endpoint:  # boto3 reads the instance role's credentials from there

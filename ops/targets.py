@@ -22,7 +22,7 @@ from urllib.parse import quote, urlparse
 from invoke import Context
 
 from kindling import Inventory, KindlingError, UserError, load_inventory, parse_inventory
-from ops import hdfs, jvm, local, runs, ssh
+from ops import autostop, hdfs, jvm, local, runs, ssh
 from ops.cluster import Cluster, console
 from ops.deploy import (check_deployed, check_java_for_hdfs, deploy_context, fetch_results, install_hosts,
                         name_failed_host, ship_s3a_jars, stage_data, start_hdfs,
@@ -424,18 +424,7 @@ class ClusterTarget(Target):
             console.print("auto-stop: not running (`fab deploy JOB` starts it)")
             return None
         state = json.loads(text)
-        clock = lambda seconds: time.strftime("%H:%M:%S", time.localtime(seconds))
-        if state["stopped"]:
-            console.print(f"auto-stop: stopped the cluster (idle since {clock(state['lastActive'])})")
-        elif not state["stopAt"]:
-            console.print("auto-stop: off (idleStopMinutes 0, no maxHours)")
-        elif state["active"]:
-            console.print(f"auto-stop: busy ({'; '.join(state['active'])}); the cluster stops "
-                          f"after {state['idleStopMinutes']:g} idle minutes")
-        else:
-            left = max(0.0, state["stopAt"] - state["checked"])
-            console.print(f"auto-stop: idle since {clock(state['lastActive'])}; the cluster stops "
-                          f"in {left / 60:.1f} min (at {clock(state['stopAt'])})")
+        console.print(autostop.describe(state))
         return state
 
     def cost_status(self, watcher: dict | None) -> None:

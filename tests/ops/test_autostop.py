@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 import urllib.request
 
 import pytest
 
 from ops import autostop
-from ops.autostop import Settings, decide
+from ops.autostop import Settings, decide, describe
 
 
 def settings(tmp_path, **changes) -> Settings:
@@ -76,3 +77,23 @@ def test_an_interactive_ssh_login_is_told_from_fabs_own_commands():
     assert autostop.LOGIN.match(b"sshd-session: ubuntu@pts/3\x00")
     assert not autostop.LOGIN.match(b"sshd: ubuntu@notty\x00")
     assert not autostop.LOGIN.match(b"sshd: /usr/sbin/sshd -D [listener]\x00")
+
+
+def test_fab_status_says_what_the_watcher_decided():
+    def clock(seconds: float) -> str:
+        return time.strftime("%H:%M:%S", time.localtime(seconds))
+
+    hour = 3600.0
+    status = {"checked": 10 * hour, "started": 9 * hour, "lastActive": 10 * hour - 600,
+              "active": [], "stopAt": 10 * hour + 3000, "stopped": False,
+              "idleStopMinutes": 60.0, "maxHours": 0.0}
+    assert describe(status) == (f"auto-stop: idle since {clock(10 * hour - 600)}; the cluster "
+                                f"stops in 50.0 min (at {clock(10 * hour + 3000)})")
+    busy = status | {"active": ["worker-1: 1 SSH login(s)"], "maxHours": 8.0}
+    assert describe(busy) == ("auto-stop: busy (worker-1: 1 SSH login(s)); the cluster stops "
+                              f"after 60 idle minutes, or at {clock(17 * hour)} however busy "
+                              "(maxHours 8)")
+    assert describe(status | {"stopped": True}) == (
+        f"auto-stop: stopped the cluster (idle since {clock(10 * hour - 600)})")
+    assert describe(status | {"stopAt": 0.0, "idleStopMinutes": 0.0}) == (
+        "auto-stop: off (idleStopMinutes 0, no maxHours)")
