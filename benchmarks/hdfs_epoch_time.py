@@ -12,7 +12,6 @@ side. The first epoch (tracing, warm-up) counts for no median.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import tempfile
@@ -24,18 +23,13 @@ sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from hdfs_server import local_hdfs  # noqa: E402  (test helpers, not the product)
-from tfos_epoch_time import tfos_epochs  # noqa: E402
+from tfos_epoch_time import epoch_arguments, tfos_epochs  # noqa: E402
 
 from workloads import stored  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", required=True, help="MNIST folder (the four IDX .gz files)")
-    parser.add_argument("--epochs", type=int, default=4, help="the first one is warm-up")
-    parser.add_argument("--nodes", type=int, default=2)
-    parser.add_argument("--batch_size", type=int, default=64, help="per TFoS node")
-    args = parser.parse_args()
+    args = epoch_arguments(__doc__.split("\n\n")[0])
     rows = []
     with tempfile.TemporaryDirectory(prefix="hdfs-bench-") as scratch:
         with local_hdfs(Path(scratch, "hdfs")) as root:

@@ -68,13 +68,18 @@ def tfos_epochs(data: str, nodes: int, batch_size: int, epochs: int, scratch: st
     return json.loads((output / "metrics.json").read_text())
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def epoch_arguments(description: str) -> argparse.Namespace:
+    """The flags every epoch-time benchmark takes: data, epochs, TFoS nodes, batch size."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--data", required=True, help="MNIST folder (the four IDX .gz files)")
     parser.add_argument("--epochs", type=int, default=4, help="the first one is warm-up")
     parser.add_argument("--nodes", type=int, default=2)
     parser.add_argument("--batch_size", type=int, default=64, help="per TFoS node")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = epoch_arguments(__doc__.split("\n\n")[0])
     data = str(Path(args.data).resolve())
     with tempfile.TemporaryDirectory(prefix="tfos-bench-") as scratch:
         single = single_process_epochs(data, args.nodes, args.batch_size, args.epochs, scratch)

@@ -97,8 +97,9 @@ def fetch_json(url: str) -> dict | None:
 def local_activity(settings: Settings) -> list[str]:
     """Why this host is busy (empty: idle)."""
     reasons = [f"job process {p}" for p in live_processes(settings.runs)]
-    if logins():
-        reasons.append(f"{logins()} SSH login(s)")
+    sessions = logins()
+    if sessions:
+        reasons.append(f"{sessions} SSH login(s)")
     if settings.spark_master:
         apps = (fetch_json(settings.spark_master) or {}).get("activeapps") or []
         reasons += [f"Spark application {app.get('id', '?')}" for app in apps]

@@ -255,7 +255,8 @@ def put_in_hdfs(cluster: Cluster, local: Path, folder: str) -> None:
         return
     started = time.monotonic()
     remote = remote_path(local)
-    if cxn.run(staged_check(remote), hide=True, warn=True, in_stream=False).exited != 0:
+    if cxn.run(staged_check(remote), hide=True, warn=True, timeout=COMMAND_TIMEOUT,
+               in_stream=False).exited != 0:
         push_path(cxn, local, remote)
     target = f"{hdfs.default_fs(master.privateIp)}{folder}/{local.name}"
     publish = "import sys; from workloads import stored; stored.publish(*sys.argv[1:])"

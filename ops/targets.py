@@ -113,7 +113,8 @@ class Target:
             self.deploy(job, args, wheelhouse)
         try:
             host_args = self.prepare(job, args)
-            conf, env = self.storage(job.uri_values(host_args), self.run_store(run_id))
+            conf, env = self.storage(job.uri_values(host_args), self.run_store(run_id),
+                                     check=False)  # checked above, or just uploaded by fab
             placement = replace(self.placement(job), spark_conf=tuple(conf.items()),
                                 storage_env=tuple(env.items()))
             launch = job.plan(job, placement, host_args, run_dir)
@@ -138,10 +139,11 @@ class Target:
             if not detach:
                 self.release(job)
 
-    def storage(self, uris: list[str], run_store: str = "") -> tuple[dict[str, str], dict[str, str]]:
+    def storage(self, uris: list[str], run_store: str = "",
+                check: bool = True) -> tuple[dict[str, str], dict[str, str]]:
         """The spark-submit confs and the environment that let the job's processes read the
         locations they were given (s3://bucket/prefix, hdfs:///path, each checked from here
-        first) and write the run's folder in the cluster's storage."""
+        first unless check is False) and write the run's folder in the cluster's storage."""
         other = next((uri for uri in uris if not S3_URI.match(uri) and not HDFS_URI.match(uri)),
                      None)
         if other:
@@ -150,13 +152,13 @@ class Target:
         conf: dict[str, str] = {}
         in_hdfs = [uri for uri in uris if HDFS_URI.match(uri)]
         if in_hdfs or HDFS_URI.match(run_store):
-            conf |= self.hdfs_conf(in_hdfs)
+            conf |= self.hdfs_conf(in_hdfs if check else [])
         in_s3 = [uri for uri in uris if S3_URI.match(uri)]
         env = {stored.RUN_STORE_ENV: run_store} if run_store else {}
         if not in_s3 and not S3_URI.match(run_store):
             return conf, env
         store = self.object_store()
-        for uri in in_s3:
+        for uri in in_s3 if check else []:
             store.check(uri)
         access = store.job_env((in_s3 or [run_store])[0])
         return conf | store.spark_conf(self.s3a_jars(), access), env | access
