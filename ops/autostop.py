@@ -1,4 +1,5 @@
-"""Idle auto-stop: the watcher `fab deploy` starts on every host of a cluster.
+"""The watcher `fab deploy` starts on every host of a cluster: idle auto-stop, and on spot
+hosts the interruption notices (ops.spot).
 
 Every host's watcher notes what keeps it busy (a live job process of a run, an interactive SSH
 login, and on the master a running Spark application) and answers the master's poll over HTTP on
@@ -23,6 +24,8 @@ import urllib.request
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+
+from ops import spot
 
 PORT = 7091
 """The watchers' activity endpoint, on each host's private address."""
@@ -53,7 +56,12 @@ class Settings:
     ec2_endpoint: str = ""
     """"" for AWS; else an EC2-compatible endpoint (the tests' moto server)."""
     imds_endpoint: str = ""
-    """"" for the instance's own metadata service (the instance role's credentials)."""
+    """"" for the instance's own metadata service (the instance role's credentials, spot
+    interruption notices)."""
+    spot_notice: str = ""
+    """A spot host's notice file (ops.spot): set, the watcher polls for interruption notices."""
+    spark_worker_pid: str = ""
+    """The pid file of the host's Spark worker, decommissioned on a notice."""
 
     @classmethod
     def load(cls, path: str) -> "Settings":
@@ -189,8 +197,13 @@ def serve_activity(settings: Settings) -> ThreadingHTTPServer:
 
 
 def watch(settings: Settings, clock=time.time) -> None:
-    """Serve this host's activity; on the master, also decide for the cluster, every interval."""
+    """Serve this host's activity; on the master, also decide for the cluster, every interval;
+    on a spot host, watch for interruption notices."""
     serve_activity(settings)
+    if settings.spot_notice:
+        threading.Thread(target=spot.watch, name="spot-notices", daemon=True, args=(
+            settings.host, settings.address, settings.spot_notice, settings.spark_worker_pid,
+            settings.imds_endpoint)).start()
     state = Path(settings.state)
     state.mkdir(parents=True, exist_ok=True)
     started = clock()

@@ -17,9 +17,10 @@ from ops.cluster import Cluster, Progress, console
 from ops.remote import COMMAND_TIMEOUT, PYTHON, SPARK_STATE, read_stamp, sh
 from ops import hdfs, jvm
 from ops.local import local_spark_home
-from ops.services import (AutoStop, BasePackages, CloudInit, DeployContext, Layout, ProjectWheel,
+from ops.services import (BasePackages, CloudInit, DeployContext, Layout, ProjectWheel,
                           DataNode, JvmJars, NameNode, PythonDependencies, ServedWheelhouse, Service, SparkMaster,
-                          SparkWorker, StagedData, WheelhouseServer, fetch_json)
+                          SparkWorker, StagedData, Watcher, WheelhouseServer, fetch_json,
+                          stops)
 from ops.staging import TRANSFER_TIMEOUT, content_digest, push_path, remote_path, staged_check
 from ops.storage import ObjectStore
 from workloads.jobs import Job
@@ -183,18 +184,25 @@ def start_hdfs(cluster: Cluster, ctx: DeployContext) -> None:
                   f"hdfs://{master.privateIp}:{hdfs.NAMENODE_PORT}")
 
 
-def start_autostop(cluster: Cluster, ctx: DeployContext) -> None:
-    """The idle watcher on every host, when the inventory names the instances it may stop and
-    a limit is set (idleStopMinutes or maxHours)."""
+def start_watchers(cluster: Cluster, ctx: DeployContext) -> None:
+    """The watcher on every host, when there is something to watch: instances to stop when idle
+    (the inventory names them and a limit is set), or spot hosts to take back."""
     inventory = cluster.inventory
-    if not any(host.instanceId for host in inventory.hosts) or not (
-            inventory.idleStopMinutes or inventory.maxHours):
+    spot = [host.name for host in inventory.hosts if host.spot]
+    if not stops(inventory) and not spot:
         return
     progress = Progress(inventory.hosts)
-    cluster.parallel(lambda host, cxn: bring_up(host, cxn, (AutoStop(),), ctx, progress))
-    limits = [f"after {inventory.idleStopMinutes:g} idle minutes" if inventory.idleStopMinutes
-              else "", f"{inventory.maxHours:g} h after it started" if inventory.maxHours else ""]
-    progress.done("auto-stop: the cluster stops " + " or ".join(filter(None, limits)))
+    cluster.parallel(lambda host, cxn: bring_up(host, cxn, (Watcher(),), ctx, progress))
+    lines = []
+    if stops(inventory):
+        limits = [f"after {inventory.idleStopMinutes:g} idle minutes" if inventory.idleStopMinutes
+                  else "", f"{inventory.maxHours:g} h after it started" if inventory.maxHours
+                  else ""]
+        lines.append("auto-stop: the cluster stops " + " or ".join(filter(None, limits)))
+    if spot:
+        lines.append(f"spot: {', '.join(spot)} watched for interruption notices (Spark "
+                     "decommissions a host's worker on one)")
+    progress.done("; ".join(lines))
 
 
 def check_deployed(cluster: Cluster, job: Job) -> None:

@@ -23,6 +23,8 @@ RUNS = f"{SRV}/runs"
 SPARK_STATE = f"{SRV}/spark"
 HDFS_STATE = f"{SRV}/hdfs"
 AUTOSTOP_STATE = f"{SRV}/autostop"
+SPOT_NOTICE_FILE = f"{AUTOSTOP_STATE}/spot-notice.json"
+"""Where a spot host's watcher writes EC2's interruption notice (ops.spot)."""
 
 INSTALL_TIMEOUT = 1800
 COMMAND_TIMEOUT = 120

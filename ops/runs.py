@@ -8,6 +8,7 @@ both, so `--detach`, `fab logs`, `fab status` and `fab stop` work from any later
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import time
@@ -17,6 +18,9 @@ from workloads.jobs import Process
 
 KILL_GRACE_SECONDS = 3
 RUNS_DIR_ENV = "KINDLING_RUNS_DIR"
+INTERRUPTED = "interrupted.json"
+"""In a run's results folder: the spot interruption notices that stopped it, and the location
+its next run resumes from."""
 
 
 def runs_root() -> Path:
@@ -31,6 +35,19 @@ def new_run_id(job: str) -> str:
 def run_pattern(job_name: str | None) -> str:
     """Glob of the run folders of one job (or of all)."""
     return f"{job_name}-*" if job_name else "*"
+
+
+def record_interruption(results: Path, notices: list[dict], resume: str) -> None:
+    (results / INTERRUPTED).write_text(json.dumps({"notices": notices, "resume": resume}, indent=1))
+
+
+def interrupted_run(job_name: str) -> tuple[str, dict] | None:
+    """(run id, its record) of the job's latest run here, when a spot interruption stopped it."""
+    latest = max(runs_root().glob(run_pattern(job_name)), default=None)
+    record = latest / INTERRUPTED if latest else None
+    if record is None or not record.is_file():
+        return None
+    return latest.name, json.loads(record.read_text())
 
 
 def start_command(process: Process, run_dir: str) -> str:

@@ -23,13 +23,15 @@ from ops import hdfs, spark
 from ops.ssh import ssh_command
 from kindling import Host, Inventory
 from ops.remote import (AUTOSTOP_STATE, BIN, COMMAND_TIMEOUT, DATA, HADOOP_CONF, HDFS_STATE, HOME,
-                        INSTALL_TIMEOUT, PYTHON, RUNS, SPARK_STATE, SRV, STAMPS, VENV, WHEELHOUSE,
+                        INSTALL_TIMEOUT, PYTHON, RUNS, SPARK_STATE, SPOT_NOTICE_FILE, SRV, STAMPS,
+                        VENV, WHEELHOUSE,
                         WHEELHOUSE_SERVER_PID,
                         jar_folder, read_stamp, sh, where, write_stamp)
 from ops.runs import write_files_command
 from ops.staging import push_path, staged_check
 from ops.wheelhouse import INSTALLER, pins
 from kindling import HostError, KindlingError
+from workloads.common import SPOT_NOTICE_ENV
 
 def file_digest(paths: list[Path]) -> str:
     digest = hashlib.sha256()
@@ -532,13 +534,24 @@ class SparkMaster(Service):
 
 
 class SparkWorker(Service):
-    """One standalone worker per worker host, offering all its cores and 80% of its memory."""
+    """One standalone worker per worker host, offering all its cores and 80% of its memory.
+
+    Started ready for Spark's graceful decommissioning (SIGPWR, which the spot watcher sends on
+    an interruption notice), with the notice file in its environment, which its executors and
+    so a TF node inherit."""
 
     name = "spark worker"
+    options = {"SPARK_WORKER_OPTS": "-Dspark.decommission.enabled=true",
+               SPOT_NOTICE_ENV: SPOT_NOTICE_FILE}
+
+    def version(self, ctx: DeployContext) -> str:
+        return hashlib.sha256(json.dumps([self.options, ctx.inventory.sparkMasterUrl],
+                                         sort_keys=True).encode()).hexdigest()[:16]
 
     def is_current(self, cxn, host, ctx):
         status = master_status(cxn, ctx.inventory.master)
-        return bool(status) and host.privateIp in spark.alive_workers(status)
+        return (bool(status) and host.privateIp in spark.alive_workers(status)
+                and read_stamp(cxn, "spark-worker") == self.version(ctx))
 
     def install(self, cxn, host, ctx):
         cores = sh(cxn, "nproc")
@@ -546,15 +559,23 @@ class SparkWorker(Service):
         sh(cxn, f"bash -c {shlex.quote(spark.worker_stop_command(remote_spark_home(cxn), 1, SPARK_STATE))} || true")
         sh(cxn, spark.worker_start_command(remote_spark_home(cxn), host.privateIp,
                                            ctx.inventory.sparkMasterUrl, 1, int(cores), memory,
-                                           SPARK_STATE, python=PYTHON),
+                                           SPARK_STATE, python=PYTHON, extra_env=self.options),
            what="starting the Spark worker")
+        write_stamp(cxn, "spark-worker", self.version(ctx))
 
 
-class AutoStop(Service):
-    """The idle watcher (ops.autostop) on every host, as a systemd service where systemd runs the
-    host, else a detached process with the same code; restarted when its settings change."""
+def stops(inventory: Inventory) -> bool:
+    """The master's watcher stops the cluster: it knows the instances and has a limit."""
+    return any(host.instanceId for host in inventory.hosts) and bool(
+        inventory.idleStopMinutes or inventory.maxHours)
 
-    name = "auto-stop"
+
+class Watcher(Service):
+    """The watcher (ops.autostop: idle auto-stop, spot notices) on every host, as a systemd
+    service where systemd runs the host, else a detached process with the same code; restarted
+    when its settings change."""
+
+    name = "watcher"
     unit = "kindling-autostop"
 
     def settings(self, host: Host, ctx: DeployContext) -> dict:
@@ -562,6 +583,8 @@ class AutoStop(Service):
         is_master = host == inventory.master
         idle_seconds = inventory.idleStopMinutes * 60 or inventory.maxHours * 3600
         others = [h for h in inventory.hosts if h != inventory.master]
+        stoppable = [h for h in inventory.hosts if h.instanceId] if is_master and stops(
+            inventory) else []
         return {
             "host": host.name, "address": host.privateIp, "runs": RUNS, "state": AUTOSTOP_STATE,
             "idle_minutes": inventory.idleStopMinutes, "max_hours": inventory.maxHours,
@@ -569,10 +592,12 @@ class AutoStop(Service):
             "spark_master": (f"http://{host.privateIp}:{spark.MASTER_WEBUI_PORT}/json/"
                              if is_master else ""),
             "peers": [h.privateIp for h in others] if is_master else [],
-            "instance_ids": [h.instanceId for h in inventory.hosts if not h.spot] if is_master else [],
-            "spot_ids": [h.instanceId for h in inventory.hosts if h.spot] if is_master else [],
+            "instance_ids": [h.instanceId for h in stoppable if not h.spot],
+            "spot_ids": [h.instanceId for h in stoppable if h.spot],
             "region": inventory.region, "ec2_endpoint": inventory.ec2Endpoint,
             "imds_endpoint": inventory.imdsEndpoint,
+            "spot_notice": SPOT_NOTICE_FILE if host.spot else "",
+            "spark_worker_pid": spark.worker_pid_file(SPARK_STATE, 1),
         }
 
     def version(self, host: Host, ctx: DeployContext) -> str:

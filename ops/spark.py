@@ -52,11 +52,18 @@ def master_start_command(spark_home: str, host: str, base_dir: str, port: int = 
 
 
 def worker_start_command(spark_home: str, host: str, master_url: str, instance: int, cores: int,
-                         memory: str, base_dir: str, python: str = sys.executable) -> str:
+                         memory: str, base_dir: str, python: str = sys.executable,
+                         extra_env: dict[str, str] | None = None) -> str:
     """Worker number `instance` (1, 2, ...) of this host; its web UI port is 8080 + instance."""
-    return _daemon_command(spark_home, daemon_env(base_dir, host, python), "start", WORKER_CLASS,
+    env = daemon_env(base_dir, host, python) | (extra_env or {})
+    return _daemon_command(spark_home, env, "start", WORKER_CLASS,
                            instance, "--host", host, "--cores", str(cores), "--memory", memory,
                            "--webui-port", str(WORKER_WEBUI_PORT + instance - 1), master_url)
+
+
+def worker_pid_file(base_dir: str, instance: int) -> str:
+    """Where spark-daemon.sh keeps the pid of worker number `instance`."""
+    return f"{base_dir}/pids/spark-{IDENT}-{WORKER_CLASS}-{instance}.pid"
 
 
 def master_stop_command(spark_home: str, base_dir: str) -> str:

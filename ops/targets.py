@@ -26,14 +26,15 @@ from ops import autostop, hdfs, jvm, local, runs, ssh
 from ops.cluster import Cluster, console
 from ops.deploy import (check_deployed, check_java_for_hdfs, deploy_context, fetch_results, install_hosts,
                         name_failed_host, ship_s3a_jars, stage_data, start_hdfs,
-                        start_autostop, start_spark, store_data)
+                        start_spark, start_watchers, store_data)
 from ops.launch import Run
-from ops.remote import AUTOSTOP_STATE, BIN, PYTHON, RUNS, jar_folder, sh
+from ops.remote import AUTOSTOP_STATE, BIN, PYTHON, RUNS, SPOT_NOTICE_FILE, jar_folder, sh
 from ops.services import (down_datanodes, fetch_json, master_status, namenode_info,
                           remote_spark_home)
 from ops.spark import alive_workers, worker_states
 from ops.storage import HDFS_URI, S3_URI, ObjectStore, local_endpoint
 from workloads import stored
+from workloads.common import SPOT_NOTICE_ENV, describe_notice
 from workloads.jobs import Download, Job, Placement, split_output
 
 TARGET_ENV = "KINDLING_TARGET"
@@ -70,9 +71,14 @@ class Target:
         """The run's results folder on this machine."""
         raise NotImplementedError
 
-    def explain(self, error: KindlingError, results: Path) -> str:
+    def explain(self, job: Job, error: KindlingError, results: Path,
+                notices: dict[str, dict]) -> str:
         """The failure message, naming the host that failed when the target can tell."""
         return str(error)
+
+    def spot_notices(self) -> dict[str, dict]:
+        """Host name -> the spot interruption notice its watcher wrote (ops.spot)."""
+        return {}
 
     def release(self, job: Job) -> None:
         """Undo what prepare started for one run (after the run, not after --detach)."""
@@ -101,10 +107,14 @@ class Target:
     # -- the same on every target --------------------------------------------------------------
 
     def run(self, job: Job, args: list[str], timeout: float, detach: bool = False,
-            deploy: bool = False, wheelhouse: str | None = None) -> Path | None:
+            deploy: bool = False, wheelhouse: str | None = None,
+            fresh: bool = False) -> Path | None:
         """Refuse bad flags/data first, then (deploy and) launch job; its results folder, or
-        None when detached."""
+        None when detached. A job whose last run a spot interruption stopped resumes from it
+        (unless fresh)."""
         args, output = split_output(job.with_offline_defaults(args))
+        if not fresh:
+            args = resume_interrupted(job, args)
         run_id = runs.new_run_id(job.name)
         run_dir = self.run_folder(run_id, output)
         check_downloads(job.downloads(job.parse(args)))
@@ -115,8 +125,9 @@ class Target:
             host_args = self.prepare(job, args)
             conf, env = self.storage(job.uri_values(host_args), self.run_store(run_id),
                                      check=False)  # checked above, or just uploaded by fab
-            placement = replace(self.placement(job), spark_conf=tuple(conf.items()),
-                                storage_env=tuple(env.items()))
+            placement = self.placement(job)
+            placement = replace(placement, spark_conf=tuple(conf.items()),
+                                process_env=placement.process_env + tuple(env.items()))
             launch = job.plan(job, placement, host_args, run_dir)
             run = Run(run_id, run_dir, launch.processes, self.cluster, files=launch.files,
                       noise=launch.noise)
@@ -132,9 +143,18 @@ class Target:
                 run.wait(timeout)
             except KindlingError as exc:
                 results = self.results(run, started)
-                raise KindlingError(f"{self.explain(exc, results)}; logs in "
+                notices = self.spot_notices()
+                if notices:
+                    runs.record_interruption(results, list(notices.values()),
+                                             self.run_store(run_id) or str(results))
+                raise KindlingError(f"{self.explain(job, exc, results, notices)}; logs in "
                                     f"{os.path.relpath(results)}") from None
-            return self.results(run, started)
+            results = self.results(run, started)
+            for notice in self.spot_notices().values():
+                console.print(f"note: {describe_notice(notice)}, during the run"
+                              + ("; Spark decommissioned its worker and the job finished on "
+                                 "the others" if job.uses_spark else ""))
+            return results
         finally:
             if not detach:
                 self.release(job)
@@ -299,7 +319,7 @@ class ClusterTarget(Target):
             start_hdfs(self.cluster, ctx)
         if job.uses_spark:
             start_spark(self.cluster, ctx)
-        start_autostop(self.cluster, ctx)
+        start_watchers(self.cluster, ctx)
         console.print(f"deploy took {time.monotonic() - started:.1f}s")
 
     def run_folder(self, run_id, output):
@@ -357,7 +377,7 @@ class ClusterTarget(Target):
         spark_home = remote_spark_home(self.cluster.connection(inventory.master))
         return Placement(inventory.master, inventory.workers, inventory.ps, PYTHON,
                          inventory.sparkMasterUrl, spark_home, spark_home.rsplit("/", 1)[0],
-                         min(cores.values()))
+                         min(cores.values()), process_env=((SPOT_NOTICE_ENV, SPOT_NOTICE_FILE),))
 
     def results(self, run, since):
         local_dir = runs.runs_root() / run.run_id
@@ -382,7 +402,14 @@ class ClusterTarget(Target):
             return
         console.print(f"results also in {where} ({count} files)")
 
-    def explain(self, error, results):
+    def explain(self, job, error, results, notices):
+        if notices:  # the host's Spark worker is decommissioned: not "died"
+            unsaid = [describe_notice(n) for n in notices.values()
+                      if describe_notice(n) not in str(error)]
+            after = (f"`fab run {job.name}` resumes from the last checkpoint" if job.resume
+                     else f"run `fab run {job.name}` again")
+            return (f"{error}{' (' + '; '.join(unsaid) + ')' if unsaid else ''}; once `pulumi "
+                    f"up` has replaced the instance and `fab deploy {job.name}` set it up, {after}")
         status = self.spark_status()
         states = worker_states(status) if status else {}
         dead = [w for w in self.inventory.workers if states and states.get(w.privateIp) != "ALIVE"]
@@ -396,8 +423,22 @@ class ClusterTarget(Target):
         master = self.inventory.master
         return master_status(self.cluster.connection(master), master)
 
+    def spot_notices(self):
+        """Read from the spot hosts that still answer (EC2 takes one two minutes after)."""
+        notices = {}
+        for host in (h for h in self.inventory.hosts if h.spot):
+            try:
+                text = sh(self.cluster.connection(host), f"cat {SPOT_NOTICE_FILE} 2>/dev/null || true")
+                notices[host.name] = json.loads(text) if text else None
+            except (KindlingError, OSError, ValueError):
+                continue
+        return {name: notice for name, notice in notices.items() if notice}
+
     def status(self):
         super().status()
+        for notice in self.spot_notices().values():
+            console.print(f"spot: {describe_notice(notice)}; `pulumi up` replaces the instance "
+                          "once EC2 took it")
         watcher = self.autostop_status()
         self.cost_status(watcher)
         if not self.inventory.hdfs:
@@ -468,6 +509,21 @@ class ClusterTarget(Target):
 
     def s3a_jars(self):
         return jar_folder("s3a")
+
+
+def resume_interrupted(job: Job, args: list[str]) -> list[str]:
+    """args plus the job's resume flag, naming its last run, when a spot interruption stopped
+    that run (and args choose no run to resume)."""
+    if not job.resume or job.given(args, job.resume):
+        return args
+    interrupted = runs.interrupted_run(job.name)
+    if interrupted is None:
+        return args
+    run_id, record = interrupted
+    hosts = ", ".join(notice["host"] for notice in record["notices"])
+    console.print(f"resuming {run_id} (stopped by a spot interruption on {hosts}) from its last "
+                  f"checkpoint: {job.resume} {record['resume']} (--fresh starts over)")
+    return [*args, job.resume, record["resume"]]
 
 
 def target_spec(target: str | None) -> str:

@@ -40,6 +40,8 @@ LAUNCH_HELP = {
     "detach": "start the job and return at once (follow with `fab logs --job JOB`)",
     "timeout": "seconds before the job is stopped (default 6 hours)",
     "job_args": "extra job flags, quoted: --job-args '--flag value --other-flag'",
+    "fresh": "start over even when a spot interruption stopped the job's last run (default: "
+             "a job that can resume does)",
 }
 BUG_EXIT_CODE = 70  # EX_SOFTWARE
 
@@ -76,13 +78,13 @@ def launch_task(name: str, deploy: bool, doc: str):
     """`fab deploy` / `fab run`: one body, whose options are the union of the jobs' flags."""
     flags = _fab_flags()
 
-    def body(c, job, target=None, detach=False, timeout=None, job_args="", wheelhouse=None,
-             **options):
+    def body(c, job, target=None, detach=False, timeout=None, job_args="", fresh=False,
+             wheelhouse=None, **options):
         chosen = get_job(job)
         args = chosen.command_line(options, job_args)
         with load_target(target) as where:
             results = where.run(chosen, args, float(timeout or JOB_TIMEOUT), detach, deploy,
-                                wheelhouse)
+                                wheelhouse, fresh)
         if results is not None:
             _report(results)
 

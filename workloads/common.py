@@ -14,6 +14,31 @@ from kindling import KindlingError, UserError
 
 ASSETS_ENV = "KINDLING_ASSETS"
 """Folder laid out like ../shared (datasets/, models/): offline data and weights for the jobs."""
+SPOT_NOTICE_ENV = "KINDLING_SPOT_NOTICE"
+"""The file where the host's watcher (ops.spot) writes EC2's spot interruption notice."""
+
+
+class SpotInterruptionError(RuntimeError):
+    """EC2 is taking this host back within two minutes: a TF job cannot finish with it."""
+
+
+def describe_notice(notice: dict) -> str:
+    """A spot interruption notice in one line: which host, what EC2 does to it, when."""
+    return (f"{notice.get('host', '?')} ({notice.get('address', '?')}) got a spot interruption "
+            f"notice: EC2 will {notice.get('action', 'terminate')} it at "
+            f"{notice.get('time', 'an unknown time')}")
+
+
+def spot_notice() -> str | None:
+    """The spot interruption notice this host got, in one line; None when there is none (or
+    this is not a cluster host)."""
+    path = os.environ.get(SPOT_NOTICE_ENV)
+    if not path:
+        return None
+    try:
+        return describe_notice(json.loads(Path(path).read_text()))
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 class ArgumentParser(argparse.ArgumentParser):

@@ -120,9 +120,10 @@ class Placement:
     """Ports per TF role when hosts are shared (the local target); None: TF_PORTS."""
     spark_conf: tuple[tuple[str, str], ...] = ()
     """Confs the target adds to every spark-submit (the storage's classpath and settings)."""
-    storage_env: tuple[tuple[str, str], ...] = ()
-    """Environment the target gives the job's own processes (the driver, TF's roles) to reach
-    the cluster's storage: endpoint, region, credentials, the run's folder there."""
+    process_env: tuple[tuple[str, str], ...] = ()
+    """Environment the target gives the job's own processes (the driver, TF's roles): how to
+    reach the cluster's storage (endpoint, region, credentials, the run's folder there), where
+    a spot interruption notice for their host appears."""
 
     def script(self, module: str) -> str:
         """A job module's file on the hosts, as spark-submit wants it."""
@@ -170,6 +171,9 @@ class Job:
     writes_store: bool = False
     """Its executors write into the run's folder in the cluster's storage (through Spark), so
     they need that storage's client on their classpath."""
+    resume: str = ""
+    """Its flag that continues an earlier run from its last checkpoint (given the run's results
+    folder or stored location): fab passes it when a spot interruption stopped the last run."""
 
     # -- flags ---------------------------------------------------------------------------------
 
@@ -206,12 +210,17 @@ class Job:
             self.validate(args)
         return args
 
+    def given(self, argv: list[str], name: str) -> bool:
+        """Whether argv sets the flag called name (in any of its spellings)."""
+        flag = next(flag for flag in self.flags if flag.name == name)
+        used = {a.split("=", 1)[0].replace("_", "-") for a in argv if a.startswith("--")}
+        return bool(used & {s.replace("_", "-") for s in flag.spellings})
+
     def with_offline_defaults(self, argv: list[str]) -> list[str]:
         """argv plus the offline default of each omitted flag (none without $KINDLING_ASSETS)."""
-        given = {a.split("=", 1)[0].replace("_", "-") for a in argv if a.startswith("--")}
         extra: list[str] = []
         for flag in self.flags:
-            if given & {s.replace("_", "-") for s in flag.spellings}:
+            if self.given(argv, flag.name):
                 continue
             value = asset(flag.offline) if flag.offline else (
                 flag.offline_value if flag.offline_value and asset("") else None)
@@ -308,17 +317,21 @@ def module_file(module: str) -> str:
 
 def spark_submit(job: Job, placement: Placement, args: list[str], run_dir: str,
                  conf: dict[str, str]) -> Launch:
-    """spark-submit of the job's module on the master, with its confs, driver bound privately."""
+    """spark-submit of the job's module on the master, with its confs, driver bound privately.
+
+    Decommissioning on: when a worker is decommissioned (a spot host's notice), the driver
+    stops sending it tasks and its executors hand their cached and shuffle blocks to others."""
     python = placement.python
     conf = {"spark.pyspark.python": python, "spark.pyspark.driver.python": python,
             "spark.executorEnv.PYTHONUNBUFFERED": "1", "spark.log.level": "WARN",
+            "spark.decommission.enabled": "true", "spark.storage.decommission.enabled": "true",
             **conf, **dict(placement.spark_conf), "spark.driver.host": placement.master.privateIp}
     argv = [python.rsplit("/", 1)[0] + "/spark-submit", "--master", placement.spark_master_url]
     for key, value in conf.items():
         argv += ["--conf", f"{key}={value}"]
     argv += [placement.script(job.module), *args, OUTPUT_FLAG, run_dir]
     env = (("SPARK_HOME", placement.spark_home), ("SPARK_LOCAL_IP", placement.master.privateIp),
-           ("PYTHONUNBUFFERED", "1"), *placement.storage_env)
+           ("PYTHONUNBUFFERED", "1"), *placement.process_env)
     return Launch([Process("driver", placement.master, tuple(argv), env, main=True)])
 
 
@@ -372,7 +385,7 @@ def tf_roles_plan(job: Job, placement: Placement, args: list[str], run_dir: str)
     main_task = ("worker", 0) if sync else ("chief", 0)
     processes = [
         Process(f"{role} {index}", hosts[role][index], tuple(argv),
-                (("PYTHONUNBUFFERED", "1"), *placement.storage_env), main=(role, index) == main_task)
+                (("PYTHONUNBUFFERED", "1"), *placement.process_env), main=(role, index) == main_task)
         for role, index, _, argv in tf_cluster.process_argvs(
             spec, [*args, OUTPUT_FLAG, run_dir], f"{run_dir}/cluster_spec.json",
             python=placement.python)]
@@ -458,7 +471,7 @@ JOBS: dict[str, Job] = {job.name: job for job in (
                     type=float, default=120.0, minimum=1, fab=False),
                Flag("--threads", "intra-op threads per process (0: TensorFlow's default)",
                     type=int, default=0, minimum=0, fab=False)),
-        plan=tf_roles_plan, uses_spark=False, downloads=_mnist_download),
+        plan=tf_roles_plan, uses_spark=False, downloads=_mnist_download, resume="--resume"),
     Job("train-mnist", "workloads.train_mnist",
         "TensorFlowOnSpark MNIST CNN on the Spark cluster (InputMode SPARK or TENSORFLOW)",
         flags=(MNIST_DATA,

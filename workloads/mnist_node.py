@@ -24,7 +24,7 @@ from typing import NamedTuple
 from tensorflowonspark import util as tfos_util
 
 from workloads import stored
-from workloads.common import write_metrics
+from workloads.common import SpotInterruptionError, spot_notice, write_metrics
 from workloads.mnist import IMAGE_SHAPE, adam, build_cnn, load_mnist, shuffled, training_input
 from workloads.node_failures import report_failure
 from workloads.training import (Epoch, barrier, epoch_of, evaluate_and_export, log_epoch,
@@ -251,9 +251,13 @@ def batched(records, batch_size: int):
 def train(step, batches, steps: int, steps_per_epoch: int,
           on_epoch=lambda step, epoch: None) -> list[Epoch]:
     """The custom training loop: `steps` calls of step(batches), every `steps_per_epoch` steps
-    (and at the end) an Epoch and on_epoch."""
+    (and at the end) an Epoch and on_epoch. A spot interruption notice for this host ends it
+    before the next step, so the job fails naming this node, not the peers that lose it."""
     epochs, running, started = [], [], time.monotonic()
     for number in range(1, steps + 1):
+        notice = spot_notice()
+        if notice:
+            raise SpotInterruptionError(notice)
         running.append(step(batches).numpy())
         if number % steps_per_epoch == 0 or number == steps:
             epochs.append(epoch_of(running, time.monotonic() - started))

@@ -14,6 +14,7 @@ import time
 from collections import Counter
 from typing import NoReturn
 
+from workloads.common import spot_notice
 from workloads.tf_cluster import ClusterSpec, Task, describe, reachable
 
 PROBE_SECONDS = 1.0
@@ -52,7 +53,11 @@ class PeerWatch:
         self.seen.update(self.peers)
 
     def problem(self) -> str | None:
-        """Probe every peer once; a one-line description of what is wrong, or None."""
+        """Probe every peer once; a one-line description of what is wrong, or None. A spot
+        interruption notice for this host comes first: its task leaves before its peers."""
+        notice = spot_notice()
+        if notice:
+            return notice
         for peer in self.peers:
             if reachable(self.spec[peer[0]][peer[1]], timeout=PROBE_SECONDS):
                 self.seen.add(peer)
