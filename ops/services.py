@@ -379,8 +379,10 @@ class StagedData(Service):
                                      in_stream=False).exited == 0
 
     def install(self, cxn, host, ctx):
-        for local, remote in ctx.staged.items():
-            push_path(cxn, Path(local), remote)
+        for local, remote in ctx.staged.items():  # only what is missing: the rest is in use
+            if cxn.run(staged_check(remote), hide=True, warn=True, timeout=COMMAND_TIMEOUT,
+                       in_stream=False).exited:
+                push_path(cxn, Path(local), remote)
 
 
 def remote_spark_home(cxn: Connection) -> str:
@@ -549,6 +551,12 @@ class SparkWorker(Service):
                                          sort_keys=True).encode()).hexdigest()[:16]
 
     def is_current(self, cxn, host, ctx):
+        """Running here (the master lists a killed worker as ALIVE for a minute), ALIVE on the
+        master (not DEAD, not DECOMMISSIONED), started with these options."""
+        pid = spark.worker_pid_file(SPARK_STATE, 1)
+        if cxn.run(f"kill -0 $(cat {pid} 2>/dev/null) 2>/dev/null", hide=True, warn=True,
+                   timeout=COMMAND_TIMEOUT, in_stream=False).exited:
+            return False
         status = master_status(cxn, ctx.inventory.master)
         return (bool(status) and host.privateIp in spark.alive_workers(status)
                 and read_stamp(cxn, "spark-worker") == self.version(ctx))

@@ -46,7 +46,9 @@ def push_path(cxn: Connection, local: Path, remote: str) -> None:
         bundle = Path(tmp) / "stage.tar.gz"
         with tarfile.open(bundle, "w:gz") as tar:
             tar.add(local, arcname=local.name)
-        sh(cxn, f"rm -rf {shlex.quote(parent)} && mkdir -p {shlex.quote(parent)}")
+        # a half-staged copy goes first, read-only folders (as tar keeps them) included
+        sh(cxn, f"chmod -R u+w {shlex.quote(parent)} 2>/dev/null; rm -rf {shlex.quote(parent)} "
+                f"&& mkdir -p {shlex.quote(parent)}")
         cxn.put(str(bundle), f"{parent}/stage.tar.gz")
     sh(cxn, f"cd {shlex.quote(parent)} && tar -xzf stage.tar.gz && rm stage.tar.gz && "
             "touch .complete", timeout=TRANSFER_TIMEOUT, what=f"unpacking {local.name}")

@@ -79,17 +79,32 @@ def held_out(origins: list[str], fraction: float, seed: int, label: int) -> list
     return sorted(rng.choice(sorted(origins), size=count, replace=False).tolist())
 
 
-def save_model(model, output: Path) -> str:
+def save_model(model, output: Path) -> str | None:
     """The fitted PipelineModel saved where every executor can write, the run's folder in the
-    cluster's storage (else <output>/model), and loaded back from there; its location."""
+    cluster's storage (else <output>/model when the executors share the driver's disk), and
+    loaded back from there; its location, or None when there is no such place."""
     from pyspark.ml import PipelineModel
+    from pyspark.sql import SparkSession
 
-    location = stored.join(stored.run_store(), "model") if stored.run_store() else str(output / "model")
+    if stored.run_store():
+        location = stored.join(stored.run_store(), "model")
+    elif executors_on_driver_host(SparkSession.getActiveSession()):
+        location = str(output / "model")
+    else:  # each executor would write its part to its own disk, the driver finding none
+        print("model not saved: the executors run on other hosts and the cluster has no shared "
+              "storage (a bucket, or hdfs: true)", flush=True)
+        return None
     model.write().overwrite().save(location)
     loaded = PipelineModel.load(location)
     if [type(stage) for stage in loaded.stages] != [type(stage) for stage in model.stages]:
         raise RuntimeError(f"the model loaded back from {location} has stages {loaded.stages}")
     return location
+
+
+def executors_on_driver_host(spark) -> bool:
+    driver = spark.conf.get("spark.driver.host")
+    return all(info.host() == driver
+               for info in spark.sparkContext._jsc.sc().statusTracker().getExecutorInfos())
 
 
 def spark_session():

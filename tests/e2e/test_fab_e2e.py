@@ -23,6 +23,7 @@ import pytest
 from e2e.fab_cli import FAB, REPO, fab, fab_env, job_processes, one_error_line, results_of
 from floors import ACCURACY_FLOOR
 from kindling import known_hosts_line
+from imds_server import fake_imds
 from moto_endpoint import ACCESS_KEY, SECRET_KEY, client, moto_server, upload_folder
 
 WHEELHOUSE = Path("/var/cache/kindling/wheelhouse")
@@ -361,6 +362,116 @@ def test_auto_stop_stops_the_idle_cluster_but_never_during_a_job_or_an_ssh_login
           "(idleStopMinutes 0.1 = 6 s, checked every 1 s)")
 
 
+def driver_executors(master_ip: str) -> list[dict]:
+    """The running Spark application's executors, from its driver's REST API ([] if none)."""
+    api = f"http://{master_ip}:4040/api/v1/applications"
+    try:
+        app = json.load(NO_PROXY.open(api, timeout=5))[0]["id"]
+        return json.load(NO_PROXY.open(f"{api}/{app}/executors", timeout=5))
+    except (OSError, ValueError, IndexError, KeyError):
+        return []
+
+
+def busy_executor_on(master_ip: str, host_ip: str) -> bool:
+    return any(e["hostPort"].startswith(host_ip + ":") and e["activeTasks"] > 0
+               for e in driver_executors(master_ip))
+
+
+def log_times(text: str, pattern: str) -> list[float]:
+    """Epoch seconds of the Spark log lines (yy/mm/dd HH:MM:SS ...) matching pattern."""
+    return [time.mktime(time.strptime(line[:17], "%y/%m/%d %H:%M:%S"))
+            for line in text.splitlines() if re.search(pattern, line)]
+
+
+def test_a_spot_notice_fails_train_ps_fast_then_it_resumes_and_classify_finishes_without_the_host(
+        netns_cluster, env, wheelhouse, deployed, tmp_path):
+    """worker-1 is a spot instance: a fake metadata service on the bridge gives it EC2's
+    two-minute notice mid-job. train-ps fails at once naming worker-1, and the next `fab run
+    train-ps` resumes from its last checkpoint. During classify Spark decommissions worker-1's
+    worker (no new tasks; its executor leaves), then EC2 takes the host (its Spark processes
+    killed) and classify finishes on worker-0."""
+    spot, other = netns_cluster.inventory.workers[1], netns_cluster.inventory.workers[0]
+    master_ip = netns_cluster.inventory.master.privateIp
+    with fake_imds(netns_cluster.bridge_address) as imds:
+        outputs = json.loads(netns_cluster.inventory_path.read_text())
+        for entry in outputs["workers"]:
+            entry["spot"] = entry["name"] == spot.name
+        inventory = tmp_path / "cluster.json"
+        inventory.write_text(json.dumps(outputs | {"imdsEndpoint": imds.endpoint}))
+        target = ("--target", str(inventory))
+        try:
+            before = run_folders(netns_cluster, "train-ps")
+            code, err, seconds = fail_mid_run(
+                netns_cluster, env, ["deploy", "train-ps", "--wheelhouse", wheelhouse, "--epochs",
+                                     "30", "--job-args", "--steps-per-epoch 20"],
+                lambda: "epoch 2/30" in new_log(netns_cluster, "train-ps", "chief-0", before),
+                lambda: imds.notify(spot.privateIp), inventory)
+            print(f"train-ps failed {seconds:.1f}s after worker-1's spot notice (polled every "
+                  "5 s): " + err.strip()[-400:])
+            line = err.strip().splitlines()[-1]
+            assert code == 1 and f"worker 1 on {spot.name} ({spot.privateIp}) exited" in line, err
+            assert f"{spot.name} ({spot.privateIp}) got a spot interruption notice: EC2 will " \
+                   "terminate it at 2026-12-06T18:00:00Z" in line, line
+            assert "`fab run train-ps` resumes from the last checkpoint" in line, line
+            status = fab(env, "status", *target).stdout
+            assert f"spot: {spot.name} ({spot.privateIp}) got a spot interruption" in status, status
+
+            imds.clear(spot.privateIp)  # `pulumi up` replaced the instance
+            wait_until(lambda: "spot:" not in fab(env, "status", *target).stdout,
+                       "the watcher to drop the notice", timeout=30, interval=2)
+            interrupted = Path(REPO, re.search(r"logs in (\S+)", line).group(1))
+            reached = int(re.findall(r"epoch (\d+)/30", (interrupted / "logs" / "master" /
+                                                        "chief-0.log").read_text())[-1])
+            resumed = fab(env, "run", "train-ps", *target, "--epochs", str(reached + 2),
+                          "--job-args", "--steps-per-epoch 20")
+            history = json.loads((results_of(resumed) / "metrics.json").read_text())["history"]
+            assert (f"resuming {interrupted.name} (stopped by a spot interruption on worker-1) "
+                    "from its last checkpoint") in " ".join(resumed.stdout.split()), resumed.stdout
+            assert history["first_epoch"] == reached + 1 and len(history["loss"]) == 2, history
+
+            classify = subprocess.Popen([FAB, "deploy", "classify", *target, "--wheelhouse",
+                                         wheelhouse], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+            try:
+                wait_until(lambda: classify.poll() is not None
+                           or busy_executor_on(master_ip, spot.privateIp),
+                           "classify's tasks on worker-1", timeout=240, interval=0.5)
+                imds.notify(spot.privateIp)
+                noticed = time.time()
+                wait_until(lambda: classify.poll() is not None or netns_cluster.exec(
+                    spot, "pgrep -f '[C]oarseGrainedExecutorBackend'").returncode,
+                           "worker-1's executor to finish decommissioning", timeout=150)
+                decommissioned = time.time() - noticed
+                netns_cluster.exec(spot, "pkill -9 -f '[o]rg.apache.spark'")  # EC2 takes it
+                out, err = classify.communicate(timeout=300)
+            finally:
+                classify.kill()
+            done = subprocess.CompletedProcess(classify.args, classify.returncode, out, err)
+            results = results_of(done)
+            metrics = json.loads((results / "metrics.json").read_text())
+            assert metrics["accuracy"] >= ACCURACY_FLOOR["classify"], metrics
+            assert f"note: {spot.name} ({spot.privateIp}) got a spot interruption notice" in out
+            # no bucket, no HDFS: the executors' parts of a saved model would land on their disks
+            assert metrics["model_location"] is None and "model not saved" in out, metrics
+            logs = {host: "".join(p.read_text(errors="replace") for p in
+                                  (results / "logs" / host).glob("executor-*.stderr"))
+                    for host in (spot.name, other.name)}
+            assert log_times(logs[spot.name], "Decommission executor"), logs[spot.name][-2000:]
+            after = [t for t in log_times(logs[other.name], "Finished task") if t >= noticed - 1]
+            assert after, "no task finished on worker-0 after the notice"
+            print(f"classify: worker-1's executor left {decommissioned:.1f}s after its spot "
+                  f"notice; worker-0 then finished {len(after)} tasks; accuracy "
+                  f"{metrics['accuracy']:.3f}; timings {metrics['timings_s']}")
+        finally:
+            imds.clear(spot.privateIp)
+            for host in netns_cluster.hosts:
+                netns_cluster.exec(host, "pkill -f '[o]ps.autostop'; rm -f /opt/kindling/stamps/autostop")
+            restored = fab(env, "deploy", "classify", "--target", str(netns_cluster.inventory_path),
+                           "--wheelhouse", wheelhouse, "--detach")
+            fab(env, "stop", "--job", "classify", "--target", str(netns_cluster.inventory_path))
+    assert restored.returncode == 0, restored.stdout[-2000:] + restored.stderr[-2000:]
+
+
 @pytest.fixture(scope="module")
 def train_ps_run(netns_cluster, env, wheelhouse, deployed):
     """`fab deploy train-ps --detach`: the argv on each host while it runs, then its exit code."""
@@ -425,24 +536,28 @@ def test_exec_put_logs_and_ui(netns_cluster, env, tmp_path, train_ps_run):
         ui.wait(timeout=30)
 
 
-def fail_mid_run(cluster, env, fab_args: list[str], under_way, host: str,
-                 kill: str) -> tuple[int, str, float]:
-    """`fab ...` in the background; once under_way() says so, `kill` on host. Its exit code,
-    stderr, and the seconds from the kill to its end."""
-    run = subprocess.Popen([FAB, *fab_args, "--target", str(cluster.inventory_path)], cwd=REPO,
-                           env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                           stdin=subprocess.DEVNULL)
+def fail_mid_run(cluster, env, fab_args: list[str], under_way, interrupt,
+                 inventory: Path | None = None) -> tuple[int, str, float]:
+    """`fab ...` in the background; once under_way() says so, interrupt(). Its exit code,
+    stderr, and the seconds from the interruption to its end."""
+    target = ["--target", str(inventory or cluster.inventory_path)]
+    run = subprocess.Popen([FAB, *fab_args, *target], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
     try:
         wait_until(lambda: run.poll() is not None or under_way(), "the run to get under way",
                    timeout=240, interval=1)
         assert run.poll() is None, run.stderr.read()
-        cluster.exec(host, kill, check=True)
-        killed = time.monotonic()
+        interrupt()
+        interrupted = time.monotonic()
         _, err = run.communicate(timeout=180)
-        return run.returncode, err, time.monotonic() - killed
+        return run.returncode, err, time.monotonic() - interrupted
     finally:
         run.kill()
-        fab(env, "stop", "--target", str(cluster.inventory_path))  # whatever is left
+        fab(env, "stop", *target)  # whatever is left
+
+
+def kill_on(cluster, host: str, command: str):
+    return lambda: cluster.exec(host, command, check=True)
 
 
 def test_killed_worker_fails_train_ps_fast_and_leaves_nothing(netns_cluster, env, deployed):
@@ -451,7 +566,7 @@ def test_killed_worker_fails_train_ps_fast_and_leaves_nothing(netns_cluster, env
         netns_cluster, env, ["run", "train-ps", "--epochs", "50"],
         lambda: "cluster formed" in new_log(netns_cluster, "train-ps", "chief-0", before)
         and "train_ps worker 1" in " ".join(job_processes(netns_cluster, "worker-1")),
-        "worker-1", "pkill -9 -f 'workloads[.]train_ps worker 1'")
+        kill_on(netns_cluster, "worker-1", "pkill -9 -f 'workloads[.]train_ps worker 1'"))
     print(f"train-ps failed {seconds:.1f}s after worker 1 was killed")
     assert seconds < 60 and code == 1
     assert "worker 1 on worker-1" in err, err
@@ -489,7 +604,7 @@ def test_killed_python_workers_fail_train_mnist_naming_their_host(netns_cluster,
     code, err, seconds = fail_mid_run(
         netns_cluster, env, ["run", "train-mnist", "--epochs", "30", "--input-mode", "tensorflow"],
         lambda: "All TFSparkNodes started" in new_log(netns_cluster, "train-mnist", "driver", before),
-        "worker-1", "pkill -9 -f '[p]ython.* -m pyspark[.]daemon'")  # the JVMs stay
+        kill_on(netns_cluster, "worker-1", "pkill -9 -f '[p]ython.* -m pyspark[.]daemon'"))  # the JVMs stay
     print(f"train-mnist failed {seconds:.1f}s after worker-1's Python was killed: {err.strip()[-300:]}")
     assert code == 1, err
     assert "died on worker-1" in err and "on worker-0" not in err, err

@@ -157,3 +157,28 @@ def test_tfrecord_shards_split_the_shuffled_digits(assets, tmp_path):
         seen_labels.append(labels)
     # every digit class on every node: the sorted files were shuffled before sharding
     assert all(set(labels) == set(range(10)) for labels in seen_labels)
+
+
+def test_a_spot_notice_ends_the_training_loop_before_the_next_step(tmp_path, monkeypatch):
+    """The watcher's notice file appears mid-training: the node stops at the next step with an
+    error that names its host, which its failure report carries to the driver."""
+    notice_file = tmp_path / "spot-notice.json"
+    monkeypatch.setenv("KINDLING_SPOT_NOTICE", str(notice_file))
+    steps = []
+
+    class Loss:
+        def numpy(self):
+            return [0.5, 0.9]
+
+    def step(batches):
+        steps.append(len(steps) + 1)
+        if len(steps) == 3:
+            notice_file.write_text('{"host": "worker-1", "address": "10.0.0.3", '
+                                   '"action": "terminate", "time": "2026-12-06T18:00:00Z"}')
+        return Loss()
+
+    with pytest.raises(mnist_node.SpotInterruptionError) as stopped:
+        mnist_node.train(step, None, steps=10, steps_per_epoch=2)
+    assert steps == [1, 2, 3]
+    assert str(stopped.value) == ("worker-1 (10.0.0.3) got a spot interruption notice: EC2 will "
+                                  "terminate it at 2026-12-06T18:00:00Z")
