@@ -4,13 +4,14 @@ first on PATH: which JDK counts, waiting for cloud-init, waiting for the apt loc
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from invoke import Context
 
-from kindling import Host
-from ops.services import BasePackages, CloudInit
+from kindling import Host, Inventory
+from ops.services import BasePackages, CloudInit, DeployContext, Watcher
 from kindling import HostError
 
 HOST = Host(name="worker-7", hostname="ip-10-0-1-7", privateIp="10.0.1.7")
@@ -170,3 +171,25 @@ def test_hosts_waiting_for_the_masters_wheelhouse_learn_when_it_failed(tmp_path)
     served.publish("http://10.0.1.2:7071/")
     served.publish(None)  # the master's thread ends later: the URL it published stands
     assert served.url(LocalConnection(tmp_path)) == "http://10.0.1.2:7071/"
+
+
+@pytest.mark.parametrize("idle_minutes, instance_ids, stopped", [
+    (60, True, True), (0, True, False), (60, False, False)])
+def test_the_watchers_poll_spot_notices_on_spot_hosts_and_stop_only_known_instances(
+        idle_minutes, instance_ids, stopped):
+    """Only spot hosts watch for notices; the master stops instances only when it knows them
+    and a limit is set (a spot-only watcher never calls EC2)."""
+    def host(name, address, spot=False):
+        return Host(name=name, hostname=name, privateIp=address, spot=spot,
+                    instanceId=f"i-{name}" if instance_ids else "")
+
+    master, steady, spot = host("master", "10.0.0.2"), host("worker-0", "10.0.0.3"), host(
+        "worker-1", "10.0.0.4", spot=True)
+    inventory = replace(Inventory("c", "us-east-1", "ubuntu", "key", "", master, (steady, spot)),
+                        idleStopMinutes=idle_minutes)
+    ctx = DeployContext(inventory, Path("constraints.txt"), None)
+    settings = {h.name: Watcher().settings(h, ctx) for h in inventory.hosts}
+    assert [name for name, s in settings.items() if s["spot_notice"]] == ["worker-1"]
+    assert settings["master"]["instance_ids"] == (["i-master", "i-worker-0"] if stopped else [])
+    assert settings["master"]["spot_ids"] == (["i-worker-1"] if stopped else [])
+    assert all(not s["instance_ids"] for name, s in settings.items() if name != "master")
