@@ -623,7 +623,8 @@ class Watcher(Service):
 
     def install(self, cxn, host, ctx):
         settings = f"{HOME}/autostop.json"
-        sh(cxn, f"mkdir -p {AUTOSTOP_STATE} && " + write_files_command(HOME, {
+        # a notice from before (this host was spot then) is not this host's to act on
+        sh(cxn, f"mkdir -p {AUTOSTOP_STATE} && rm -f {SPOT_NOTICE_FILE} && " + write_files_command(HOME, {
             "autostop.json": json.dumps(self.settings(host, ctx), indent=1)}),
            what="writing the auto-stop settings")
         command = f"{PYTHON} -m ops.autostop {settings}"

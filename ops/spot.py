@@ -65,9 +65,11 @@ def decommission_spark_worker(pid_file: str) -> bool:
 
 def watch(host: str, address: str, notice_file: str, spark_worker_pid: str, imds: str = "",
           interval: float = POLL_SECONDS) -> None:
-    """Poll for a notice forever; act on it once (notice file, Spark decommission)."""
+    """Poll for a notice forever; act on it once (notice file, Spark decommission). A notice
+    file from before this watcher started goes: the metadata service says whether it holds."""
     notice_path = Path(notice_file)
-    acted = notice_path.exists()
+    notice_path.unlink(missing_ok=True)
+    acted = False
     while True:
         try:
             action = instance_action(imds)

@@ -442,6 +442,10 @@ MNIST_DATA = Flag("--data", "MNIST: a folder of the four IDX .gz files or an mni
                   "hdfs:///path; omit to download MNIST", aliases=("--data-dir",), path=True,
                   stored=True, offline="datasets/mnist",
                   check=_lazy("workloads.mnist", "mnist_source"))
+RESUME = Flag("--resume", "continue from the last checkpoint of an earlier run: its results "
+              "folder (runs/<id>) or where the cluster stored it (s3://BUCKET/runs/<id>, "
+              "hdfs:///kindling/runs/<id>)", path=True, stored=True,
+              check=_lazy("workloads.training", "checkpoints_in"))
 BATCH_SIZE = Flag("--batch-size", "examples per training step", type=int, default=64, minimum=1)
 
 
@@ -463,10 +467,7 @@ JOBS: dict[str, Job] = {job.name: job for job in (
                Flag("--steps-per-epoch", "training steps per epoch (default: one pass over "
                     "the data)", type=int, minimum=1),
                BATCH_SIZE, learning_rate(1e-3),
-               Flag("--resume", "continue from the last checkpoint of an earlier run: its results "
-                    "folder (runs/<id>) or where the cluster stored it (s3://BUCKET/runs/<id>, "
-                    "hdfs:///kindling/runs/<id>)", path=True, stored=True,
-                    check=_lazy("workloads.train_ps", "checkpoints_in")),
+               RESUME,
                Flag("--timeout", "seconds to wait for peers to come up or answer",
                     type=float, default=120.0, minimum=1, fab=False),
                Flag("--threads", "intra-op threads per process (0: TensorFlow's default)",
@@ -488,7 +489,7 @@ JOBS: dict[str, Job] = {job.name: job for job in (
                epochs(8), BATCH_SIZE,
                Flag("--steps", "at most this many steps per node (default: --epochs of the "
                     "data)", type=int, minimum=1),
-               learning_rate(2e-3),
+               learning_rate(2e-3), RESUME,
                Flag("--model", "where to export the trained model (default "
                     "<output>/model.keras)", fab=False),
                Flag("--tensorboard", "the tfos engine also serves TensorBoard from the chief "
@@ -498,7 +499,8 @@ JOBS: dict[str, Job] = {job.name: job for job in (
                     "to come up", type=int, default=120, minimum=1, fab=False),
                Flag("--timeout", "seconds the training may take before the job is stopped",
                     type=int, default=3600, minimum=1, fab=False)),
-        plan=tfos_plan, validate=_train_mnist_rules, downloads=_mnist_download),
+        plan=tfos_plan, validate=_train_mnist_rules, downloads=_mnist_download,
+        resume="--resume"),
     Job("classify", "workloads.classify",
         "Transfer learning: DeepImageFeaturizer + LogisticRegression on a folder of labelled images",
         flags=(Flag("--data", "a folder with one subfolder of images per class (labels follow "

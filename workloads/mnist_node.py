@@ -28,7 +28,8 @@ from workloads.common import SpotInterruptionError, spot_notice, write_metrics
 from workloads.mnist import IMAGE_SHAPE, adam, build_cnn, load_mnist, shuffled, training_input
 from workloads.node_failures import report_failure
 from workloads.training import (Epoch, barrier, epoch_of, evaluate_and_export, log_epoch,
-                                plot_training_curve, summary_writer, train_step)
+                                plot_training_curve, resumed_checkpoint, summary_writer,
+                                train_step)
 
 SEED = 0
 SHARDS_DONE = "_SUCCESS"
@@ -106,16 +107,26 @@ def run_node(args: argparse.Namespace, ctx) -> None:
     with strategy.scope():
         model = build_cnn()
         optimizer = adam(args.learning_rate, args.steps)
+        optimizer.build(model.trainable_variables)  # its slots exist to be restored into
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
     checkpoints = tf.train.CheckpointManager(
-        tf.train.Checkpoint(model=model, optimizer=optimizer),
+        checkpoint,
         # every node saves (variables may need syncing), only the chief's copy is kept
         str(Path(args.output) / "checkpoints") if is_chief else tempfile.mkdtemp(),
         max_to_keep=2)
     summaries = summary_writer(Path(args.output)) if is_chief else None
     log = f"[{ctx.job_name}:{ctx.task_index}]"
+    args.first_step = 0
+    if args.resume:  # every node restores the same checkpoint, saved as ckpt-<step>
+        latest = resumed_checkpoint(args.resume)
+        checkpoint.restore(latest)
+        args.first_step = int(latest.rsplit("-", 1)[1])
+        print(f"{log} resumed at step {args.first_step} of {args.steps}", flush=True)
 
     def on_epoch(step: int, epoch: Epoch) -> None:
         checkpoints.save(checkpoint_number=step)
+        if is_chief and args.run_store:  # where a later run resumes from, whatever host
+            stored.copy(checkpoints.directory, stored.join(args.run_store, "checkpoints"))
         if summaries:
             log_epoch(summaries, step, epoch)
         print(f"{log} step {step}: loss {epoch.loss:.4f}, accuracy {epoch.accuracy:.4f}",
@@ -124,7 +135,7 @@ def run_node(args: argparse.Namespace, ctx) -> None:
     print(f"{log} in cluster {strategy.cluster_resolver.cluster_spec().as_dict()}: training "
           f"{args.steps} steps of {args.batch_size} digits", flush=True)
     epochs = train(train_step(strategy, model, optimizer), iter(batched(records, args.batch_size)),
-                   args.steps, args.steps_per_epoch, on_epoch)
+                   args.steps, args.steps_per_epoch, on_epoch, args.first_step)
     if is_chief:
         write_results(args, model, epochs)
     else:
@@ -143,16 +154,19 @@ def write_results(args: argparse.Namespace, model, epochs: list[Epoch]) -> None:
     _, test_set = load_mnist(args.data)
     loss, accuracy = evaluate_and_export(model.get_weights(), test_set, Path(args.model))
     write_metrics(Path(args.output), {
-        "accuracy": accuracy, "loss": loss, "final_train_loss": epochs[-1].loss,
+        "accuracy": accuracy, "loss": loss,
+        "final_train_loss": epochs[-1].loss if epochs else None,
         "engine": args.engine, "input_mode": args.input_mode, "cluster_size": args.cluster_size,
         "epochs": args.epochs, "steps": args.steps, "batch_size_per_node": args.batch_size,
         "train_digits": args.train_digits, "test_digits": len(test_set[1]), "model": args.model,
+        "resumed_at_step": args.first_step,
         "history": {"loss": [e.loss for e in epochs], "accuracy": [e.accuracy for e in epochs]},
         "timings": {"train_seconds": round(sum(e.seconds for e in epochs), 2),
                     "epoch_seconds": [round(e.seconds, 2) for e in epochs],
                     "evaluate_seconds": round(time.monotonic() - started, 2)},
     })
-    plot_training_curve(epochs, Path(args.output) / "training_curve.png")
+    if epochs:  # none when resuming a run that had finished
+        plot_training_curve(epochs, Path(args.output) / "training_curve.png")
     print(f"[chief] test accuracy {accuracy:.4f}, loss {loss:.4f}", flush=True)
 
 
@@ -249,12 +263,12 @@ def batched(records, batch_size: int):
 
 
 def train(step, batches, steps: int, steps_per_epoch: int,
-          on_epoch=lambda step, epoch: None) -> list[Epoch]:
-    """The custom training loop: `steps` calls of step(batches), every `steps_per_epoch` steps
-    (and at the end) an Epoch and on_epoch. A spot interruption notice for this host ends it
+          on_epoch=lambda step, epoch: None, first_step: int = 0) -> list[Epoch]:
+    """The custom training loop: step(batches) for steps first_step + 1 .. steps, every
+    `steps_per_epoch` steps (and at the end) an Epoch and on_epoch. A spot interruption notice for this host ends it
     before the next step, so the job fails naming this node, not the peers that lose it."""
     epochs, running, started = [], [], time.monotonic()
-    for number in range(1, steps + 1):
+    for number in range(first_step + 1, steps + 1):
         notice = spot_notice()
         if notice:
             raise SpotInterruptionError(notice)

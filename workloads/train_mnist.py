@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 from kindling import UserError
+from workloads import stored
 from workloads.common import results_dir, run_cli
 from workloads.jobs import JOBS
 from workloads.mnist import load_mnist, shuffled
@@ -113,8 +114,11 @@ def training_rdd(sc, x: np.ndarray, y: np.ndarray, nodes: int):
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
-    if args.data and not is_uri(args.data):
-        args.data = str(Path(args.data).expanduser().resolve())
+    for flag in ("data", "resume"):  # the nodes run in other folders
+        value = getattr(args, flag)
+        if value and not is_uri(value):
+            setattr(args, flag, str(Path(value).expanduser().resolve()))
+    args.run_store = stored.run_store()  # where the chief keeps its checkpoints for a resume
     (x_train, y_train), _ = load_mnist(args.data)  # a bad --data fails here, before Spark
     output = results_dir(args.output, "train-mnist").resolve()
     args.output = str(output)

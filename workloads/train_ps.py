@@ -30,7 +30,8 @@ from workloads.common import results_dir, run_cli, write_metrics
 from workloads.jobs import JOBS
 from workloads.mnist import adam, build_cnn, load_mnist, shuffled, training_input
 from workloads.training import (Epoch, barrier, epoch_of, evaluate_and_export, log_epoch,
-                                plot_training_curve, summary_writer, train_step)
+                                plot_training_curve, resumed_checkpoint, summary_writer,
+                                train_step)
 from workloads.peer_watch import PROBE_SECONDS, PeerWatch, exit_now
 from workloads.tf_cluster import (ROLES, ClusterSpec, Task, check_task,
                                   cluster_spec, describe, host_list, load_cluster_spec,
@@ -257,24 +258,6 @@ def train(spec: ClusterSpec, role: str, index: int, args: argparse.Namespace,
     except tf.errors.OpError as exc:
         exit_now(1, tf_error_line(spec, exc.message, (role, index)))
     print(f"{describe(spec, role, index)}: done in {time.monotonic() - started:.1f}s", flush=True)
-
-
-def checkpoints_in(run: str) -> str:
-    """An earlier run's checkpoints folder (local or stored), refused in one line when it has
-    none."""
-    folder = stored.join(run, "checkpoints")
-    if not stored.exists(stored.join(folder, "checkpoint")):
-        raise UserError(f"--resume {run}: no checkpoints there (no {folder}/checkpoint); pass "
-                        "the results folder or stored location of a train-ps run")
-    return folder
-
-
-def resumed_checkpoint(run: str) -> str:
-    """The latest checkpoint of an earlier run, on this host's disk (copied when stored)."""
-    import tensorflow as tf
-
-    folder = stored.download(checkpoints_in(run)) if stored.is_uri(run) else checkpoints_in(run)
-    return tf.train.latest_checkpoint(folder)
 
 
 def evaluate_and_save(weights: list, test_set, output: Path, metrics: dict) -> None:

@@ -1,11 +1,14 @@
 """What train-ps and train-mnist share on their TensorFlow processes: the CNN's training step
-under any tf.distribute strategy, its evaluation and export, and the all-reduce barrier."""
+under any tf.distribute strategy, its evaluation and export, the all-reduce barrier, and
+resuming from an earlier run's checkpoints."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import NamedTuple
 
+from kindling import UserError
+from workloads import stored
 from workloads.mnist import build_cnn, to_model_input
 
 
@@ -121,3 +124,21 @@ def barrier(strategy) -> None:
         return strategy.reduce("SUM", strategy.run(tf.ones, args=((),)), axis=None)
 
     all_reduce_ones()
+
+
+def checkpoints_in(run: str) -> str:
+    """An earlier run's checkpoints folder (local or stored), refused in one line when it has
+    none."""
+    folder = stored.join(run, "checkpoints")
+    if not stored.exists(stored.join(folder, "checkpoint")):
+        raise UserError(f"--resume {run}: no checkpoints there (no {folder}/checkpoint); pass "
+                        "the results folder or stored location of an earlier run of this job")
+    return folder
+
+
+def resumed_checkpoint(run: str) -> str:
+    """The latest checkpoint of an earlier run, on this host's disk (copied when stored)."""
+    import tensorflow as tf
+
+    folder = stored.download(checkpoints_in(run)) if stored.is_uri(run) else checkpoints_in(run)
+    return tf.train.latest_checkpoint(folder)

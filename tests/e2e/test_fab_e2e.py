@@ -237,17 +237,6 @@ def staged_photos(cluster) -> dict[str, str]:
             for host in cluster.hosts}
 
 
-def classify_where_stored(cluster, env, *args: str) -> subprocess.CompletedProcess:
-    """`fab run classify ARGS` succeeds on the buses-cars photos, and no host gets a copy."""
-    before = staged_photos(cluster)
-    done = fab(env, "run", "classify", *args)
-    metrics = json.loads((results_of(done) / "metrics.json").read_text())
-    assert metrics["classes"] == ["buses", "cars"]
-    assert metrics["accuracy"] >= ACCURACY_FLOOR["classify"], metrics
-    assert staged_photos(cluster) == before
-    return done
-
-
 @pytest.fixture(scope="module")
 def bucket(netns_cluster, env, assets):
     """A moto S3 server on the bridge as the cluster's store, the photos in its bucket under
@@ -256,38 +245,6 @@ def bucket(netns_cluster, env, assets):
         upload_folder(endpoint, "cluster-photos", "vehicles", assets / "datasets" / "buses-cars")
         yield {"fields": {"s3Endpoint": endpoint, "bucket": "cluster-photos"}, "endpoint": endpoint,
                "user": env | {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}}
-
-
-def test_classify_reads_s3_on_the_cluster_through_spark(netns_cluster, deployed, bucket, tmp_path):
-    """The photos are read by the executors on the workers through S3A, never copied by fab;
-    the model is saved into the run's folder in the bucket by the executors, and the results
-    fetched to runs/<id>/ land there as well."""
-    endpoint, user = bucket["endpoint"], bucket["user"]
-    inventory = tmp_path / "cluster.json"
-    inventory.write_text(json.dumps(json.loads(netns_cluster.inventory_path.read_text())
-                                    | bucket["fields"]))
-    missing = fab(user, "run", "classify", "--target", str(inventory), "--data",
-                  "s3://no-such-bucket/vehicles")
-    assert "bucket 'no-such-bucket' does not exist at " + endpoint in one_error_line(missing)
-    started = time.monotonic()
-    done = classify_where_stored(netns_cluster, user, "--target", str(inventory), "--data",
-                                 "s3://cluster-photos/vehicles")
-    took = time.monotonic() - started
-    results = results_of(done)
-    kept = client(endpoint).list_objects_v2(Bucket="cluster-photos", Prefix=f"runs/{results.name}/")
-    kept = {item["Key"].split("/", 2)[2] for item in kept.get("Contents", [])}
-    local = {p.relative_to(results).as_posix() for p in results.rglob("*") if p.is_file()}
-    model = {key for key in kept if key.startswith("model/")}  # written there by the executors
-    assert "metrics.json" in kept and kept - model == local, (kept - model) ^ local
-    assert "model/metadata/_SUCCESS" in model and any("stages/1_" in key for key in model), model
-    assert json.loads((results / "metrics.json").read_text())["model_location"] == (
-        f"s3://cluster-photos/runs/{results.name}/model")
-    assert f"results also in s3://cluster-photos/runs/{results.name}/" in done.stdout
-    for host in netns_cluster.hosts:
-        check = netns_cluster.exec(host, "cd /opt/kindling/jars/s3a && sha256sum -c --quiet SHA256SUMS")
-        assert check.returncode == 0, (host, check.stdout, check.stderr)
-    assert SECRET_KEY not in done.stdout + done.stderr
-    print(f"classify from s3:// on 3 netns hosts (S3A jars shipped first): {took:.1f}s")
 
 
 def instance_states(ec2, ids: dict[str, str]) -> dict[str, str]:
@@ -383,13 +340,18 @@ def log_times(text: str, pattern: str) -> list[float]:
             for line in text.splitlines() if re.search(pattern, line)]
 
 
-def test_a_spot_notice_fails_train_ps_fast_then_it_resumes_and_classify_finishes_without_the_host(
-        netns_cluster, env, wheelhouse, deployed, tmp_path):
-    """worker-1 is a spot instance: a fake metadata service on the bridge gives it EC2's
-    two-minute notice mid-job. train-ps fails at once naming worker-1, and the next `fab run
-    train-ps` resumes from its last checkpoint. During classify Spark decommissions worker-1's
-    worker (no new tasks; its executor leaves), then EC2 takes the host (its Spark processes
-    killed) and classify finishes on worker-0."""
+def test_spot_notice_train_ps_fails_fast_and_resumes_classify_from_s3_finishes_without_the_host(
+        netns_cluster, env, wheelhouse, deployed, bucket, tmp_path):
+    """The cluster keeps its data and runs in the moto bucket, and worker-1 is a spot instance:
+    a fake metadata service on the bridge gives it EC2's two-minute notice mid-job.
+
+    train-ps fails at once naming worker-1, leaving no process, and the next `fab run train-ps`
+    resumes from its last checkpoint in the bucket. classify reads the photos from s3:// through
+    S3A on the executors (fab copies none); mid-run Spark decommissions worker-1's worker (no new
+    tasks; its executor leaves), EC2 then takes the host (its Spark processes killed), and
+    classify finishes on worker-0, saving its model into the run's folder in the bucket, where
+    the fetched results land too."""
+    endpoint, user = bucket["endpoint"], bucket["user"]
     spot, other = netns_cluster.inventory.workers[1], netns_cluster.inventory.workers[0]
     master_ip = netns_cluster.inventory.master.privateIp
     with fake_imds(netns_cluster.bridge_address) as imds:
@@ -397,13 +359,15 @@ def test_a_spot_notice_fails_train_ps_fast_then_it_resumes_and_classify_finishes
         for entry in outputs["workers"]:
             entry["spot"] = entry["name"] == spot.name
         inventory = tmp_path / "cluster.json"
-        inventory.write_text(json.dumps(outputs | {"imdsEndpoint": imds.endpoint}))
+        inventory.write_text(json.dumps(outputs | bucket["fields"] | {"imdsEndpoint": imds.endpoint}))
         target = ("--target", str(inventory))
+        missing = fab(user, "run", "classify", *target, "--data", "s3://no-such-bucket/vehicles")
+        assert "bucket 'no-such-bucket' does not exist at " + endpoint in one_error_line(missing)
         try:
             before = run_folders(netns_cluster, "train-ps")
             code, err, seconds = fail_mid_run(
-                netns_cluster, env, ["deploy", "train-ps", "--wheelhouse", wheelhouse, "--epochs",
-                                     "30", "--job-args", "--steps-per-epoch 20"],
+                netns_cluster, user, ["deploy", "train-ps", "--wheelhouse", wheelhouse, "--epochs",
+                                      "30", "--job-args", "--steps-per-epoch 20"],
                 lambda: "epoch 2/30" in new_log(netns_cluster, "train-ps", "chief-0", before),
                 lambda: imds.notify(spot.privateIp), inventory)
             print(f"train-ps failed {seconds:.1f}s after worker-1's spot notice (polled every "
@@ -413,25 +377,29 @@ def test_a_spot_notice_fails_train_ps_fast_then_it_resumes_and_classify_finishes
             assert f"{spot.name} ({spot.privateIp}) got a spot interruption notice: EC2 will " \
                    "terminate it at 2026-12-06T18:00:00Z" in line, line
             assert "`fab run train-ps` resumes from the last checkpoint" in line, line
-            status = fab(env, "status", *target).stdout
+            assert not any(job_processes(netns_cluster, h) for h in netns_cluster.hosts)
+            status = fab(user, "status", *target).stdout
             assert f"spot: {spot.name} ({spot.privateIp}) got a spot interruption" in status, status
 
             imds.clear(spot.privateIp)  # `pulumi up` replaced the instance
-            wait_until(lambda: "spot:" not in fab(env, "status", *target).stdout,
+            wait_until(lambda: "spot:" not in fab(user, "status", *target).stdout,
                        "the watcher to drop the notice", timeout=30, interval=2)
             interrupted = Path(REPO, re.search(r"logs in (\S+)", line).group(1))
             reached = int(re.findall(r"epoch (\d+)/30", (interrupted / "logs" / "master" /
                                                         "chief-0.log").read_text())[-1])
-            resumed = fab(env, "run", "train-ps", *target, "--epochs", str(reached + 2),
+            resumed = fab(user, "run", "train-ps", *target, "--epochs", str(reached + 2),
                           "--job-args", "--steps-per-epoch 20")
             history = json.loads((results_of(resumed) / "metrics.json").read_text())["history"]
             assert (f"resuming {interrupted.name} (stopped by a spot interruption on worker-1) "
-                    "from its last checkpoint") in " ".join(resumed.stdout.split()), resumed.stdout
+                    f"from its last checkpoint: --resume s3://cluster-photos/runs/"
+                    f"{interrupted.name}") in " ".join(resumed.stdout.split()), resumed.stdout
             assert history["first_epoch"] == reached + 1 and len(history["loss"]) == 2, history
 
-            classify = subprocess.Popen([FAB, "deploy", "classify", *target, "--wheelhouse",
-                                         wheelhouse], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                                        stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+            photos = staged_photos(netns_cluster)
+            classify = subprocess.Popen(
+                [FAB, "deploy", "classify", *target, "--wheelhouse", wheelhouse, "--data",
+                 "s3://cluster-photos/vehicles"], cwd=REPO, env=user, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
             try:
                 wait_until(lambda: classify.poll() is not None
                            or busy_executor_on(master_ip, spot.privateIp),
@@ -446,30 +414,45 @@ def test_a_spot_notice_fails_train_ps_fast_then_it_resumes_and_classify_finishes
                 out, err = classify.communicate(timeout=300)
             finally:
                 classify.kill()
-            done = subprocess.CompletedProcess(classify.args, classify.returncode, out, err)
-            results = results_of(done)
-            metrics = json.loads((results / "metrics.json").read_text())
-            assert metrics["accuracy"] >= ACCURACY_FLOOR["classify"], metrics
-            assert f"note: {spot.name} ({spot.privateIp}) got a spot interruption notice" in out
-            # no bucket, no HDFS: the executors' parts of a saved model would land on their disks
-            assert metrics["model_location"] is None and "model not saved" in out, metrics
-            logs = {host: "".join(p.read_text(errors="replace") for p in
-                                  (results / "logs" / host).glob("executor-*.stderr"))
-                    for host in (spot.name, other.name)}
-            assert log_times(logs[spot.name], "Decommission executor"), logs[spot.name][-2000:]
-            after = [t for t in log_times(logs[other.name], "Finished task") if t >= noticed - 1]
-            assert after, "no task finished on worker-0 after the notice"
-            print(f"classify: worker-1's executor left {decommissioned:.1f}s after its spot "
-                  f"notice; worker-0 then finished {len(after)} tasks; accuracy "
-                  f"{metrics['accuracy']:.3f}; timings {metrics['timings_s']}")
+            photos_after = staged_photos(netns_cluster)
         finally:
             imds.clear(spot.privateIp)
             for host in netns_cluster.hosts:
-                netns_cluster.exec(host, "pkill -f '[o]ps.autostop'; rm -f /opt/kindling/stamps/autostop")
+                netns_cluster.exec(host, "pkill -f '[o]ps.autostop'; rm -f /opt/kindling/stamps/"
+                                         "autostop /srv/kindling/autostop/spot-notice.json")
             restored = fab(env, "deploy", "classify", "--target", str(netns_cluster.inventory_path),
                            "--wheelhouse", wheelhouse, "--detach")
             fab(env, "stop", "--job", "classify", "--target", str(netns_cluster.inventory_path))
     assert restored.returncode == 0, restored.stdout[-2000:] + restored.stderr[-2000:]
+
+    results = results_of(subprocess.CompletedProcess(classify.args, classify.returncode, out, err))
+    metrics = json.loads((results / "metrics.json").read_text())
+    assert metrics["classes"] == ["buses", "cars"]
+    assert metrics["accuracy"] >= ACCURACY_FLOOR["classify"], metrics
+    assert photos_after == photos  # read where they are stored
+    kept = client(endpoint).list_objects_v2(Bucket="cluster-photos", Prefix=f"runs/{results.name}/")
+    kept = {item["Key"].split("/", 2)[2] for item in kept.get("Contents", [])}
+    local = {p.relative_to(results).as_posix() for p in results.rglob("*") if p.is_file()}
+    model = {key for key in kept if key.startswith("model/")}  # written there by the executors
+    assert "metrics.json" in kept and kept - model == local, (kept - model) ^ local
+    assert "model/metadata/_SUCCESS" in model and any("stages/1_" in key for key in model), model
+    assert metrics["model_location"] == f"s3://cluster-photos/runs/{results.name}/model"
+    assert f"results also in s3://cluster-photos/runs/{results.name}/" in out
+    for host in netns_cluster.hosts:
+        check = netns_cluster.exec(host, "cd /opt/kindling/jars/s3a && sha256sum -c --quiet SHA256SUMS")
+        assert check.returncode == 0, (host, check.stdout, check.stderr)
+    assert SECRET_KEY not in out + err
+
+    assert f"note: {spot.name} ({spot.privateIp}) got a spot interruption notice" in out
+    logs = {host: "".join(p.read_text(errors="replace") for p in
+                          (results / "logs" / host).glob("executor-*.stderr"))
+            for host in (spot.name, other.name)}
+    assert log_times(logs[spot.name], "Decommission executor"), logs[spot.name][-2000:]
+    after = [t for t in log_times(logs[other.name], "Finished task") if t >= noticed - 1]
+    assert after, "no task finished on worker-0 after the notice"
+    print(f"classify from s3://: worker-1's executor left {decommissioned:.1f}s after its spot "
+          f"notice; worker-0 then finished {len(after)} tasks; accuracy "
+          f"{metrics['accuracy']:.3f}; timings {metrics['timings_s']}")
 
 
 @pytest.fixture(scope="module")
@@ -556,24 +539,6 @@ def fail_mid_run(cluster, env, fab_args: list[str], under_way, interrupt,
         fab(env, "stop", *target)  # whatever is left
 
 
-def kill_on(cluster, host: str, command: str):
-    return lambda: cluster.exec(host, command, check=True)
-
-
-def test_killed_worker_fails_train_ps_fast_and_leaves_nothing(netns_cluster, env, deployed):
-    before = run_folders(netns_cluster, "train-ps")
-    code, err, seconds = fail_mid_run(
-        netns_cluster, env, ["run", "train-ps", "--epochs", "50"],
-        lambda: "cluster formed" in new_log(netns_cluster, "train-ps", "chief-0", before)
-        and "train_ps worker 1" in " ".join(job_processes(netns_cluster, "worker-1")),
-        kill_on(netns_cluster, "worker-1", "pkill -9 -f 'workloads[.]train_ps worker 1'"))
-    print(f"train-ps failed {seconds:.1f}s after worker 1 was killed")
-    assert seconds < 60 and code == 1
-    assert "worker 1 on worker-1" in err, err
-    wait_until(lambda: not any(job_processes(netns_cluster, h) for h in netns_cluster.hosts),
-               "every train-ps process to end", timeout=30)
-
-
 def test_a_dead_spark_worker_is_named_before_launch_and_deploy_restarts_it(netns_cluster, env,
                                                                          deployed, wheelhouse):
     """worker-1's Spark worker daemon dies (sshd alive): `fab run` names it before starting
@@ -604,7 +569,8 @@ def test_killed_python_workers_fail_train_mnist_naming_their_host(netns_cluster,
     code, err, seconds = fail_mid_run(
         netns_cluster, env, ["run", "train-mnist", "--epochs", "30", "--input-mode", "tensorflow"],
         lambda: "All TFSparkNodes started" in new_log(netns_cluster, "train-mnist", "driver", before),
-        kill_on(netns_cluster, "worker-1", "pkill -9 -f '[p]ython.* -m pyspark[.]daemon'"))  # the JVMs stay
+        lambda: netns_cluster.exec("worker-1", "pkill -9 -f '[p]ython.* -m pyspark[.]daemon'",
+                                   check=True))  # the JVMs stay
     print(f"train-mnist failed {seconds:.1f}s after worker-1's Python was killed: {err.strip()[-300:]}")
     assert code == 1, err
     assert "died on worker-1" in err and "on worker-0" not in err, err

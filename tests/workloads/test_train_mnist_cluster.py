@@ -14,6 +14,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import zipfile
 from pathlib import Path
@@ -40,14 +41,14 @@ def cluster(tmp_path_factory):
         yield running
 
 
-def submit(cluster: LocalSparkCluster, output: Path, *args: str,
-           nodes: int = 2) -> subprocess.CompletedProcess:
+def submit(cluster: LocalSparkCluster, output: Path, *args: str, nodes: int = 2,
+           conf: tuple[tuple[str, str], ...] = ()) -> subprocess.CompletedProcess:
     """spark-submit the job as its plan says, with `nodes` executors (one per worker host)."""
     master = Host(name="master", hostname="master", privateIp=HOST)
     workers = tuple(Host(name=f"worker-{i}", hostname=f"w{i}", privateIp=HOST)
                     for i in range(nodes))
     placement = Placement(master, workers, (), sys.executable, cluster.master_url,
-                          cluster.spark_home)
+                          cluster.spark_home, spark_conf=conf)
     job = JOBS["train-mnist"]
     [driver] = job.plan(job, placement, list(args), str(output)).processes
     process = subprocess.Popen(driver.argv, env={**os.environ, **dict(driver.env)},
@@ -136,6 +137,46 @@ def test_a_failing_node_ends_the_job_with_one_error_line(cluster, assets, tmp_pa
             and time.monotonic() < deadline:
         time.sleep(1)
     assert left == [], "executor processes outlived the failed application"
+
+
+def test_a_spot_notice_fails_the_job_at_once_and_a_rerun_resumes_from_its_checkpoint(
+        cluster, assets, tmp_path):
+    """The host watcher's notice file appears once the chief saved a checkpoint (the nodes find
+    it through KINDLING_SPOT_NOTICE, which a cluster's Spark workers pass their executors): the
+    job ends naming a node and the notice. `--resume` of that run restarts every node at the
+    chief's last checkpoint and finishes the remaining steps."""
+    data = str(assets / "datasets" / "mnist")
+    notice, first = tmp_path / "spot-notice.json", tmp_path / "first"
+    saved = first / "checkpoints" / "checkpoint"
+
+    def notice_after_a_checkpoint():
+        deadline = time.monotonic() + JOB_TIMEOUT
+        while not saved.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        notice.write_text('{"host": "worker-1", "address": "10.0.0.4", "action": "terminate", '
+                          '"time": "2026-12-06T18:00:00Z"}')
+
+    threading.Thread(target=notice_after_a_checkpoint, daemon=True).start()
+    steps = ("--input_mode", "spark", "--epochs", "2", "--steps", "45")  # a checkpoint per epoch
+    result = submit(cluster, first, "--data", data, *steps,
+                    conf=(("spark.executorEnv.KINDLING_SPOT_NOTICE", str(notice)),))
+    assert result.returncode == 1, result.stdout[-3000:]
+    [line] = error_lines(result.stdout)
+    assert re.match(rf"error: training failed on the cluster: (chief|worker):0 on {HOST} failed "
+                    r"first: workloads.common.SpotInterruptionError: worker-1 \(10\.0\.0\.4\) got a spot "
+                    r"interruption notice: EC2 will terminate it at 2026-12-06T18:00:00Z", line), line
+    last_step = int(re.search(r"ckpt-(\d+)", saved.read_text()).group(1))
+
+    second = tmp_path / "second"
+    result = submit(cluster, second, "--data", data, *steps, "--resume", str(first))
+    assert result.returncode == 0, result.stdout[-3000:]
+    metrics = json.loads((second / "metrics.json").read_text())
+    assert metrics["resumed_at_step"] == last_step and 0 < last_step < metrics["steps"], metrics
+    assert len(metrics["history"]["loss"]) == 1, metrics["history"]  # the second epoch only
+    # the weights came back: a fresh CNN after the last few steps would be near chance
+    assert metrics["accuracy"] > 0.7, metrics
+    print(f"train-mnist: stopped by the notice after step {last_step}, resumed to step "
+          f"{metrics['steps']}: accuracy {metrics['accuracy']:.4f}")
 
 
 def is_executor_side(pid: int) -> bool:
