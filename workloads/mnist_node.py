@@ -28,8 +28,8 @@ from workloads.common import SpotInterruptionError, spot_notice, write_metrics
 from workloads.mnist import IMAGE_SHAPE, adam, build_cnn, load_mnist, shuffled, training_input
 from workloads.node_failures import report_failure
 from workloads.training import (Epoch, barrier, epoch_of, evaluate_and_export, log_epoch,
-                                plot_training_curve, resumed_checkpoint, summary_writer,
-                                train_step)
+                                plot_training_curve, resumed_checkpoint, store_checkpoints,
+                                summary_writer, train_step)
 
 SEED = 0
 SHARDS_DONE = "_SUCCESS"
@@ -126,7 +126,7 @@ def run_node(args: argparse.Namespace, ctx) -> None:
     def on_epoch(step: int, epoch: Epoch) -> None:
         checkpoints.save(checkpoint_number=step)
         if is_chief and args.run_store:  # where a later run resumes from, whatever host
-            stored.copy(checkpoints.directory, stored.join(args.run_store, "checkpoints"))
+            store_checkpoints(checkpoints.directory, args.run_store)
         if summaries:
             log_epoch(summaries, step, epoch)
         print(f"{log} step {step}: loss {epoch.loss:.4f}, accuracy {epoch.accuracy:.4f}",

@@ -102,8 +102,9 @@ def copy(source: str, destination: str) -> None:
 
     source_fs, source_path = filesystem(source)
     destination_fs, destination_path = filesystem(destination)
-    if source_fs.get_file_info(source_path).type == fs.FileType.Directory:
-        destination_fs.create_dir(destination_path, recursive=True)
+    folder = source_fs.get_file_info(source_path).type == fs.FileType.Directory
+    destination_fs.create_dir(destination_path if folder else destination_path.rsplit("/", 1)[0],
+                              recursive=True)
     fs.copy_files(source_path, destination_path, source_filesystem=source_fs,
                   destination_filesystem=destination_fs)
 

@@ -30,8 +30,8 @@ from workloads.common import results_dir, run_cli, write_metrics
 from workloads.jobs import JOBS
 from workloads.mnist import adam, build_cnn, load_mnist, shuffled, training_input
 from workloads.training import (Epoch, barrier, epoch_of, evaluate_and_export, log_epoch,
-                                plot_training_curve, resumed_checkpoint, summary_writer,
-                                train_step)
+                                plot_training_curve, resumed_checkpoint, store_checkpoints,
+                                summary_writer, train_step)
 from workloads.peer_watch import PROBE_SECONDS, PeerWatch, exit_now
 from workloads.tf_cluster import (ROLES, ClusterSpec, Task, check_task,
                                   cluster_spec, describe, host_list, load_cluster_spec,
@@ -219,7 +219,7 @@ def train(spec: ClusterSpec, role: str, index: int, args: argparse.Namespace,
             epoch.assign(number)
             manager.save()
             if chief and stored.run_store():  # where another host can resume from
-                stored.copy(str(checkpoint_dir), stored.join(stored.run_store(), "checkpoints"))
+                store_checkpoints(str(checkpoint_dir), stored.run_store())
             if summaries:
                 log_epoch(summaries, number, epochs[-1])
             print(f"epoch {number}/{args.epochs}: loss {epochs[-1].loss:.4f}, accuracy "

@@ -126,6 +126,15 @@ def barrier(strategy) -> None:
     all_reduce_ones()
 
 
+def store_checkpoints(folder: str, run_store: str) -> None:
+    """The chief's checkpoints into the run's folder in the cluster's storage, where a later
+    run resumes from on any host. The `checkpoint` index goes last: a copy cut short (the chief's
+    host taken) leaves an index that names a checkpoint whose files are all there."""
+    files = sorted(Path(folder).iterdir(), key=lambda file: file.name == "checkpoint")
+    for file in files:
+        stored.copy(str(file), stored.join(run_store, "checkpoints", file.name))
+
+
 def checkpoints_in(run: str) -> str:
     """An earlier run's checkpoints folder (local or stored), refused in one line when it has
     none."""

@@ -385,8 +385,10 @@ def test_spot_notice_train_ps_fails_fast_and_resumes_classify_from_s3_finishes_w
             wait_until(lambda: "spot:" not in fab(user, "status", *target).stdout,
                        "the watcher to drop the notice", timeout=30, interval=2)
             interrupted = Path(REPO, re.search(r"logs in (\S+)", line).group(1))
-            reached = int(re.findall(r"epoch (\d+)/30", (interrupted / "logs" / "master" /
-                                                        "chief-0.log").read_text())[-1])
+            state = client(endpoint).get_object(  # the last epoch the chief saved (ckpt-<epoch>)
+                Bucket="cluster-photos", Key=f"runs/{interrupted.name}/checkpoints/checkpoint")
+            reached = int(re.search(rb'model_checkpoint_path: "ckpt-(\d+)"',
+                                    state["Body"].read()).group(1))
             resumed = fab(user, "run", "train-ps", *target, "--epochs", str(reached + 2),
                           "--job-args", "--steps-per-epoch 20")
             history = json.loads((results_of(resumed) / "metrics.json").read_text())["history"]

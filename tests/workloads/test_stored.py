@@ -61,6 +61,26 @@ def test_a_folder_copied_in_reads_back_the_same_and_a_missing_file_is_one_line(s
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("where", ["hdfs", "s3", "local"])
+def test_checkpoints_kept_in_the_store_are_where_a_resume_finds_them(where, request, tmp_path):
+    """A run's checkpoints copied file by file (the index last) into a folder that does not
+    exist yet, in each kind of store, read back by the check a --resume runs first."""
+    from workloads.training import checkpoints_in, store_checkpoints
+
+    root = str(tmp_path / "store") if where == "local" else request.getfixturevalue(f"{where}_root")
+    local = tmp_path / "checkpoints"
+    local.mkdir()
+    for name, text in (("ckpt-2.index", "i"), ("ckpt-2.data-00000-of-00001", "d"),
+                       ("checkpoint", 'model_checkpoint_path: "ckpt-2"\n')):
+        (local / name).write_text(text)
+    run = stored.join(root, "runs", f"train-ps-{where}")
+    store_checkpoints(str(local), run)
+    folder = checkpoints_in(run)
+    assert stored.read_bytes(stored.join(folder, "checkpoint")) == b'model_checkpoint_path: "ckpt-2"\n'
+    assert sorted(name.rsplit("/", 1)[-1] for name, _, _ in stored.fingerprint(folder)) == sorted(
+        p.name for p in local.iterdir())
+
+
 def test_stored_shards_are_written_once_and_each_node_reads_the_shard_it_would_have_made(
         store, assets, tmp_path, capsys, monkeypatch):
     data = f"{store}/shards-test/mnist"
