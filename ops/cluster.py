@@ -11,13 +11,17 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, TypeVar
 
+import paramiko
 from invoke import Context
 from rich.console import Console
 
-from kindling import Host, Inventory, KindlingError, UserError
+from kindling import Host, HostError, Inventory, KindlingError, UserError
 
 T = TypeVar("T")
 console = Console(highlight=False)
+LOST_CONNECTION = (paramiko.SSHException, EOFError, ConnectionError)
+"""How a host that went away mid-command shows (EC2 took a spot instance back): that host's
+failure, named like any other, not a bug."""
 
 
 class Cluster:
@@ -61,7 +65,11 @@ class Cluster:
         hosts = tuple({h.name: h for h in hosts or self.hosts}.values())
 
         def one(host: Host) -> T:
-            return work(host, self.connection(host))
+            try:
+                return work(host, self.connection(host))
+            except LOST_CONNECTION as exc:
+                raise HostError(host.name, self.role(host), "ssh", "lost the connection "
+                                f"({type(exc).__name__}: {exc})") from exc
 
         with ThreadPoolExecutor(max_workers=max(1, len(hosts))) as pool:
             futures = {host.name: pool.submit(one, host) for host in hosts}

@@ -23,7 +23,7 @@ from invoke import Context
 
 from kindling import Inventory, KindlingError, UserError, load_inventory, parse_inventory
 from ops import autostop, hdfs, jvm, local, runs, ssh
-from ops.cluster import Cluster, console
+from ops.cluster import LOST_CONNECTION, Cluster, console
 from ops.deploy import (check_deployed, check_java_for_hdfs, deploy_context, fetch_results, install_hosts,
                         name_failed_host, ship_s3a_jars, stage_data, start_hdfs,
                         start_spark, start_watchers, store_data)
@@ -40,6 +40,7 @@ from workloads.jobs import Download, Job, Placement, split_output
 TARGET_ENV = "KINDLING_TARGET"
 LOCAL = "local"
 PULUMI_TIMEOUT = 120
+NOTICE_TIMEOUT = 15
 DOWNLOAD_CHECK_TIMEOUT = 10
 
 
@@ -424,14 +425,17 @@ class ClusterTarget(Target):
         return master_status(self.cluster.connection(master), master)
 
     def spot_notices(self):
-        """Read from the spot hosts that still answer (EC2 takes one two minutes after)."""
-        notices = {}
-        for host in (h for h in self.inventory.hosts if h.spot):
+        """Read from the spot hosts that still answer: EC2 takes one two minutes after its
+        notice, and a host gone (or not answering within NOTICE_TIMEOUT) has none to tell."""
+        def read(host, cxn) -> dict | None:
             try:
-                text = sh(self.cluster.connection(host), f"cat {SPOT_NOTICE_FILE} 2>/dev/null || true")
-                notices[host.name] = json.loads(text) if text else None
-            except (KindlingError, OSError, ValueError):
-                continue
+                text = sh(cxn, f"cat {SPOT_NOTICE_FILE} 2>/dev/null || true", timeout=NOTICE_TIMEOUT)
+                return json.loads(text) if text else None
+            except (KindlingError, ValueError, *LOST_CONNECTION):
+                return None
+
+        spot = tuple(host for host in self.inventory.hosts if host.spot)
+        notices = self.cluster.parallel(read, spot) if spot else {}
         return {name: notice for name, notice in notices.items() if notice}
 
     def status(self):

@@ -154,6 +154,37 @@ def test_a_driver_failure_names_the_host_that_died_not_the_one_that_noticed(tmp_
         inventory, tmp_path, "driver on master (10.0.0.10) exited with code 1")
 
 
+def test_a_host_gone_mid_command_is_its_failure_and_has_no_spot_notice_to_tell():
+    """EC2 took worker-1 (a spot host): its SSH session ends mid-command. The runner names the
+    host, the notice reader skips it, and the live host's notice is still read."""
+    import paramiko
+    from invoke.runners import Result
+    from kindling import Inventory, KindlingError
+    from ops.cluster import Cluster
+    from ops.targets import ClusterTarget
+
+    class FakeConnection:
+        def __init__(self, gone: bool):
+            self.gone = gone
+
+        def run(self, command, **_):
+            if self.gone:
+                raise paramiko.SSHException("SSH session not active")
+            return Result(stdout='{"host": "worker-0", "address": "10.0.0.32"}', exited=0)
+
+    master = Host(name="master", hostname="master", privateIp="10.0.0.10")
+    live, gone = (Host(name=n, hostname=n, privateIp=ip, spot=True) for n, ip in (
+        ("worker-0", "10.0.0.32"), ("worker-1", "10.0.0.33")))
+    inventory = Inventory("c", "local", "ubuntu", "key", "", master, (live, gone))
+    cluster = Cluster(inventory, lambda inventory, host: FakeConnection(gone=host.name == "worker-1"))
+    with pytest.raises(KindlingError, match=r"^worker-1 \(worker\): ssh failed: lost the "
+                                            r"connection \(SSHException: SSH session not active\)$"):
+        cluster.parallel(lambda host, cxn: cxn.run("true"))
+    target = ClusterTarget.__new__(ClusterTarget)  # no connect_all: the hosts are fakes
+    target.inventory, target.cluster = inventory, cluster
+    assert target.spot_notices() == {"worker-0": {"host": "worker-0", "address": "10.0.0.32"}}
+
+
 def test_relative_data_paths_work_on_the_local_target(tmp_path, monkeypatch, assets, capsys):
     """The job's processes run in their run folder: a relative --data must still be found."""
     echo = Job("echo", "workloads.echo", "prints a file's name", plan=echo_plan, uses_spark=False,
