@@ -554,12 +554,13 @@ class SparkWorker(Service):
         """Running here (the master lists a killed worker as ALIVE for a minute), ALIVE on the
         master (not DEAD, not DECOMMISSIONED), started with these options."""
         pid = spark.worker_pid_file(SPARK_STATE, 1)
-        if cxn.run(f"kill -0 $(cat {pid} 2>/dev/null) 2>/dev/null", hide=True, warn=True,
-                   timeout=COMMAND_TIMEOUT, in_stream=False).exited:
+        started_with = cxn.run(f"kill -0 $(cat {pid} 2>/dev/null) 2>/dev/null && "
+                               f"cat {STAMPS}/spark-worker", hide=True, warn=True,
+                               timeout=COMMAND_TIMEOUT, in_stream=False).stdout.strip()
+        if started_with != self.version(ctx):  # not running here, or with other options
             return False
         status = master_status(cxn, ctx.inventory.master)
-        return (bool(status) and host.privateIp in spark.alive_workers(status)
-                and read_stamp(cxn, "spark-worker") == self.version(ctx))
+        return bool(status) and host.privateIp in spark.alive_workers(status)
 
     def install(self, cxn, host, ctx):
         cores = sh(cxn, "nproc")

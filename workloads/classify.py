@@ -102,6 +102,9 @@ def save_model(model, output: Path) -> str | None:
 
 
 def executors_on_driver_host(spark) -> bool:
+    """Whether every executor runs where the driver does (the local target, local[*]): only
+    then is a local folder one every writer of the model shares. No public PySpark call lists
+    the executors' hosts, hence the JVM's status tracker."""
     driver = spark.conf.get("spark.driver.host")
     return all(info.host() == driver
                for info in spark.sparkContext._jsc.sc().statusTracker().getExecutorInfos())

@@ -149,5 +149,5 @@ def resumed_checkpoint(run: str) -> str:
     """The latest checkpoint of an earlier run, on this host's disk (copied when stored)."""
     import tensorflow as tf
 
-    folder = stored.download(checkpoints_in(run)) if stored.is_uri(run) else checkpoints_in(run)
-    return tf.train.latest_checkpoint(folder)
+    folder = checkpoints_in(run)
+    return tf.train.latest_checkpoint(stored.download(folder) if stored.is_uri(run) else folder)
