@@ -28,11 +28,23 @@ A cluster is described by a JSON object whose keys are exactly the Pulumi stack 
       "sparkMasterUrl": "spark://10.0.0.5:7077",
       "s3Endpoint": "",                       # str, optional: "" = AWS S3; else the URL of an
                                               #   S3-compatible store (MinIO, Ceph, moto)
-      "hdfs": false                           # bool, optional: fab deploy runs HDFS (a NameNode
-    }                                         #   on the master, a DataNode on every worker)
+      "hdfs": false,                          # bool, optional: fab deploy runs HDFS (a NameNode
+                                              #   on the master, a DataNode on every worker)
+      "idleStopMinutes": 60,                  # number, optional: stop the cluster after this
+                                              #   long idle (0: never)
+      "maxHours": 0,                          # number, optional: stop it this long after it
+                                              #   started, busy or not (0: no limit)
+      "ec2Endpoint": "",                      # str, optional: "" = AWS EC2; else an
+                                              #   EC2-compatible endpoint (the tests' moto)
+      "imdsEndpoint": "",                     # str, optional: "" = the hosts' own metadata
+                                              #   service; else where theirs is (the tests')
+      "hourlyCostUsd": {"running": 0.21, "stopped": 0.01}   # optional: USD/h from the price
+    }                                         #   table `pulumi up` used (fab status's cost line)
 
     HOST = {"name": "worker-0", "hostname": "ip-10-0-1-12", "publicIp": "3.4.5.6",
-            "privateIp": "10.0.1.12", "publicDns": "ec2-3-4-5-6.compute-1.amazonaws.com"}
+            "privateIp": "10.0.1.12", "publicDns": "ec2-3-4-5-6.compute-1.amazonaws.com",
+            "instanceId": "i-0123456789abcdef0",   # "" where none is known (auto-stop stops it)
+            "spot": false}                         # a one-time spot instance
 
 ops connects to a host's ``publicIp``; a host without one (``""``) is reached on its
 ``privateIp`` through the master as SSH jump host. Cluster members talk to each other on

@@ -63,8 +63,8 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     from pyspark.sql import SparkSession
 
-    from workloads.deep_image import IMAGE_FIELDS, DeepImageFeaturizer, read_image_folder
-    from workloads.image_models import build_model, model_input, model_spec, weights_source
+    from workloads.classify.deep_image import IMAGE_FIELDS, DeepImageFeaturizer, read_image_folder
+    from workloads.classify.image_models import build_model, model_input, model_spec, weights_source
 
     spec = model_spec(args.model)
     spark = (SparkSession.builder.master(args.master).appName("featurizer-throughput")

@@ -4,9 +4,9 @@ On a fresh 3-host netns cluster addressed as on EC2 (the workers only through th
 deployed once with `hdfs: true`, for the buses-cars photos and a generated folder of random
 (incompressible) bytes, side by side in one run:
 
-- push: what fab does on a cluster without shared storage (ops.deploy.stage_data: a tarball
+- push: what fab does on a cluster without shared storage (ops.storage.staging.stage: a tarball
   uploaded to every host and unpacked there);
-- HDFS: what it does on a cluster with HDFS (ops.deploy.store_data: one upload to the master,
+- HDFS: what it does on a cluster with HDFS (ops.storage.hdfs: one upload to the master,
   `hdfs dfs -put` into HDFS, which the jobs then read through Spark or WebHDFS).
 
 Each is timed on a fresh copy (a new content hash, so nothing is skipped), then again unchanged
@@ -34,9 +34,8 @@ from e2e.fab_cli import fab, fab_env  # noqa: E402  (test helpers, not the produ
 from netns_cluster import NetnsCluster  # noqa: E402
 
 from kindling import load_inventory  # noqa: E402
-from ops.deploy import stage_data, store_data  # noqa: E402
+from ops.storage.staging import remote_path, stage  # noqa: E402
 from ops.targets import ClusterTarget  # noqa: E402
-from workloads.jobs import JOBS  # noqa: E402
 
 WHEELHOUSE = Path("/var/cache/kindling/wheelhouse")
 ASSETS = Path(os.environ.get("KINDLING_ASSETS") or REPO.parent / "shared").resolve()
@@ -82,16 +81,14 @@ def main() -> None:
             sys.exit(f"deploy failed: {done.stderr.strip()[-600:]}")
         fab(env, "stop", "--target", str(inventory))
         os.environ.update(env)
-        job = JOBS["classify"]
         with ClusterTarget(load_inventory(str(inventory))) as target:
             for folder in folders:
                 size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1e6
                 pushed = fresh_copy(folder, scratch, "push")
                 stored = fresh_copy(folder, scratch, "hdfs")
-                push = [timed(lambda: stage_data(target.cluster, job, ["--data", str(pushed)]))
-                        for _ in range(2)]
-                into_hdfs = [timed(lambda: store_data(target.cluster, job, ["--data", str(stored)],
-                                                      target.data_root(), target.object_store()))
+                staged = {pushed.resolve(): remote_path(pushed.resolve())}
+                push = [timed(lambda: stage(target.cluster, staged)) for _ in range(2)]
+                into_hdfs = [timed(lambda: target.storage.put(stored.resolve()))
                              for _ in range(2)]
                 rows.append((folder.name, size, push, into_hdfs))
                 print(f"{folder.name} ({size:.0f} MB): push to 3 hosts {push[0]:.1f}s, into HDFS "

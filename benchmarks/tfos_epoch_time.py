@@ -1,6 +1,6 @@
 """What TensorFlowOnSpark costs per epoch: train-mnist on Spark vs the same loop in one process.
 
-In one run on this machine: the training loop of workloads/mnist_node.py in a single process
+In one run on this machine: the training loop of workloads/train_mnist/node.py in a single process
 (all cores), then train-mnist through TFoS (TENSORFLOW input mode, 2 executors of 1 core on a
 local Spark standalone cluster, spark-submit as ops launches it), on the same digits with the
 same global batch and steps per epoch. Prints their epoch times side by side and the ratio
@@ -25,9 +25,9 @@ from pathlib import Path
 
 from kindling import Host
 from ops.local import LocalSparkCluster, free_port
-from workloads import mnist_node
 from workloads.jobs import JOBS, Placement
 from workloads.mnist import build_cnn
+from workloads.train_mnist import node as mnist_node
 from workloads.training import train_step
 
 HOST = "127.0.0.1"

@@ -74,54 +74,9 @@ class ClusterHost(pulumi.ComponentResource):
         hostname = aws_hostname(args.private_ip)
         user_data = pulumi.Output.all(host_key.private_key_openssh, host_key.public_key_openssh).apply(
             lambda keys: cloud_config(hostname, *keys))
-        if args.elastic_ip:
-            interface = aws.ec2.NetworkInterface(
-                f"{name}-eni", subnet_id=args.subnet_id, private_ips=[args.private_ip],
-                security_groups=args.security_group_ids,
-                description=f"kindling {args.cluster_name} {args.host_name}", tags=tags,
-                opts=pulumi.ResourceOptions(parent=self, depends_on=args.ready))
-            address = aws.ec2.Eip(f"{name}-eip", domain="vpc", network_interface=interface.id, tags=tags,
-                                  opts=pulumi.ResourceOptions(parent=self, depends_on=args.ready))
-            network = {"primary_network_interface": aws.ec2.InstancePrimaryNetworkInterfaceArgs(
-                network_interface_id=interface.id)}
-            public = pulumi.Output.all(address.public_ip, address.public_dns)
-            boot_after = [*args.ready, address]
-        else:
-            network = {"subnet_id": args.subnet_id, "private_ip": args.private_ip,
-                       "vpc_security_group_ids": args.security_group_ids, "associate_public_ip_address": True}
-            public = pulumi.Output.from_input(["", ""])
-            boot_after = args.ready
-        # One-time spot instances cannot be stopped: `running=false` removes spot workers instead.
-        if args.running or not args.spot:
-            instance = aws.ec2.Instance(
-                f"{name}-instance",
-                ami=args.ami,
-                instance_type=args.instance_type,
-                key_name=args.key_name,
-                iam_instance_profile=args.instance_profile,
-                metadata_options=aws.ec2.InstanceMetadataOptionsArgs(
-                    http_endpoint="enabled", http_tokens="required", http_put_response_hop_limit=1),
-                root_block_device=aws.ec2.InstanceRootBlockDeviceArgs(
-                    volume_type="gp3", volume_size=args.root_volume_gib, encrypted=True,
-                    delete_on_termination=True),
-                instance_market_options=_spot_market(args) if args.spot else None,
-                placement_group=args.placement_group,
-                user_data=user_data,
-                tags=tags,
-                volume_tags=tags,
-                **network,
-                opts=pulumi.ResourceOptions(
-                    parent=self, depends_on=boot_after, delete_before_replace=True,
-                    # cloud-init reads user data once, at first boot: a newer template must not
-                    # stop/start or replace running hosts (a replacement reuses the recorded text).
-                    ignore_changes=["userData"] + ([] if args.pin_ami else ["ami"]),
-                    # EC2 cannot change a spot instance's type in place (stop, modify, start).
-                    replace_on_changes=["instanceType"] if args.spot else []))
-            if not args.spot:
-                aws.ec2transitgateway.InstanceState(
-                    f"{name}-state", instance_id=instance.id, state="running" if args.running else "stopped",
-                    opts=child)
-        instance_id = instance.id if args.running or not args.spot else pulumi.Output.from_input("")
+        public, network, boot_after = self._network(name, args, tags)
+        instance = self._instance(name, args, tags, user_data, network, boot_after)
+        instance_id = instance.id if instance else pulumi.Output.from_input("")
         self.entry = pulumi.Output.all(public, instance_id).apply(lambda v: {
             "name": args.host_name, "hostname": hostname, "publicIp": v[0][0],
             "privateIp": args.private_ip, "publicDns": v[0][1], "instanceId": v[1],
@@ -130,6 +85,63 @@ class ClusterHost(pulumi.ComponentResource):
             lambda v: known_hosts_line([v[0]["publicIp"], v[0]["privateIp"], v[0]["hostname"],
                                         v[0]["publicDns"]], v[1]))
         self.register_outputs({"host": self.entry})
+
+    def _network(self, name: str, args: ClusterHostArgs, tags: dict):
+        """(public address and DNS name, the instance's network arguments, what its boot waits
+        for): an Elastic IP on its own interface for a host reached from outside, else an
+        address in the subnet."""
+        if not args.elastic_ip:
+            network = {"subnet_id": args.subnet_id, "private_ip": args.private_ip,
+                       "vpc_security_group_ids": args.security_group_ids, "associate_public_ip_address": True}
+            return pulumi.Output.from_input(["", ""]), network, args.ready
+        interface = aws.ec2.NetworkInterface(
+            f"{name}-eni", subnet_id=args.subnet_id, private_ips=[args.private_ip],
+            security_groups=args.security_group_ids,
+            description=f"kindling {args.cluster_name} {args.host_name}", tags=tags,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=args.ready))
+        address = aws.ec2.Eip(f"{name}-eip", domain="vpc", network_interface=interface.id, tags=tags,
+                              opts=pulumi.ResourceOptions(parent=self, depends_on=args.ready))
+        network = {"primary_network_interface": aws.ec2.InstancePrimaryNetworkInterfaceArgs(
+            network_interface_id=interface.id)}
+        return (pulumi.Output.all(address.public_ip, address.public_dns), network,
+                [*args.ready, address])
+
+    def _instance(self, name: str, args: ClusterHostArgs, tags: dict, user_data, network: dict,
+                  boot_after) -> Optional[aws.ec2.Instance]:
+        """The EC2 instance, and its running/stopped state for an on-demand one. None for a spot
+        host while the cluster is stopped: one-time spot instances cannot be stopped, so
+        `running=false` removes spot workers instead."""
+        if not args.running and args.spot:
+            return None
+        instance = aws.ec2.Instance(
+            f"{name}-instance",
+            ami=args.ami,
+            instance_type=args.instance_type,
+            key_name=args.key_name,
+            iam_instance_profile=args.instance_profile,
+            metadata_options=aws.ec2.InstanceMetadataOptionsArgs(
+                http_endpoint="enabled", http_tokens="required", http_put_response_hop_limit=1),
+            root_block_device=aws.ec2.InstanceRootBlockDeviceArgs(
+                volume_type="gp3", volume_size=args.root_volume_gib, encrypted=True,
+                delete_on_termination=True),
+            instance_market_options=_spot_market(args) if args.spot else None,
+            placement_group=args.placement_group,
+            user_data=user_data,
+            tags=tags,
+            volume_tags=tags,
+            **network,
+            opts=pulumi.ResourceOptions(
+                parent=self, depends_on=boot_after, delete_before_replace=True,
+                # cloud-init reads user data once, at first boot: a newer template must not
+                # stop/start or replace running hosts (a replacement reuses the recorded text).
+                ignore_changes=["userData"] + ([] if args.pin_ami else ["ami"]),
+                # EC2 cannot change a spot instance's type in place (stop, modify, start).
+                replace_on_changes=["instanceType"] if args.spot else []))
+        if not args.spot:
+            aws.ec2transitgateway.InstanceState(
+                f"{name}-state", instance_id=instance.id, state="running" if args.running else "stopped",
+                opts=pulumi.ResourceOptions(parent=self))
+        return instance
 
 
 def _spot_market(args: ClusterHostArgs) -> aws.ec2.InstanceInstanceMarketOptionsArgs:

@@ -1,4 +1,4 @@
-"""JVM jars beyond what pyspark bundles, from Maven Central: hadoop-aws for Spark's s3a://, and
+"""JVM jars beyond what pyspark bundles, from Maven Central: hadoop-aws for Spark's S3A, and
 the HDFS daemons (NameNode, DataNode) for a cluster with `hdfs: true`.
 
 Resolved on the control machine by Ivy, the resolver Spark's own `--packages` uses (its jar ships

@@ -18,6 +18,7 @@ from rich.markup import escape
 from kindling import KindlingError
 from ops import runs
 from ops.cluster import Cluster, console
+from ops.remote import write_files_command
 from workloads.jobs import Process
 
 POLL_SECONDS = 1.0
@@ -87,7 +88,7 @@ class Run:
         return self.cluster.parallel(one, self.hosts)
 
     def start(self) -> None:
-        self._on_each_host(lambda ps: runs.write_files_command(self.run_dir, self.files))
+        self._on_each_host(lambda ps: write_files_command(self.run_dir, self.files))
         for process in self.processes:  # in order: servers before the chief / driver
             result = self.cluster.connection(process.host).run(
                 runs.start_command(process, self.run_dir), hide=True, warn=True,

@@ -20,7 +20,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from kindling import Host, UserError
-from ops.spark import (MASTER_PORT, MASTER_WEBUI_PORT, alive_workers, master_start_command,
+from ops.services.spark import (MASTER_PORT, MASTER_WEBUI_PORT, alive_workers, master_start_command,
                        master_stop_command, worker_start_command, worker_stop_command)
 
 LOCAL_HOST = Host(name="local", hostname=socket.gethostname(), privateIp="127.0.0.1")

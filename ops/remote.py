@@ -1,7 +1,9 @@
-"""Running commands on a cluster host: the folder layout, timeouts, install stamps."""
+"""Running commands on a cluster host: the folder layout, timeouts, install stamps, and the
+shell helpers every service uses (did it exit 0, fetch a JSON page, start/stop a daemon)."""
 
 from __future__ import annotations
 
+import json
 import shlex
 
 from invoke import Context
@@ -61,3 +63,42 @@ def read_stamp(cxn: Context, name: str) -> str:
 def write_stamp(cxn: Context, name: str, value: str) -> None:
     sh(cxn, f"mkdir -p {STAMPS} && printf %s {shlex.quote(value)} > {STAMPS}/{name}",
        what="writing install stamp")
+
+
+def ok(cxn: Context, command: str, timeout: int = COMMAND_TIMEOUT) -> bool:
+    """Whether a command exits 0 on the host (a test, not a step: its failure is an answer)."""
+    return cxn.run(command, hide=True, warn=True, timeout=timeout, in_stream=False).exited == 0
+
+
+def fetch_json(cxn: Context, url: str) -> dict | None:
+    """A JSON document fetched on the host (the UIs listen on private addresses only), or None
+    when nothing answers."""
+    result = cxn.run(f"python3 -c \"import urllib.request; "
+                     f"print(urllib.request.urlopen('{url}', timeout=5).read().decode())\"",
+                     hide=True, warn=True, timeout=COMMAND_TIMEOUT, in_stream=False)
+    if result.exited != 0:
+        return None
+    return json.loads(result.stdout)
+
+
+def write_files_command(folder: str, files: dict[str, str]) -> str:
+    """Write each name -> text into folder (created first)."""
+    writes = " && ".join(f"printf %s {shlex.quote(text)} > {shlex.quote(name)}"
+                         for name, text in files.items())
+    return f"mkdir -p {shlex.quote(folder)} && cd {shlex.quote(folder)} && {writes or 'true'}"
+
+
+def start_daemon(command: str, log: str, pid: str) -> str:
+    """Start a daemon detached, in its own session, its output in log and its pid noted (as
+    ops.runs does for job processes)."""
+    return f"(setsid nohup {command} > {log} 2>&1 < /dev/null & echo $! > {pid})"
+
+
+def stop_daemon(pid: str) -> str:
+    """Stop the daemon a pid file names; idempotent."""
+    return f"test -f {pid} && kill $(cat {pid}) 2>/dev/null; rm -f {pid}; true"
+
+
+def daemon_alive(pid: str) -> str:
+    """Shell test: the daemon a pid file names is running."""
+    return f"kill -0 $(cat {pid} 2>/dev/null) 2>/dev/null"

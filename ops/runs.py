@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import time
 from pathlib import Path
 
 from workloads.jobs import Process
@@ -28,13 +27,14 @@ def runs_root() -> Path:
     return Path(os.environ.get(RUNS_DIR_ENV, "runs")).resolve()
 
 
-def new_run_id(job: str) -> str:
-    return f"{job}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid() % 10000:04d}"
+RUN_ID_STAMP = "-".join("[0-9]" * width for width in (8, 6, 4))
+"""Glob of what new_run_id (workloads.common) puts after the job's name."""
 
 
 def run_pattern(job_name: str | None) -> str:
-    """Glob of the run folders of one job (or of all)."""
-    return f"{job_name}-*" if job_name else "*"
+    """Glob of the run folders of one job (those of a job named `train` only, not those of a
+    job named `train-x`), or of all."""
+    return f"{job_name}-{RUN_ID_STAMP}" if job_name else "*"
 
 
 def record_interruption(results: Path, notices: list[dict], resume: str) -> None:
@@ -59,12 +59,6 @@ def start_command(process: Process, run_dir: str) -> str:
             f"rm -f {process.name}.rc && "
             f"(setsid nohup bash -c {shlex.quote(inner)} > /dev/null 2>&1 < /dev/null & "
             f"echo $! > {process.name}.pid)")
-
-
-def write_files_command(run_dir: str, files: dict[str, str]) -> str:
-    writes = " && ".join(f"printf %s {shlex.quote(text)} > {shlex.quote(name)}"
-                         for name, text in files.items())
-    return f"mkdir -p {shlex.quote(run_dir)} && cd {shlex.quote(run_dir)} && {writes or 'true'}"
 
 
 def state_command(run_dir: str, names: list[str]) -> str:

@@ -26,8 +26,9 @@ from invoke.exceptions import Exit
 from kindling import Inventory, KindlingError, UserError
 from ops import local
 from ops.cluster import console
-from ops.hdfs import NAMENODE_HTTP_PORT
-from ops.spark import MASTER_WEBUI_PORT
+from ops.run import run
+from ops.services.hdfs import NAMENODE_HTTP_PORT
+from ops.services.spark import MASTER_WEBUI_PORT
 from ops.ssh import ssh_command
 from ops.targets import (LOCAL, ClusterTarget, Target, load_cluster_inventory, load_target,
                          target_spec)
@@ -83,8 +84,8 @@ def launch_task(name: str, deploy: bool, doc: str):
         chosen = get_job(job)
         args = chosen.command_line(options, job_args)
         with load_target(target) as where:
-            results = where.run(chosen, args, float(timeout or JOB_TIMEOUT), detach, deploy,
-                                wheelhouse, fresh)
+            results = run(where, chosen, args, float(timeout or JOB_TIMEOUT), detach, deploy,
+                          wheelhouse, fresh)
         if results is not None:
             _report(results)
 
@@ -281,7 +282,7 @@ def wheelhouse(c, folder="wheelhouse", python_version=None, target=None):
     and resolve the JVM jars (S3A, HDFS) that fab deploy copies to them."""
     from ops import wheelhouse as wheels
     from ops.deploy import PROJECT_ROOT
-    from ops.services import workload_requirements
+    from ops.services.wheels import workload_requirements
 
     if python_version and target:
         raise UserError("give --python-version or --target, not both")

@@ -1,5 +1,6 @@
 """Shared fixtures: where the offline data and weights live (../shared beside the repo, or
-$KINDLING_ASSETS), so no test hard-codes a machine path."""
+$KINDLING_ASSETS), so no test hard-codes a machine path; and the storage servers the storage
+tests share (one HDFS, one moto S3 per session)."""
 
 from __future__ import annotations
 
@@ -13,11 +14,45 @@ ASSETS = Path(os.environ.get("KINDLING_ASSETS") or REPO.parent / "shared").resol
 
 
 @pytest.fixture(scope="session")
+def hdfs_root(tmp_path_factory):
+    """A real NameNode + DataNode on 127.0.0.1 (tests/hdfs_server.py); its hdfs://... root."""
+    from hdfs_server import local_hdfs
+
+    with local_hdfs(tmp_path_factory.mktemp("hdfs")) as root:
+        yield root
+
+
+@pytest.fixture(scope="session")
+def s3_root():
+    """moto's S3 on 127.0.0.1 with an empty bucket, reached the standard AWS ways (the
+    environment's endpoint and credentials); its s3://... root."""
+    from moto_endpoint import ACCESS_KEY, SECRET_KEY, client, moto_server
+
+    saved = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID",
+                                            "AWS_SECRET_ACCESS_KEY", "AWS_REGION")}
+    with moto_server("127.0.0.1") as endpoint:
+        os.environ.update(AWS_ENDPOINT_URL_S3=endpoint, AWS_ACCESS_KEY_ID=ACCESS_KEY,
+                          AWS_SECRET_ACCESS_KEY=SECRET_KEY, AWS_REGION="us-east-1")
+        client(endpoint).create_bucket(Bucket="kindling-data")
+        yield "s3://kindling-data"
+    for name, value in saved.items():
+        os.environ.pop(name, None) if value is None else os.environ.update({name: value})
+
+
+@pytest.fixture(scope="session")
 def assets() -> Path:
     """The folder laid out like ../shared: datasets/mnist, datasets/buses-cars, models/."""
     if not (ASSETS / "datasets").is_dir():
         pytest.fail(f"offline assets not found at {ASSETS}; set KINDLING_ASSETS to the shared folder")
     return ASSETS
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """A test that needs the HDFS server (a JVM NameNode and DataNode) is slow, whatever its
+    module: the fast tier (`-m "not slow and not netns"`) starts no JVM."""
+    for item in items:
+        if "hdfs_root" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
 
 
 def pytest_terminal_summary(terminalreporter) -> None:

@@ -1,5 +1,5 @@
 """A real one-host HDFS for the storage tests: a NameNode and a DataNode on 127.0.0.1, from the
-same jars (ops.jvm) and configuration builders (ops.hdfs) that `fab deploy` uses on hosts."""
+same jars (ops.jvm) and configuration builders (ops.services.hdfs) that `fab deploy` uses on hosts."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
-from ops import hdfs, jvm
+from ops import jvm
+from ops.remote import start_daemon, stop_daemon
+from ops.services import hdfs
 from ops.local import local_spark_home
 
 ADDRESS = "127.0.0.1"
@@ -41,8 +43,9 @@ def local_hdfs(state: Path):
     pids = []
     for label, main in (("namenode", hdfs.NAMENODE_CLASS), ("datanode", hdfs.DATANODE_CLASS)):
         pid = state / f"{label}.pid"
-        subprocess.run(hdfs.start_command(str(conf), str(jars), main, str(state / f"{label}.log"),
-                                          str(pid)), shell=True, check=True, timeout=30)
+        subprocess.run(start_daemon(hdfs.daemon_command(str(conf), str(jars), main),
+                                    str(state / f"{label}.log"), str(pid)),
+                       shell=True, check=True, timeout=30)
         pids.append(pid)
     try:
         deadline = time.monotonic() + START_TIMEOUT
@@ -53,4 +56,4 @@ def local_hdfs(state: Path):
         yield hdfs.default_fs(ADDRESS)
     finally:
         for pid in pids:
-            subprocess.run(hdfs.stop_command(str(pid)), shell=True, timeout=30)
+            subprocess.run(stop_daemon(str(pid)), shell=True, timeout=30)

@@ -72,15 +72,9 @@ def asset(relative: str) -> str | None:
     return str(path)
 
 
-def existing_path(value: str, what: str, flag: str) -> Path:
-    """argparse-friendly check that a data/weights path exists, with the fix in the message."""
-    path = Path(value).expanduser()
-    if not path.exists():
-        raise UserError(f"{what} not found: {value}; pass an existing path with {flag}")
-    return path
-
-
 def new_run_id(job: str) -> str:
+    """A run's id, `<job>-<YYYYmmdd-HHMMSS>-<pid>`: its results folder's name (runs/<id>), for
+    fab's runs and a job run on its own without --output alike."""
     return f"{job}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid() % 10000:04d}"
 
 

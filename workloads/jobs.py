@@ -4,9 +4,11 @@ A `Job` holds its flags (one declaration feeds `fab --help`, the pass-through of
 options and the job's own argument parser), its offline defaults, which flags name files to
 stage on every host, what it downloads when a flag is omitted, and its process plan: which
 processes run on which hosts with which argv (spark-submit and its confs, or TensorFlow roles
-and ports). ops knows no job by name: adding a job means adding one `Job` to `JOBS`.
+and ports). ops knows no job by name: each job is a package, workloads/<job>/, whose job.py
+declares its `JOB`; `JOBS` collects them (adding a job: its package, named in JOB_PACKAGES).
 
-No TensorFlow or Spark import here: ops reads this on the control machine.
+No TensorFlow or Spark import here, nor in the declarations: ops reads them on the control
+machine.
 """
 
 from __future__ import annotations
@@ -14,23 +16,20 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
-import json
 import re
 import shlex
+from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass, field
 from typing import Callable
 
 from kindling import Host, UserError
-from workloads import tf_cluster
 from workloads.stored import is_uri
 from workloads.common import ArgumentParser, asset
 
 OUTPUT_FLAG = "--output"
 """Every job writes its results (metrics.json, models, plots) into the folder this flag names."""
-MNIST_URL = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/mnist.npz"
-KERAS_APPLICATIONS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/"
-TF_PORTS = {"ps": 2222, "worker": 2223, "chief": 2224}
-"""Fixed ports on cluster hosts (each role once per host); the local target picks free ports."""
+JOB_PACKAGES = ("train_ps", "train_mnist", "classify")
+"""The job packages below workloads/, in the order `fab jobs` lists them."""
 
 
 @dataclass(frozen=True)
@@ -52,8 +51,8 @@ class Flag:
     """Values of a path flag that are names, not paths (`--weights imagenet`)."""
     stored: bool = False
     """The job can read this path from the cluster's storage (through Spark, or
-    workloads.stored), so it may be s3://bucket/prefix or hdfs:///path, and a local folder is
-    uploaded there once instead of to every host."""
+    workloads.stored), so it may be a location there (stored.LOCATION_EXAMPLES), and a local
+    folder is uploaded there once instead of to every host."""
     offline: str = ""
     """When the flag is omitted and $KINDLING_ASSETS is set: this path below $KINDLING_ASSETS..."""
     offline_value: str = ""
@@ -117,7 +116,8 @@ class Placement:
     """Where kindling is installed on the hosts ("": this machine's installation)."""
     executor_cores: int = 1
     ports: dict[str, list[int]] | None = None
-    """Ports per TF role when hosts are shared (the local target); None: TF_PORTS."""
+    """Ports per TF role when hosts are shared (the local target); None: the plan's fixed
+    ports (train-ps' TF_PORTS)."""
     spark_conf: tuple[tuple[str, str], ...] = ()
     """Confs the target adds to every spark-submit (the storage's classpath and settings)."""
     process_env: tuple[tuple[str, str], ...] = ()
@@ -160,6 +160,8 @@ class Launch:
 class Job:
     name: str
     module: str
+    """What runs: a .py module (`workloads.<job>.main`), spark-submit's script (Placement.script)
+    or what each TF process starts with `python -m`."""
     summary: str
     flags: tuple[Flag, ...]
     plan: Callable[["Job", Placement, list[str], str], Launch]
@@ -257,9 +259,9 @@ class Job:
         return found
 
     def path_values(self, argv: list[str], stored: bool | None = None) -> list[tuple[int, str]]:
-        """(argv index of the value, value) of every path flag naming a local path (a URI such
-        as s3://bucket/prefix is read where it is, never copied); only those of flags that may
-        (stored=True) or may not (False) be storage locations, when given."""
+        """(argv index of the value, value) of every path flag naming a local path (a URI, a
+        location in the cluster's storage, is read where it is, never copied); only those of
+        flags that may (stored=True) or may not (False) be storage locations, when given."""
         return [(index, value) for index, value, flag in self._path_flag_values(argv)
                 if value not in flag.names and not is_uri(value)
                 and stored in (None, flag.stored)]
@@ -278,10 +280,11 @@ class Job:
         return uris
 
     def with_paths(self, argv: list[str], paths: dict[str, str]) -> list[str]:
-        """argv with each path flag's value found in paths replaced by paths[value] (its path
-        on the hosts, or its location in the cluster's storage)."""
+        """argv with each path flag's value found in paths replaced by paths[value] (a local
+        path by its path on the hosts or its location in the cluster's storage, a location by
+        the way the job's processes must be given it)."""
         out = list(argv)
-        for index, value in self.path_values(argv):
+        for index, value, _ in self._path_flag_values(argv):
             if value not in paths:
                 continue
             prefix = out[index].partition("=")[0] + "=" if out[index].startswith("--") else ""
@@ -368,161 +371,52 @@ def tfos_plan(job: Job, placement: Placement, args: list[str], run_dir: str) -> 
                         tfos_submit_conf(size, placement.executor_cores))
 
 
-def tf_roles_plan(job: Job, placement: Placement, args: list[str], run_dir: str) -> Launch:
-    """train-ps: --strategy ps: ps on the ps hosts (the master when there are none), a worker
-    per worker host, the chief on the master. --strategy sync: the workers only; worker 0 is
-    the chief. The cluster spec JSON goes into the run folder on every host."""
-    sync = job.values(args).strategy == "sync"
-    hosts = {"worker": list(placement.workers)}
-    if not sync:
-        hosts |= {"ps": list(placement.ps or (placement.master,)), "chief": [placement.master]}
-    ports = placement.ports or {role: [port] * len(hosts.get(role, []))
-                                for role, port in TF_PORTS.items()}
-    addresses = {role: [f"{h.privateIp}:{ports[role][i]}" for i, h in enumerate(role_hosts)]
-                 for role, role_hosts in hosts.items()}
-    spec = tf_cluster.cluster_spec(addresses["worker"], addresses.get("ps", []),
-                                   (addresses.get("chief") or [None])[0])
-    main_task = ("worker", 0) if sync else ("chief", 0)
-    processes = [
-        Process(f"{role} {index}", hosts[role][index], tuple(argv),
-                (("PYTHONUNBUFFERED", "1"), *placement.process_env), main=(role, index) == main_task)
-        for role, index, _, argv in tf_cluster.process_argvs(
-            spec, [*args, OUTPUT_FLAG, run_dir], f"{run_dir}/cluster_spec.json",
-            python=placement.python)]
-    return Launch(processes, {"cluster_spec.json": json.dumps(spec)})
-
-
 # -- checks that run before anything starts --------------------------------------------------
 
-def _lazy(module: str, function: str) -> Callable[[str], object]:
-    """A check living in a job module, imported only when a value is checked."""
+def lazy_check(module: str, function: str) -> Callable[[str], object]:
+    """A Flag.check living in a job's own modules (which may import TensorFlow or Spark),
+    imported only when a value is checked."""
     return lambda value: getattr(importlib.import_module(module), function)(value)
 
 
-def _mnist_download(args: argparse.Namespace) -> list[Download]:
-    if args.data:
-        return []
-    return [Download("the MNIST dataset", MNIST_URL,
-                     "pass --data DIR (a folder of the four MNIST .gz files), or set "
-                     "KINDLING_ASSETS to a folder with datasets/mnist")]
+# -- the jobs --------------------------------------------------------------------------------
+
+class Jobs(MutableMapping):
+    """name -> Job, collected from the job packages' declarations (workloads/<job>/job.py's
+    JOB) on first use: they import this module, so it imports them only once it has loaded,
+    whichever of the two is imported first."""
+
+    def __init__(self, packages: tuple[str, ...]):
+        self.packages = packages
+        self._jobs: dict[str, Job] | None = None
+
+    def _all(self) -> dict[str, Job]:
+        if self._jobs is None:
+            declared = [importlib.import_module(f"workloads.{package}.job").JOB
+                        for package in self.packages]
+            self._jobs = {job.name: job for job in declared}
+        return self._jobs
+
+    def __getitem__(self, name: str) -> Job:
+        return self._all()[name]
+
+    def __setitem__(self, name: str, job: Job) -> None:
+        self._all()[name] = job
+
+    def __delitem__(self, name: str) -> None:
+        del self._all()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._all())
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+    def __repr__(self) -> str:
+        return f"Jobs({', '.join(self._all())})"
 
 
-def _train_mnist_rules(args: argparse.Namespace) -> None:
-    if args.engine == "barrier" and args.input_mode != "tensorflow":
-        raise UserError("--engine barrier has no Spark feed: each node reads its data with "
-                        "tf.data; add --input-mode tensorflow")
-    if args.num_ps != 0:
-        raise UserError(f"--num-ps {args.num_ps}: train-mnist trains with all-reduce "
-                        "(MultiWorkerMirroredStrategy), without parameter servers; use "
-                        "--num-ps 0, or the train-ps job for parameter servers")
-    if args.tensorboard and importlib.util.find_spec("tensorboard") is None:
-        raise UserError("--tensorboard needs the tensorboard package on every host; "
-                        "pip install tensorboard, or drop --tensorboard")
-
-
-def _classify_rules(args: argparse.Namespace) -> None:
-    if not 0.0 < args.test_fraction < 1.0:
-        raise UserError(f"--test-fraction must be between 0 and 1, got {args.test_fraction}")
-    if args.data is None:
-        raise UserError("no data folder; pass --data DIR with one subfolder of images per class "
-                        "(or set KINDLING_ASSETS for the offline buses-cars set)")
-
-
-def _imagenet_download(args: argparse.Namespace) -> list[Download]:
-    if args.weights != "imagenet":
-        return []
-    family = importlib.import_module("workloads.image_models").model_spec(args.model).family
-    return [Download(f"the ImageNet weights of {args.model}", f"{KERAS_APPLICATIONS_URL}{family}/",
-                     "pass --weights FILE (a Keras .h5 file of that model), or set "
-                     "KINDLING_ASSETS to a folder with models/")]
-
-
-MNIST_DATA = Flag("--data", "MNIST: a folder of the four IDX .gz files or an mnist.npz "
-                  "(copied to every host), or where it is stored: s3://bucket/prefix, "
-                  "hdfs:///path; omit to download MNIST", aliases=("--data-dir",), path=True,
-                  stored=True, offline="datasets/mnist",
-                  check=_lazy("workloads.mnist", "mnist_source"))
-RESUME = Flag("--resume", "continue from the last checkpoint of an earlier run: its results "
-              "folder (runs/<id>) or where the cluster stored it (s3://BUCKET/runs/<id>, "
-              "hdfs:///kindling/runs/<id>)", path=True, stored=True,
-              check=_lazy("workloads.training", "checkpoints_in"))
-BATCH_SIZE = Flag("--batch-size", "examples per training step", type=int, default=64, minimum=1)
-
-
-def epochs(default: int) -> Flag:
-    return Flag("--epochs", "training epochs", type=int, default=default, minimum=1)
-
-
-def learning_rate(default: float) -> Flag:
-    return Flag("--learning-rate", "Adam's initial learning rate (cosine-decayed to 0 over the "
-                "run)", type=float, default=default)
-
-JOBS: dict[str, Job] = {job.name: job for job in (
-    Job("train-ps", "workloads.train_ps",
-        "Distributed TensorFlow MNIST CNN: parameter servers + workers + chief (or --strategy sync)",
-        flags=(MNIST_DATA,
-               Flag("--strategy", "ps: asynchronous parameter servers; sync: all-reduce, no ps",
-                    default="ps", choices=tf_cluster.STRATEGIES),
-               epochs(3),
-               Flag("--steps-per-epoch", "training steps per epoch (default: one pass over "
-                    "the data)", type=int, minimum=1),
-               BATCH_SIZE, learning_rate(1e-3),
-               RESUME,
-               Flag("--timeout", "seconds to wait for peers to come up or answer",
-                    type=float, default=120.0, minimum=1, fab=False),
-               Flag("--threads", "intra-op threads per process (0: TensorFlow's default)",
-                    type=int, default=0, minimum=0, fab=False)),
-        plan=tf_roles_plan, uses_spark=False, downloads=_mnist_download, resume="--resume"),
-    Job("train-mnist", "workloads.train_mnist",
-        "TensorFlowOnSpark MNIST CNN on the Spark cluster (InputMode SPARK or TENSORFLOW)",
-        flags=(MNIST_DATA,
-               Flag("--input-mode", "spark (RDD fed through TFNode.DataFeed, the chapter's way) "
-                    "or tensorflow (tf.data reads TFRecord shards; faster)", default="spark",
-                    choices=("spark", "tensorflow")),
-               Flag("--engine", "tfos (TensorFlowOnSpark, the chapter's) or barrier (Spark "
-                    "barrier mode: nodes start and fail as one unit; --input-mode tensorflow)",
-                    default="tfos", choices=("tfos", "barrier")),
-               Flag("--cluster-size", "TF nodes = Spark executors (default: one per worker)",
-                    type=int, minimum=1),
-               Flag("--num-ps", "parameter servers; must be 0 (all-reduce training; see "
-                    "train-ps)", type=int, default=0, fab=False),
-               epochs(8), BATCH_SIZE,
-               Flag("--steps", "at most this many steps per node (default: --epochs of the "
-                    "data)", type=int, minimum=1),
-               learning_rate(2e-3), RESUME,
-               Flag("--model", "where to export the trained model (default "
-                    "<output>/model.keras)", fab=False),
-               Flag("--tensorboard", "the tfos engine also serves TensorBoard from the chief "
-                    "while it trains (the chief always logs to <output>/tensorboard)",
-                    switch=True, fab=False),
-               Flag("--startup-timeout", "seconds to wait for the executors and the TF nodes "
-                    "to come up", type=int, default=120, minimum=1, fab=False),
-               Flag("--timeout", "seconds the training may take before the job is stopped",
-                    type=int, default=3600, minimum=1, fab=False)),
-        plan=tfos_plan, validate=_train_mnist_rules, downloads=_mnist_download,
-        resume="--resume"),
-    Job("classify", "workloads.classify",
-        "Transfer learning: DeepImageFeaturizer + LogisticRegression on a folder of labelled images",
-        flags=(Flag("--data", "a folder with one subfolder of images per class (labels follow "
-                    "the sorted subfolder names), copied to every host; or where it is stored: "
-                    "s3://bucket/prefix, hdfs:///path", path=True, stored=True,
-                    offline="datasets/buses-cars", check=_lazy("workloads.classify", "class_folders")),
-               Flag("--model", "Keras ImageNet model (default: InceptionV3, the chapter's)",
-                    default="InceptionV3", offline_value="MobileNet",
-                    check=_lazy("workloads.image_models", "model_spec")),
-               Flag("--weights", "'imagenet' (downloaded by Keras) or a Keras .h5/.keras file "
-                    "of that model (copied to every host)", default="imagenet", path=True,
-                    names=("imagenet",), offline="models/mobilenet_v1_0.25_224.h5",
-                    check=_lazy("workloads.image_models", "weights_source")),
-               Flag("--seed", "seed of the per-class train/test split", type=int, default=42,
-                    fab=False),
-               Flag("--test-fraction", "share of each class held out for testing", type=float,
-                    default=0.4, fab=False),
-               Flag("--max-iter", "LogisticRegression iterations", type=int, default=30,
-                    minimum=1, fab=False)),
-        plan=plain_spark_plan, validate=_classify_rules, downloads=_imagenet_download,
-        writes_store=True),
-)}
+JOBS: MutableMapping[str, Job] = Jobs(JOB_PACKAGES)
 
 
 def get_job(name: str) -> Job:

@@ -23,6 +23,10 @@ from kindling import UserError
 
 WEBHDFS_PORT = 9870
 """The NameNode's HTTP port (Hadoop's default, and ops.hdfs')."""
+LOCATION_EXAMPLES = "s3://bucket/prefix, hdfs:///path"
+"""How the jobs' flag help shows a location in the cluster's storage."""
+RUN_LOCATION_EXAMPLES = "s3://BUCKET/runs/<id>, hdfs:///kindling/runs/<id>"
+"""...and a run's folder there."""
 RUN_STORE_ENV = "KINDLING_RUN_STORE"
 """The run's folder in the cluster's storage (s3://BUCKET/runs/<id> or hdfs://NN/kindling/runs/<id>),
 set by fab on a cluster that has one: results that executors write (a PipelineModel) and

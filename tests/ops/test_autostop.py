@@ -1,4 +1,4 @@
-"""Idle auto-stop's rules (ops.autostop): when the cluster stops, what counts as busy, and the
+"""Idle auto-stop's rules (ops.agent.autostop): when the cluster stops, what counts as busy, and the
 activity a host reports to the master's watcher, with real processes and a real HTTP endpoint."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import urllib.request
 
 import pytest
 
-from ops import autostop
-from ops.autostop import Settings, decide, describe
+from ops.agent import autostop
+from ops.agent.autostop import Settings, decide, describe
 
 
 def settings(tmp_path, **changes) -> Settings:

@@ -1,4 +1,4 @@
-"""HDFS's configuration and the NameNode's view of its DataNodes (ops.hdfs), without daemons:
+"""HDFS's configuration and the NameNode's view of its DataNodes (ops.services.hdfs), without daemons:
 the e2e tests run the real ones on the namespace hosts."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import json
 import re
 import xml.etree.ElementTree as ET
 
-from ops import hdfs
+from ops.services import hdfs
 
 
 def properties(xml: str) -> dict[str, str]:

@@ -11,7 +11,9 @@ import pytest
 from invoke import Context
 
 from kindling import Host, Inventory
-from ops.services import BasePackages, CloudInit, DeployContext, Watcher
+from ops.services import DeployContext
+from ops.services.host import BasePackages, CloudInit
+from ops.services.watcher import WatcherStep
 from kindling import HostError
 
 HOST = Host(name="worker-7", hostname="ip-10-0-1-7", privateIp="10.0.1.7")
@@ -148,7 +150,7 @@ def test_hosts_waiting_for_the_masters_wheelhouse_learn_when_it_failed(tmp_path)
     fails at once naming the master, never waits out the timeout."""
     import threading
 
-    from ops.services import ServedWheelhouse
+    from ops.services.wheels import ServedWheelhouse
 
     master = Host(name="master", hostname="ip-10-0-1-2", privateIp="10.0.1.2")
     served = ServedWheelhouse(master)
@@ -188,7 +190,7 @@ def test_the_watchers_poll_spot_notices_on_spot_hosts_and_stop_only_known_instan
     inventory = replace(Inventory("c", "us-east-1", "ubuntu", "key", "", master, (steady, spot)),
                         idleStopMinutes=idle_minutes)
     ctx = DeployContext(inventory, Path("constraints.txt"), None)
-    settings = {h.name: Watcher().settings(h, ctx) for h in inventory.hosts}
+    settings = {h.name: WatcherStep().settings(h, ctx) for h in inventory.hosts}
     assert [name for name, s in settings.items() if s["spot_notice"]] == ["worker-1"]
     assert settings["master"]["instance_ids"] == (["i-master", "i-worker-0"] if stopped else [])
     assert settings["master"]["spot_ids"] == (["i-worker-1"] if stopped else [])

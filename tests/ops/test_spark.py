@@ -7,7 +7,7 @@ import shlex
 
 import pytest
 
-from ops import spark
+from ops.services import spark
 from ops.local import LocalSparkCluster, free_port, master_json
 
 SPARK_HOME = "/opt/venv/lib/python3.11/site-packages/pyspark"

@@ -1,4 +1,4 @@
-"""Spot interruption notices (ops.spot) against a fake metadata service: read with an IMDSv2
+"""Spot interruption notices (ops.agent.spot) against a fake metadata service: read with an IMDSv2
 token, acted on once (the notice file, SIGPWR to the Spark worker), gone when the notice goes;
 and what fab makes of an interrupted run (ops.runs, ops.targets.resume_interrupted)."""
 
@@ -14,11 +14,12 @@ import urllib.request
 import pytest
 
 from imds_server import NOTICE_PATH, fake_imds
-from ops import runs, spot
-from ops.targets import resume_interrupted
+from ops import runs
+from ops.agent import spot
+from ops.run import resume_interrupted
 from workloads.common import SPOT_NOTICE_ENV, spot_notice
 from workloads.jobs import get_job
-from workloads.peer_watch import PeerWatch
+from workloads.train_ps.peer_watch import PeerWatch
 
 SPARK_WORKER = """
 import signal, sys, time
@@ -58,7 +59,7 @@ def test_a_notice_writes_the_notice_file_decommissions_the_spark_worker_and_goes
         notice_file = tmp_path / "spot-notice.json"
         monkeypatch.setenv(SPOT_NOTICE_ENV, str(notice_file))
         with fake_imds("127.0.0.1") as imds:
-            watcher = subprocess.Popen([sys.executable, "-c", "import sys; from ops import spot; "
+            watcher = subprocess.Popen([sys.executable, "-c", "import sys; from ops.agent import spot; "
                                         "spot.watch(*sys.argv[1:6], interval=0.05)", "worker-1",
                                         "10.0.0.3", str(notice_file), str(tmp_path / "worker.pid"),
                                         imds.endpoint])

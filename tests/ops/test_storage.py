@@ -16,7 +16,7 @@ import pytest
 from kindling import UserError
 from ops import jvm
 from ops.local import free_port, local_spark_home
-from ops.storage import ObjectStore
+from ops.storage.s3 import ObjectStore
 from moto_endpoint import ACCESS_KEY, SECRET_KEY, client, moto_server, upload_folder
 
 REPO = Path(__file__).resolve().parents[2]

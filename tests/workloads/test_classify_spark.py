@@ -16,8 +16,8 @@ from PIL import Image
 
 from floors import ACCURACY_FLOOR
 from kindling import UserError
-from workloads import classify
-from workloads.deep_image import DeepImageFeaturizer, DeepImagePredictor, readImages
+from workloads.classify import main as classify
+from workloads.classify.deep_image import DeepImageFeaturizer, DeepImagePredictor, readImages
 
 pytestmark = pytest.mark.slow
 

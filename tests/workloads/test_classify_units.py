@@ -10,17 +10,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from workloads import classify
+from workloads.classify import main as classify
 from workloads.jobs import JOBS
 from kindling import UserError
-from workloads.image_models import (MODEL_SPECS, build_model, imagenet_labels, model_spec,
-                                    resized_rgb, saved_weights, weights_source)
+from workloads.classify.image_models import (MODEL_SPECS, build_model, imagenet_labels,
+                                             model_spec, resized_rgb, saved_weights,
+                                             weights_source)
 
 MOBILENET = "models/mobilenet_v1_0.25_224.h5"
 LABELS = "models/imagenet_labels_1001.txt"
 REPO = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow  # builds Keras models: TensorFlow
 def test_spec_table_has_sparkdl_models_plus_mobilenets_with_their_input_sizes():
     sizes = {name: (spec.input_size, spec.feature_size) for name, spec in MODEL_SPECS.items()}
     assert sizes == {"InceptionV3": (299, 2048), "Xception": (299, 2048), "ResNet50": (224, 2048),
@@ -84,6 +86,7 @@ def test_weights_must_be_imagenet_or_an_existing_keras_file(assets, tmp_path):
         weights_source(str(assets / LABELS))
 
 
+@pytest.mark.slow  # builds Keras models: TensorFlow
 def test_mobilenet_file_loads_with_its_alpha_as_keras_by_name_loads_it(assets):
     import keras
 
@@ -99,6 +102,7 @@ def test_mobilenet_file_loads_with_its_alpha_as_keras_by_name_loads_it(assets):
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # inside Keras' save()
+@pytest.mark.slow  # builds Keras models: TensorFlow
 def test_auto_named_layers_load_in_order_from_a_file_saved_in_another_process_state(tmp_path):
     """InceptionV3's unnamed layers get per-process counters (conv2d_94...), so names can't match."""
     import keras
@@ -112,6 +116,7 @@ def test_auto_named_layers_load_in_order_from_a_file_saved_in_another_process_st
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # inside Keras' save()
+@pytest.mark.slow  # builds Keras models: TensorFlow
 def test_keras_v3_file_loads_like_the_legacy_h5(assets, tmp_path):
     legacy = build_model(model_spec("MobileNet"), str(assets / MOBILENET), include_top=True)
     legacy.save(tmp_path / "mobilenet.keras")
@@ -121,6 +126,7 @@ def test_keras_v3_file_loads_like_the_legacy_h5(assets, tmp_path):
         np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
 
 
+@pytest.mark.slow  # builds Keras models: TensorFlow
 def test_weights_of_another_architecture_are_refused(assets):
     path = str(assets / MOBILENET)
     with pytest.raises(UserError, match="has no layer block_16_project, so it is not a MobileNetV2"):

@@ -9,13 +9,13 @@ import subprocess
 import sys
 import time
 
-from workloads import node_failures
-from workloads.node_failures import FailureCollector, report_failure
+from workloads.train_mnist import node_failures
+from workloads.train_mnist.node_failures import FailureCollector, report_failure
 
 
 def fail_and_report(collector: str, role: str, index: int, message: str) -> None:
     """A node process that raises `message` and reports it, as main_fun does."""
-    code = ("import sys; from workloads.node_failures import report_failure\n"
+    code = ("import sys; from workloads.train_mnist.node_failures import report_failure\n"
             "try:\n"
             f"    raise RuntimeError({message!r})\n"
             "except RuntimeError as exc:\n"
@@ -76,7 +76,7 @@ def test_error_line_is_the_python_error_inside_the_java_one():
         "An error occurred while calling o123.collectAndServe.\n"
         ": org.apache.spark.SparkException: Job aborted due to stage failure: Task 9 failed\n"
         "org.apache.spark.api.python.PythonException: Traceback (most recent call last):\n"
-        '  File "/work/main/workloads/train_mnist.py", line 130, in main_fun\n'
+        '  File "/work/main/workloads/train_mnist/node.py", line 130, in main_fun\n'
         "tensorflow.python.framework.errors_impl.FailedPreconditionError: /out/checkpoints is "
         "not a directory\n"
         "\tat org.apache.spark.api.python.BasePythonRunner.handlePythonException(Runner.scala:1)\n"

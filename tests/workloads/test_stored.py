@@ -5,40 +5,18 @@ HDFS through `fab run` is an e2e test on the namespace hosts.)"""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from hdfs_server import local_hdfs
 from kindling import UserError
-from moto_endpoint import ACCESS_KEY, SECRET_KEY, moto_server, upload_folder
-from workloads import mnist_node, stored
+from workloads import stored
 from workloads.mnist import load_mnist
+from workloads.train_mnist import node as mnist_node
 
 
-
-@pytest.fixture(scope="module")
-def hdfs_root(tmp_path_factory):
-    with local_hdfs(tmp_path_factory.mktemp("hdfs")) as root:
-        yield root
-
-
-@pytest.fixture(scope="module")
-def s3_root():
-    saved = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID",
-                                            "AWS_SECRET_ACCESS_KEY", "AWS_REGION")}
-    with moto_server("127.0.0.1") as endpoint:
-        os.environ.update(AWS_ENDPOINT_URL_S3=endpoint, AWS_ACCESS_KEY_ID=ACCESS_KEY,
-                          AWS_SECRET_ACCESS_KEY=SECRET_KEY, AWS_REGION="us-east-1")
-        upload_folder(endpoint, "kindling-data", "empty", Path(__file__).parent)  # the bucket
-        yield "s3://kindling-data"
-    for name, value in saved.items():
-        os.environ.pop(name, None) if value is None else os.environ.update({name: value})
-
-
-@pytest.fixture(params=["hdfs", "s3"])
+@pytest.fixture(params=[pytest.param("hdfs", marks=pytest.mark.slow), "s3"])
 def store(request):
     return request.getfixturevalue(f"{request.param}_root")
 
@@ -105,12 +83,13 @@ def test_the_local_target_reads_an_hdfs_named_by_its_namenode(hdfs_root, assets)
 
     data = f"{hdfs_root}/local-target/mnist"
     stored.copy(str(assets / "datasets" / "mnist"), data)
-    target = LocalTarget()
-    assert target.storage([data]) == ({}, {})
+    storage = LocalTarget().storage
+    storage.check([data])
+    assert storage.access([data], "") == ({}, {})
     with pytest.raises(UserError, match="no such path in that HDFS"):
-        target.storage([f"{hdfs_root}/nowhere"])
+        storage.check([f"{hdfs_root}/nowhere"])
     with pytest.raises(UserError, match="the local target has no HDFS of its own"):
-        target.storage(["hdfs:///local-target/mnist"])
+        storage.check(["hdfs:///local-target/mnist"])
 
 
 def test_publish_replaces_a_half_done_copy_and_never_shows_one(hdfs_root, assets):

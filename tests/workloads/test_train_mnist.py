@@ -13,7 +13,8 @@ import sys
 import numpy as np
 import pytest
 
-from workloads import mnist_node, train_mnist
+from workloads.train_mnist import main as train_mnist
+from workloads.train_mnist import node as mnist_node
 from workloads.mnist import load_mnist, shuffled
 
 SCRIPT = train_mnist.__file__
@@ -134,7 +135,7 @@ def test_cores_max_too_small_for_the_nodes_fails_at_once():
 def test_executors_advertise_spark_local_ip_to_tfos():
     """TFoS would ask 8.8.8.8's route; with SPARK_LOCAL_IP set (kindling's daemons set it and
     executors inherit it) importing the job makes TFoS use that address."""
-    code = ("import workloads.train_mnist; from tensorflowonspark import util; "
+    code = ("import workloads.train_mnist.main; from tensorflowonspark import util; "
             "print(util.get_ip_address())")
     advertised = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                                 timeout=120, env={**os.environ, "SPARK_LOCAL_IP": "10.9.8.7"})

@@ -149,17 +149,27 @@ def test_a_spot_notice_fails_the_job_at_once_and_a_rerun_resumes_from_its_checkp
     notice, first = tmp_path / "spot-notice.json", tmp_path / "first"
     saved = first / "checkpoints" / "checkpoint"
 
+    noticed, ended = threading.Event(), threading.Event()
+
     def notice_after_a_checkpoint():
         deadline = time.monotonic() + JOB_TIMEOUT
-        while not saved.exists() and time.monotonic() < deadline:
+        while not saved.exists():
+            if ended.is_set() or time.monotonic() > deadline:
+                return  # no notice: asserted once the job has ended
             time.sleep(0.1)
         notice.write_text('{"host": "worker-1", "address": "10.0.0.4", "action": "terminate", '
                           '"time": "2026-12-06T18:00:00Z"}')
+        noticed.set()
 
-    threading.Thread(target=notice_after_a_checkpoint, daemon=True).start()
+    watcher = threading.Thread(target=notice_after_a_checkpoint, daemon=True)
+    watcher.start()
     steps = ("--input_mode", "spark", "--epochs", "2", "--steps", "45")  # a checkpoint per epoch
     result = submit(cluster, first, "--data", data, *steps,
                     conf=(("spark.executorEnv.KINDLING_SPOT_NOTICE", str(notice)),))
+    ended.set()
+    watcher.join(timeout=10)
+    assert noticed.is_set(), (f"the job ended (exit {result.returncode}) before the chief saved a "
+                              f"checkpoint at {saved}: no notice was given; {result.stdout[-3000:]}")
     assert result.returncode == 1, result.stdout[-3000:]
     [line] = error_lines(result.stdout)
     assert re.match(rf"error: training failed on the cluster: (chief|worker):0 on {HOST} failed "

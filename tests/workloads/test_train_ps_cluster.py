@@ -20,10 +20,11 @@ import pytest
 from floors import ACCURACY_FLOOR
 from kindling import KindlingError
 from ops.local import free_ports
+from ops.run import run
 from ops.targets import LocalTarget
 from workloads.jobs import JOBS
 from workloads.mnist import IDX_FILES
-from workloads.tf_cluster import cluster_spec, process_argvs
+from workloads.train_ps.tf_cluster import cluster_spec, process_argvs
 
 pytestmark = pytest.mark.slow
 
@@ -73,7 +74,7 @@ def run_local(tmp_path: Path, args: list[str], capsys, timeout: float = 170) -> 
     """`fab run train-ps --target local`: ps/workers/chief as real processes on 127.0.0.1."""
     try:
         with LocalTarget() as local:
-            local.run(JOBS["train-ps"], args, timeout)
+            run(local, JOBS["train-ps"], args, timeout)
     finally:
         log = capsys.readouterr().out
         print(log)  # shown by pytest when the test fails
@@ -131,7 +132,9 @@ def test_a_killed_worker_fails_the_job_naming_it_and_a_rerun_resumes(tmp_path, a
 
     processes, logs = {}, {}
     try:
-        for role, index, _, argv in process_argvs(spec, args(50), str(spec_path), sys.executable):
+        module = JOBS["train-ps"].module
+        for role, index, _, argv in process_argvs(spec, module, args(50), str(spec_path),
+                                                  sys.executable):
             logs[role, index] = tmp_path / f"{role}-{index}.log"
             with logs[role, index].open("w") as log:
                 processes[role, index] = subprocess.Popen(

@@ -10,13 +10,14 @@ import sys
 
 import pytest
 
-from workloads import peer_watch
 from kindling import UserError
-from workloads.peer_watch import PeerWatch
-from workloads.tf_cluster import (check_task, cluster_spec, host_list, load_cluster_spec,
-                                  parse_tf_config, process_argvs, tf_error_line,
-                                  validate_cluster_spec)
-from workloads.train_ps import parse_args, resolve_cluster
+from workloads.train_ps import peer_watch
+from workloads.train_ps.job import JOB
+from workloads.train_ps.main import parse_args, resolve_cluster
+from workloads.train_ps.peer_watch import PeerWatch
+from workloads.train_ps.tf_cluster import (check_task, cluster_spec, host_list, load_cluster_spec,
+                                           parse_tf_config, process_argvs, tf_error_line,
+                                           validate_cluster_spec)
 
 SPEC = {"chief": ["10.0.0.5:2224"], "worker": ["10.0.1.1:2223", "10.0.1.2:2223"],
         "ps": ["10.0.0.5:2222"]}
@@ -129,8 +130,9 @@ def test_task_and_flag_errors(argv, environ, expected):
 
 
 def test_process_argvs_are_the_exact_commands_for_every_host():
-    argvs = process_argvs(SPEC, ["--epochs", "2"], "/runs/r1/spec.json", python="/venv/python")
-    command = ["-m", "workloads.train_ps"]
+    argvs = process_argvs(SPEC, JOB.module, ["--epochs", "2"], "/runs/r1/spec.json",
+                          python="/venv/python")
+    command = ["-m", "workloads.train_ps"]  # the job's declared module, not a constant
     assert argvs == [
         ("ps", 0, "10.0.0.5", ["/venv/python", *command, "ps", "0", "--cluster-spec",
                                "/runs/r1/spec.json", "--epochs", "2"]),

@@ -15,7 +15,7 @@ from collections import Counter
 from typing import NoReturn
 
 from workloads.common import spot_notice
-from workloads.tf_cluster import ClusterSpec, Task, describe, reachable
+from workloads.train_ps.tf_cluster import ClusterSpec, Task, describe, reachable
 
 PROBE_SECONDS = 1.0
 MISSES_TO_LOSE = 5

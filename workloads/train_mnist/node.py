@@ -3,7 +3,7 @@
 Each node trains the CNN of workloads.mnist under MultiWorkerMirroredStrategy with the shared
 training step (workloads.training); the chief then evaluates on the official 10k test set and
 writes metrics.json, model.keras and checkpoints into --output on its host. The driver side is
-workloads.train_mnist.
+workloads.train_mnist.main.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from tensorflowonspark import util as tfos_util
 from workloads import stored
 from workloads.common import SpotInterruptionError, spot_notice, write_metrics
 from workloads.mnist import IMAGE_SHAPE, adam, build_cnn, load_mnist, shuffled, training_input
-from workloads.node_failures import report_failure
+from workloads.train_mnist.node_failures import report_failure
 from workloads.training import (Epoch, barrier, epoch_of, evaluate_and_export, log_epoch,
                                 plot_training_curve, resumed_checkpoint, store_checkpoints,
                                 summary_writer, train_step)

@@ -1,15 +1,15 @@
 """train-mnist: the chapter's TensorFlowOnSpark MNIST on Spark 4 + TensorFlow 2 + Keras 3.
 
-spark-submit runs this file as the driver. TFCluster.run starts one TensorFlow node per Spark
-executor (the first is the chief) and each node runs `main_fun` (workloads.mnist_node): the CNN
-trained under MultiWorkerMirroredStrategy by a custom loop (Keras 3 `model.fit` breaks under
-multi-worker strategies, keras#20585). Input modes:
+spark-submit runs this file (the job's declared module) as the driver. TFCluster.run starts one
+TensorFlow node per Spark executor (the first is the chief) and each node runs `main_fun`
+(workloads.train_mnist.node): the CNN trained under MultiWorkerMirroredStrategy by a custom
+loop (Keras 3 `model.fit` breaks under multi-worker strategies, keras#20585). Input modes:
 
 - spark: the driver shuffles the digits into an RDD of (image, label) that TFCluster.train
   feeds to every node through TFNode.DataFeed.
 - tensorflow: each node reads its TFRecord shard with tf.data; the driver only coordinates.
   Faster: no feeding job, no per-row queue traffic. With --data in the cluster's storage
-  (hdfs://, s3://) the driver writes the shards there once and each node fetches its own;
+  (HDFS, S3) the driver writes the shards there once and each node fetches its own;
   with a local folder (the same path on every host) each node makes its shard itself.
 
 --engine barrier replaces TFoS by Spark barrier mode (tensorflow input only): the nodes start
@@ -34,20 +34,21 @@ import numpy as np
 from kindling import UserError
 from workloads import stored
 from workloads.common import results_dir, run_cli
-from workloads.jobs import JOBS
 from workloads.mnist import load_mnist, shuffled
-from workloads.mnist_node import READ_AHEAD_BATCHES, SEED, barrier_node, main_fun, stored_shards
-from workloads.node_failures import FailureCollector, error_line
 from workloads.stored import is_uri
+from workloads.train_mnist.job import JOB
+from workloads.train_mnist.node import (READ_AHEAD_BATCHES, SEED, barrier_node, main_fun,
+                                        stored_shards)
+from workloads.train_mnist.node_failures import FailureCollector, error_line
 
 PARTITIONS_PER_NODE = 5
 """SPARK mode: partitions per node and epoch; smaller partitions waste less data at the end."""
-JOB = "train-mnist"
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    """The job's flags (workloads.jobs), in the chapter's spellings too, checked."""
-    return JOBS[JOB].parse(argv, JOBS[JOB].parser(description=__doc__.split("\n\n")[0]))
+    """The job's flags (its declaration, workloads.train_mnist.job), in the chapter's spellings
+    too, checked."""
+    return JOB.parse(argv, JOB.parser(description=__doc__.split("\n\n")[0]))
 
 
 def plan_steps(args: argparse.Namespace, train_digits: int) -> tuple[int, int]:
@@ -120,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
             setattr(args, flag, str(Path(value).expanduser().resolve()))
     args.run_store = stored.run_store()  # where the chief keeps its checkpoints for a resume
     (x_train, y_train), _ = load_mnist(args.data)  # a bad --data fails here, before Spark
-    output = results_dir(args.output, "train-mnist").resolve()
+    output = results_dir(args.output, JOB.name).resolve()
     args.output = str(output)
     args.model = str(Path(args.model).expanduser().resolve() if args.model
                      else output / "model.keras")
@@ -224,5 +225,11 @@ def report(output: Path, seconds: float) -> None:
     print(f"results: {output}", flush=True)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """What spark-submit of this file runs (and `python -m workloads.train_mnist`): main() with
+    one-line errors."""
     run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()

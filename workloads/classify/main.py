@@ -4,7 +4,8 @@ A folder with one subfolder per class (labels follow the sorted folder names: bu
 a per-class random train/test split, Pipeline(DeepImageFeaturizer, LogisticRegression), and a
 results folder: metrics.json, predictions.csv, confusion_matrix.png and the saved PipelineModel.
 
-Runs as `python -m workloads.classify` (local[*]) or as a spark-submit script (its --master).
+Runs as `python -m workloads.classify` (local[*]) or as a spark-submit script (its --master):
+this file, the job's declared module workloads.classify.main.
 """
 
 from __future__ import annotations
@@ -19,18 +20,17 @@ from pathlib import Path
 import numpy as np
 
 from kindling import UserError
-from workloads.common import results_dir, run_cli, write_metrics
 from workloads import stored
-from workloads.jobs import JOBS
+from workloads.classify.job import JOB
+from workloads.common import results_dir, run_cli, write_metrics
 from workloads.stored import is_uri
-
-JOB = "classify"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    """The job's flags (workloads.jobs), offline defaults included, checked."""
-    return JOBS[JOB].parse(list(sys.argv[1:] if argv is None else argv),
-                           JOBS[JOB].parser(prog="python -m workloads.classify"))
+    """The job's flags (its declaration, workloads.classify.job), offline defaults included,
+    checked."""
+    return JOB.parse(list(sys.argv[1:] if argv is None else argv),
+                     JOB.parser(prog="python -m workloads.classify"))
 
 
 def class_folders(data: str) -> list[Path]:
@@ -51,8 +51,8 @@ def class_folders(data: str) -> list[Path]:
 
 
 def stored_class_folders(spark, uri: str) -> list[str]:
-    """class_folders of a location Spark reads through Hadoop (s3://bucket/prefix), listed by
-    Hadoop's own FileSystem, so any scheme Spark's classpath knows works."""
+    """class_folders of a location in the cluster's storage, listed by Hadoop's own FileSystem
+    (as Spark reads it), so any scheme Spark's classpath knows works."""
     jvm = spark.sparkContext._jvm
     root = jvm.org.apache.hadoop.fs.Path(uri)
     filesystem = root.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
@@ -116,23 +116,17 @@ def spark_session():
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     from pyspark.sql import SparkSession
 
-    return SparkSession.builder.appName(f"kindling-{JOB}").getOrCreate()
+    return SparkSession.builder.appName(f"kindling-{JOB.name}").getOrCreate()
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    from workloads.image_models import model_spec, weights_source
+    from workloads.classify.image_models import model_spec, weights_source
 
     model_name = model_spec(args.model).name
     weights = weights_source(args.weights)
     folders = None if is_uri(args.data) else [str(f) for f in class_folders(args.data)]
     started = time.monotonic()
-
-    from pyspark.ml import Pipeline
-    from pyspark.ml.classification import LogisticRegression
-    from pyspark.sql import functions as F
-
-    from workloads.deep_image import DeepImageFeaturizer
 
     spark = spark_session()
     folders = folders or stored_class_folders(spark, args.data)
@@ -144,23 +138,14 @@ def main(argv: list[str] | None = None) -> dict:
                         "or raise --test-fraction")
     read_done = time.monotonic()
 
-    pipeline = Pipeline(stages=[
-        DeepImageFeaturizer(inputCol="image", outputCol="features", modelName=model_name, weights=weights),
-        LogisticRegression(featuresCol="features", labelCol="label", maxIter=args.max_iter),
-    ])
-    model = pipeline.fit(train)
+    model = fit_pipeline(train, model_name, weights, args.max_iter)
     fit_done = time.monotonic()
 
     classes = [folder.rstrip("/").rsplit("/", 1)[-1] for folder in folders]
-    output = results_dir(args.output, JOB)
-    predictions = (model.transform(test)
-                   .select(F.col("image.origin").alias("path"), "label", "prediction", "probability")
-                   .cache())
-    predictions.select(F.element_at(F.split("path", "/"), -1).alias("image"), "prediction", "label") \
-        .orderBy("label", "image").show(counts["test"], truncate=False)
-    predictions.crosstab("prediction", "label").orderBy("prediction_label").show()
+    output = results_dir(args.output, JOB.name)
+    predictions = predict_test_set(model, test, counts["test"])
     metrics = {
-        "job": JOB, "model": model_name, "weights": weights, "classes": classes,
+        "job": JOB.name, "model": model_name, "weights": weights, "classes": classes,
         "seed": args.seed, "test_fraction": args.test_fraction, "max_iter": args.max_iter,
         **evaluate(predictions, classes),
         "counts": counts,
@@ -182,9 +167,37 @@ def main(argv: list[str] | None = None) -> dict:
     return metrics
 
 
+def fit_pipeline(train, model_name: str, weights: str, max_iter: int):
+    """Pipeline(DeepImageFeaturizer, LogisticRegression) fitted on the training images."""
+    from pyspark.ml import Pipeline
+    from pyspark.ml.classification import LogisticRegression
+
+    from workloads.classify.deep_image import DeepImageFeaturizer
+
+    pipeline = Pipeline(stages=[
+        DeepImageFeaturizer(inputCol="image", outputCol="features", modelName=model_name, weights=weights),
+        LogisticRegression(featuresCol="features", labelCol="label", maxIter=max_iter),
+    ])
+    return pipeline.fit(train)
+
+
+def predict_test_set(model, test, count: int):
+    """The model's predictions on the `count` test images (cached), shown one per image, then
+    as a crosstab of prediction by label."""
+    from pyspark.sql import functions as F
+
+    predictions = (model.transform(test)
+                   .select(F.col("image.origin").alias("path"), "label", "prediction", "probability")
+                   .cache())
+    predictions.select(F.element_at(F.split("path", "/"), -1).alias("image"), "prediction", "label") \
+        .orderBy("label", "image").show(count, truncate=False)
+    predictions.crosstab("prediction", "label").orderBy("prediction_label").show()
+    return predictions
+
+
 def read_classes(spark, folders: list[str]) -> list:
     """Each class folder's images (cached) and counts; a class without a readable image stops."""
-    from workloads.deep_image import read_image_folder
+    from workloads.classify.deep_image import read_image_folder
 
     reads = [read_image_folder(folder, spark) for folder in folders]
     for folder, read in zip(folders, reads):
@@ -261,5 +274,11 @@ def plot_confusion(table, classes: list[str], path: Path) -> None:
     plt.close(fig)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """What `python -m workloads.classify` runs, and spark-submit of this file: main() with
+    one-line errors."""
     run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,4 +1,4 @@
-"""Job data in an object store: `--data s3://bucket/prefix` read by Spark itself through S3A.
+"""The s3:// store: `--data s3://bucket/prefix` read by Spark itself through S3A.
 
 S3A (hadoop-aws at the Hadoop version pyspark bundles, ops.jvm) goes on the driver's and the
 executors' classpath, and `s3://` is mapped to it, as on EMR. Before anything starts, the control
@@ -15,16 +15,19 @@ is no instance role); on AWS no key ever leaves this machine.
 from __future__ import annotations
 
 import os
-import re
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 from urllib.parse import urlparse
 
-from kindling import UserError
+from kindling import KindlingError, UserError
+from ops.cluster import console
+from ops.storage import Store
 
-S3_URI = re.compile(r"^s3a?://")
-HDFS_URI = re.compile(r"^hdfs://")
 CHECK_TIMEOUT = 10
+MARKER = "_COMPLETE"
+"""Written after an upload: a later run finding it skips the upload."""
 CREDENTIAL_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 
 
@@ -34,11 +37,17 @@ def local_endpoint() -> str:
 
 
 @dataclass(frozen=True)
-class ObjectStore:
+class ObjectStore(Store):
     """Where s3:// paths live, and how Spark reaches them."""
     endpoint: str = ""
     """"" for AWS S3; else the URL of an S3-compatible store."""
     region: str = ""
+    jar_folder: Callable[[], str] = field(default=lambda: "", compare=False)
+    """The folder of the S3A jars as the Spark driver and executors see it (resolved on use)."""
+
+    schemes = ("s3", "s3a")
+    jars = "s3a"
+    keeps_results = True
 
     def client(self):
         """boto3's S3 client for this store, credentials found the standard AWS ways."""
@@ -129,3 +138,50 @@ class ObjectStore:
                          str(self.endpoint.startswith("https:")).lower()}
         conf |= {f"spark.executorEnv.{name}": value for name, value in env.items()}
         return conf
+
+    def access(self, uris):
+        env = self.job_env(uris[0])
+        return self.spark_conf(self.jar_folder(), env), env
+
+    def put(self, local: Path, folder: str) -> None:
+        """local in the bucket as folder/<name>, then a marker: a later run finding the marker
+        skips the upload."""
+        import botocore.exceptions
+
+        parsed = urlparse(folder)
+        bucket, prefix = parsed.netloc, parsed.path.strip("/")
+        self.credentials(folder)
+        client = self.client()
+        marker = f"{prefix}/{MARKER}"
+        try:
+            client.head_object(Bucket=bucket, Key=marker)
+            console.print(f"data: {local.name} already in {folder}/{local.name}")
+            return
+        except botocore.exceptions.ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code not in ("404", "NoSuchKey"):
+                raise UserError(f"{folder}: S3 refused to look for the data there ({code}); use "
+                                f"credentials that may read and write s3://{bucket}") from None
+        except botocore.exceptions.EndpointConnectionError:
+            raise UserError(f"{folder}: cannot reach the S3 endpoint {self.endpoint or 'of AWS'}; "
+                            "fix the inventory's s3Endpoint") from None
+        started = time.monotonic()
+        if local.is_dir():
+            count = self.upload(local, bucket, f"{prefix}/{local.name}")
+        else:
+            client.upload_file(str(local), bucket, f"{prefix}/{local.name}")
+            count = 1
+        client.put_object(Bucket=bucket, Key=marker, Body=b"")
+        console.print(f"data: {local.name} uploaded once to {folder}/{local.name} ({count} files, "
+                      f"{time.monotonic() - started:.1f}s)")
+
+    def keep(self, local_dir, location):
+        import botocore.exceptions
+        import boto3.exceptions
+
+        parsed = urlparse(location)
+        try:
+            return self.upload(local_dir, parsed.netloc, parsed.path.strip("/"))
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError,
+                boto3.exceptions.S3UploadFailedError) as exc:
+            raise KindlingError(str(exc)) from None

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from fabric import Connection
 
-from ops.remote import DATA, sh
+from ops.remote import DATA, ok, sh
 
 TRANSFER_TIMEOUT = 600
 
@@ -57,3 +57,17 @@ def push_path(cxn: Connection, local: Path, remote: str) -> None:
 def staged_check(remote: str) -> str:
     """Shell test that succeeds when remote was completely staged before."""
     return f"test -e {shlex.quote(remote.rsplit('/', 1)[0])}/.complete"
+
+
+def push_missing(cxn: Connection, staged: dict[Path, str]) -> None:
+    """Each local path to its remote path, only where it is not staged yet (the rest may be in
+    use by a run)."""
+    for local, remote in staged.items():
+        if not ok(cxn, staged_check(remote)):
+            push_path(cxn, local, remote)
+
+
+def stage(cluster, staged: dict[Path, str]) -> None:
+    """Each local path at its remote path on every host, where it is not staged yet."""
+    if staged:
+        cluster.parallel(lambda host, cxn: push_missing(cxn, staged))

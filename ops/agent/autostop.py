@@ -1,5 +1,5 @@
 """The watcher `fab deploy` starts on every host of a cluster: idle auto-stop, and on spot
-hosts the interruption notices (ops.spot).
+hosts the interruption notices (ops.agent.spot).
 
 Every host's watcher notes what keeps it busy (a live job process of a run, an interactive SSH
 login, and on the master a running Spark application) and answers the master's poll over HTTP on
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from ops import spot
+from ops.agent import spot
 
 PORT = 7091
 """The watchers' activity endpoint, on each host's private address."""

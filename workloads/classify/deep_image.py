@@ -30,8 +30,8 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, FloatType, StringType, StructField, StructType
 
-from workloads.image_models import (IMAGENET, build_model, imagenet_labels, model_input,
-                                    model_spec, weights_source)
+from workloads.classify.image_models import (IMAGENET, build_model, imagenet_labels,
+                                             model_input, model_spec, weights_source)
 
 log = logging.getLogger(__name__)
 

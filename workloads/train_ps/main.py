@@ -1,7 +1,8 @@
 """train-ps: the MNIST CNN trained by a TensorFlow cluster, the book chapter's ps/worker setup.
 
 One program for every process: ``python -m workloads.train_ps ROLE INDEX --cluster-spec
-spec.json [flags]`` (or --ps-hosts/--worker-hosts/--chief-host, or TF_CONFIG).
+spec.json [flags]`` (or --ps-hosts/--worker-hosts/--chief-host, or TF_CONFIG); fab starts this
+module, the job's declared one, as ``python -m workloads.train_ps.main``.
 
 --strategy ps (default): each ps and worker runs a tf.distribute.Server; the chief trains
 asynchronously with ParameterServerStrategy and a ClusterCoordinator. --strategy sync: every
@@ -23,28 +24,27 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 from kindling import UserError
 from workloads import stored
 from workloads.common import results_dir, run_cli, write_metrics
-from workloads.jobs import JOBS
 from workloads.mnist import adam, build_cnn, load_mnist, shuffled, training_input
+from workloads.train_ps.job import JOB
+from workloads.train_ps.peer_watch import PROBE_SECONDS, PeerWatch, exit_now
+from workloads.train_ps.tf_cluster import (ROLES, ClusterSpec, Task, check_task, cluster_spec,
+                                           describe, host_list, load_cluster_spec,
+                                           parse_tf_config, reachable, split_address, tasks,
+                                           tf_error_line, validate_cluster_spec)
 from workloads.training import (Epoch, barrier, epoch_of, evaluate_and_export, log_epoch,
                                 plot_training_curve, resumed_checkpoint, store_checkpoints,
                                 summary_writer, train_step)
-from workloads.peer_watch import PROBE_SECONDS, PeerWatch, exit_now
-from workloads.tf_cluster import (ROLES, ClusterSpec, Task, check_task,
-                                  cluster_spec, describe, host_list, load_cluster_spec,
-                                  parse_tf_config, reachable, split_address, tasks, tf_error_line,
-                                  validate_cluster_spec)
-
-JOB = "train-ps"
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    """The job's flags (workloads.jobs) plus the task this process is and its cluster."""
-    parser = JOBS[JOB].parser(prog="python -m workloads.train_ps",
-                              description=__doc__.split("\n")[0])
+    """The job's flags (its declaration, workloads.train_ps.job) plus the task this process is
+    and its cluster."""
+    parser = JOB.parser(prog="python -m workloads.train_ps", description=__doc__.split("\n")[0])
     parser.add_argument("role", nargs="?", help=f"one of {', '.join(ROLES)} "
                         "(default: TF_CONFIG's task)")
     parser.add_argument("index", nargs="?", type=int, help="task index within the role")
@@ -54,7 +54,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     cluster.add_argument("--ps-hosts", default="", help="host:port,host:port")
     cluster.add_argument("--worker-hosts", default="", help="host:port,host:port")
     cluster.add_argument("--chief-host", default="", help="host:port")
-    return JOBS[JOB].parse(argv, parser)
+    return JOB.parse(argv, parser)
 
 
 def resolve_cluster(args: argparse.Namespace, environ=os.environ) -> tuple[ClusterSpec, str, int]:
@@ -105,7 +105,7 @@ def done_file(args: argparse.Namespace, spec: ClusterSpec, role: str, index: int
     folder on every host), else in the server's working directory; the port keeps apart
     tasks that share a host."""
     folder = Path(args.cluster_spec).parent if args.cluster_spec else Path()
-    return folder / f".{JOB}-{role}-{index}-{split_address(spec[role][index], role)[1]}.done"
+    return folder / f".{JOB.name}-{role}-{index}-{split_address(spec[role][index], role)[1]}.done"
 
 
 def serve(spec: ClusterSpec, role: str, index: int, args: argparse.Namespace) -> None:
@@ -159,96 +159,53 @@ def join_cluster(tf, spec: ClusterSpec, role: str, index: int, args: argparse.Na
                                                      communication_options=options), None
 
 
+class Training(NamedTuple):
+    """What the training loop of one trainer works with, once its cluster formed."""
+    strategy: object
+    coordinator: object | None
+    """ParameterServerStrategy's ClusterCoordinator; None under MultiWorkerMirroredStrategy."""
+    model: object
+    optimizer: object
+    epoch: object
+    """A tf.Variable: the last epoch done, checkpointed with the model and the optimizer."""
+    manager: object
+    """The tf.train.CheckpointManager of checkpoint_dir."""
+    checkpoint_dir: Path
+    steps_per_epoch: int
+
+
 def train(spec: ClusterSpec, role: str, index: int, args: argparse.Namespace,
           started: float) -> None:
     """The training loop of the chief (ps) or of every trainer (sync); the chief writes results."""
     (x_train, y_train), test_set = load_mnist(args.data)
     x_train, y_train = shuffled(x_train, y_train)
     chief = is_chief(spec, role, index)
-    output = results_dir(args.output, JOB) if chief else None
+    output = results_dir(args.output, JOB.name) if chief else None
     steps_per_epoch = args.steps_per_epoch or math.ceil(len(x_train) / args.batch_size)
 
     import tensorflow as tf
 
-    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-    peers = [(r, i) for r, i, _ in tasks(spec) if (r, i) != (role, index)]
-    watch = PeerWatch(spec, peers, args.timeout)
-    stop_watching = watch.watch_in_background()
-    strategy, coordinator = join_cluster(tf, spec, role, index, args)
-    watch.formed()
-    print(f"{describe(spec, role, index)}: cluster formed ({args.strategy}), "
-          f"{steps_per_epoch} steps/epoch", flush=True)
-
-    with strategy.scope():
-        model = build_cnn()
-        optimizer = adam(args.learning_rate, args.epochs * steps_per_epoch)
-        optimizer.build(model.trainable_variables)
-        epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch)
-    # Non-chief sync trainers must save too (TF's rule), into a folder of their own.
-    checkpoint_dir = output / "checkpoints" if chief else Path(tempfile.mkdtemp(prefix=JOB))
-    manager = tf.train.CheckpointManager(checkpoint, str(checkpoint_dir), max_to_keep=2)
-    if args.resume:
-        checkpoint.restore(resumed_checkpoint(args.resume))
-    elif args.output:  # a rerun into the same folder resumes (sync: on a shared filesystem)
-        checkpoint.restore(tf.train.latest_checkpoint(str(Path(args.output) / "checkpoints")))
-
-    make_dataset = dataset_fn(tf, x_train, y_train, args.batch_size)
-    if coordinator:
-        iterator = iter(coordinator.create_per_worker_dataset(
-            tf.function(lambda: strategy.distribute_datasets_from_function(make_dataset))))
-    else:
-        iterator = iter(strategy.distribute_datasets_from_function(make_dataset))
-    step = train_step(strategy, model, optimizer, global_batch_size=args.batch_size)
+    stop_watching, strategy, coordinator = form_cluster(tf, spec, role, index, args,
+                                                        steps_per_epoch)
+    training = training_state(tf, strategy, coordinator, args, steps_per_epoch, output)
+    iterator = distributed_batches(tf, training, x_train, y_train, args.batch_size)
+    step = train_step(strategy, training.model, training.optimizer,
+                      global_batch_size=args.batch_size)
     summaries = summary_writer(output) if chief else None
 
-    first_epoch = int(epoch.numpy())
+    first_epoch = int(training.epoch.numpy())
     train_started = time.monotonic()
-    epochs: list[Epoch] = []  # none left to run when resuming a finished run
     try:
-        for number in range(first_epoch + 1, args.epochs + 1):
-            epoch_started = time.monotonic()
-            if coordinator:
-                results = [coordinator.schedule(step, args=(iterator,))
-                           for _ in range(steps_per_epoch)]
-                coordinator.join()
-                results = [result.fetch() for result in results]
-            else:
-                results = [step(iterator).numpy() for _ in range(steps_per_epoch)]
-            epochs.append(epoch_of(results, time.monotonic() - epoch_started))
-            epoch.assign(number)
-            manager.save()
-            if chief and stored.run_store():  # where another host can resume from
-                store_checkpoints(str(checkpoint_dir), stored.run_store())
-            if summaries:
-                log_epoch(summaries, number, epochs[-1])
-            print(f"epoch {number}/{args.epochs}: loss {epochs[-1].loss:.4f}, accuracy "
-                  f"{epochs[-1].accuracy:.4f} ({time.monotonic() - epoch_started:.1f}s)",
-                  flush=True)
+        epochs = run_epochs(training, step, iterator, first_epoch, args, chief, summaries)
         train_seconds = time.monotonic() - train_started
         if chief:
-            steps_run = (args.epochs - first_epoch) * steps_per_epoch
             if epochs:
                 plot_training_curve(epochs, output / "training_curve.png", first_epoch + 1)
-            evaluate_and_save(model.get_weights(), test_set, output, {
-                "train_loss": epochs[-1].loss if epochs else None,
-                "history": {"first_epoch": first_epoch + 1, "loss": [e.loss for e in epochs],
-                            "accuracy": [e.accuracy for e in epochs]},
-                "epochs": args.epochs,
-                "epochs_this_run": args.epochs - first_epoch,
-                "steps": args.epochs * steps_per_epoch,
-                "steps_per_epoch": steps_per_epoch,
-                "batch_size": args.batch_size,
-                "learning_rate": args.learning_rate,
-                "strategy": args.strategy,
-                "cluster": {role: len(spec.get(role, [])) for role in ROLES},
-                "trainers": len(trainers(spec, args.strategy)),
-                "train_examples": len(x_train),
-                "examples_per_second": steps_run * args.batch_size / train_seconds,
-                "seconds": {"startup": train_started - started, "train": train_seconds},
-            })
+            evaluate_and_save(training.model.get_weights(), test_set, output, training_metrics(
+                args, spec, epochs, first_epoch, steps_per_epoch, len(x_train),
+                {"startup": train_started - started, "train": train_seconds}))
         else:
-            shutil.rmtree(checkpoint_dir, ignore_errors=True)
+            shutil.rmtree(training.checkpoint_dir, ignore_errors=True)
         if coordinator:
             stop_watching.set()  # the servers leave once released
             release_servers(tf, args, spec)
@@ -258,6 +215,103 @@ def train(spec: ClusterSpec, role: str, index: int, args: argparse.Namespace,
     except tf.errors.OpError as exc:
         exit_now(1, tf_error_line(spec, exc.message, (role, index)))
     print(f"{describe(spec, role, index)}: done in {time.monotonic() - started:.1f}s", flush=True)
+
+
+def form_cluster(tf, spec: ClusterSpec, role: str, index: int, args: argparse.Namespace,
+                 steps_per_epoch: int):
+    """(the peer watch's stop event, strategy, coordinator or None): this trainer in its
+    formed cluster, its peers watched from now on."""
+    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+    peers = [(r, i) for r, i, _ in tasks(spec) if (r, i) != (role, index)]
+    watch = PeerWatch(spec, peers, args.timeout)
+    stop_watching = watch.watch_in_background()
+    strategy, coordinator = join_cluster(tf, spec, role, index, args)
+    watch.formed()
+    print(f"{describe(spec, role, index)}: cluster formed ({args.strategy}), "
+          f"{steps_per_epoch} steps/epoch", flush=True)
+    return stop_watching, strategy, coordinator
+
+
+def training_state(tf, strategy, coordinator, args: argparse.Namespace, steps_per_epoch: int,
+                   output: Path | None) -> Training:
+    """The model, its optimizer and the epoch counter under the strategy, restored from the
+    last checkpoint of --resume's run, or of --output's when rerun into the same folder."""
+    with strategy.scope():
+        model = build_cnn()
+        optimizer = adam(args.learning_rate, args.epochs * steps_per_epoch)
+        optimizer.build(model.trainable_variables)
+        epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch)
+    # Non-chief sync trainers must save too (TF's rule), into a folder of their own.
+    checkpoint_dir = output / "checkpoints" if output else Path(tempfile.mkdtemp(prefix=JOB.name))
+    manager = tf.train.CheckpointManager(checkpoint, str(checkpoint_dir), max_to_keep=2)
+    if args.resume:
+        checkpoint.restore(resumed_checkpoint(args.resume))
+    elif args.output:  # a rerun into the same folder resumes (sync: on a shared filesystem)
+        checkpoint.restore(tf.train.latest_checkpoint(str(Path(args.output) / "checkpoints")))
+    return Training(strategy, coordinator, model, optimizer, epoch, manager, checkpoint_dir,
+                    steps_per_epoch)
+
+
+def distributed_batches(tf, training: Training, images, labels, batch_size: int):
+    """An iterator over the strategy's distributed batches (per worker, under a coordinator)."""
+    strategy, make_dataset = training.strategy, dataset_fn(tf, images, labels, batch_size)
+    if training.coordinator:
+        return iter(training.coordinator.create_per_worker_dataset(
+            tf.function(lambda: strategy.distribute_datasets_from_function(make_dataset))))
+    return iter(strategy.distribute_datasets_from_function(make_dataset))
+
+
+def run_epochs(training: Training, step, iterator, first_epoch: int, args: argparse.Namespace,
+               chief: bool, summaries) -> list[Epoch]:
+    """Epochs first_epoch + 1 .. --epochs, each checkpointed (the chief's also into the run's
+    storage, where another host can resume from) and printed; none left when resuming a
+    finished run."""
+    coordinator, epochs = training.coordinator, []
+    for number in range(first_epoch + 1, args.epochs + 1):
+        epoch_started = time.monotonic()
+        if coordinator:
+            results = [coordinator.schedule(step, args=(iterator,))
+                       for _ in range(training.steps_per_epoch)]
+            coordinator.join()
+            results = [result.fetch() for result in results]
+        else:
+            results = [step(iterator).numpy() for _ in range(training.steps_per_epoch)]
+        epochs.append(epoch_of(results, time.monotonic() - epoch_started))
+        training.epoch.assign(number)
+        training.manager.save()
+        if chief and stored.run_store():  # where another host can resume from
+            store_checkpoints(str(training.checkpoint_dir), stored.run_store())
+        if summaries:
+            log_epoch(summaries, number, epochs[-1])
+        print(f"epoch {number}/{args.epochs}: loss {epochs[-1].loss:.4f}, accuracy "
+              f"{epochs[-1].accuracy:.4f} ({time.monotonic() - epoch_started:.1f}s)",
+              flush=True)
+    return epochs
+
+
+def training_metrics(args: argparse.Namespace, spec: ClusterSpec, epochs: list[Epoch],
+                     first_epoch: int, steps_per_epoch: int, train_examples: int,
+                     seconds: dict[str, float]) -> dict:
+    """metrics.json's training part: the history of this run's epochs, the setup, the speed."""
+    steps_run = (args.epochs - first_epoch) * steps_per_epoch
+    return {
+        "train_loss": epochs[-1].loss if epochs else None,
+        "history": {"first_epoch": first_epoch + 1, "loss": [e.loss for e in epochs],
+                    "accuracy": [e.accuracy for e in epochs]},
+        "epochs": args.epochs,
+        "epochs_this_run": args.epochs - first_epoch,
+        "steps": args.epochs * steps_per_epoch,
+        "steps_per_epoch": steps_per_epoch,
+        "batch_size": args.batch_size,
+        "learning_rate": args.learning_rate,
+        "strategy": args.strategy,
+        "cluster": {role: len(spec.get(role, [])) for role in ROLES},
+        "trainers": len(trainers(spec, args.strategy)),
+        "train_examples": train_examples,
+        "examples_per_second": steps_run * args.batch_size / seconds["train"],
+        "seconds": seconds,
+    }
 
 
 def evaluate_and_save(weights: list, test_set, output: Path, metrics: dict) -> None:
@@ -293,6 +347,12 @@ def main(argv: list[str] | None = None) -> None:
         train(spec, role, index, args, started)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """What `python -m workloads.train_ps` runs (the package's __main__, or this module, the
+    job's declared module that fab starts): main() with one-line errors."""
     run_cli(main)
     exit_now(0)  # all is written: skip TensorFlow's slow C++ teardown
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,8 +1,8 @@
 """TensorFlow cluster specs for train-ps: build, validate, describe, and the argv of every process.
 
 A cluster spec is TF's own dict, ``{"chief": ["host:port"], "worker": [...], "ps": [...]}``.
-Standard library only: ops imports this on the control machine without TensorFlow, and local
-and remote launches both take their argvs from :func:`process_argvs`.
+Standard library only: the job's declaration (its plan) uses this on the control machine without
+TensorFlow, and local and remote launches both take their argvs from :func:`process_argvs`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from kindling import UserError
 ROLES = ("chief", "worker", "ps")
 STRATEGIES = ("ps", "sync")
 DEFAULT_PORT = 2222
-MODULE = "workloads.train_ps"
 
 ClusterSpec = dict[str, list[str]]
 Task = tuple[str, int]
@@ -175,13 +174,14 @@ def reachable(address: str, timeout: float = 1.0) -> bool:
         return False
 
 
-def process_argvs(spec: ClusterSpec, job_args: list[str], spec_path: str,
+def process_argvs(spec: ClusterSpec, module: str, job_args: list[str], spec_path: str,
                   python: str = "python3") -> list[tuple[str, int, str, list[str]]]:
     """(role, index, host, argv) for every process of a train-ps run, servers first.
 
-    The argv is what runs on `host`, with the spec JSON at `spec_path` there; job_args are the
-    train-ps flags (--strategy, --epochs, --data, ...), the same for every process."""
+    The argv is what runs on `host`: `python -m module` (the job's declared module), with the
+    spec JSON at `spec_path` there; job_args are the train-ps flags (--strategy, --epochs,
+    --data, ...), the same for every process."""
     return [(role, index, split_address(address, f"{role} {index}")[0],
-             [python, "-m", MODULE, role, str(index), "--cluster-spec", os.fspath(spec_path),
+             [python, "-m", module, role, str(index), "--cluster-spec", os.fspath(spec_path),
               *job_args])
             for role, index, address in tasks(spec)]

@@ -1,0 +1,175 @@
+"""The job dependencies on every host: the venv, installed by uv from PyPI, or from a wheelhouse
+pushed to the master once and served from there to the other hosts."""
+
+from __future__ import annotations
+
+import hashlib
+import shlex
+import subprocess
+import threading
+from pathlib import Path
+
+from fabric import Connection
+
+from kindling import Host, HostError, Inventory
+from ops.remote import (HOME, INSTALL_TIMEOUT, PYTHON, VENV, WHEELHOUSE, WHEELHOUSE_SERVER_PID,
+                        read_stamp, sh, where, write_stamp)
+from ops.services.base import DeployContext, Step, file_digest
+from ops.ssh import ssh_command
+from ops.wheelhouse import INSTALLER, pins
+
+
+class ServedWheelhouse:
+    """The master's copy of the wheelhouse, served over HTTP on its private address: the laptop
+    uploads the wheels once, and the other hosts fetch them from their neighbour (members talk
+    freely inside the cluster's security group) instead of N uploads through the master's SSH.
+
+    The master's thread serves it; the other hosts' threads wait for `url` (or the master's
+    failure), so a worker never installs from a half-pushed folder."""
+
+    port = 7071
+    lifetime = INSTALL_TIMEOUT
+    """Seconds the server may live: it is stopped at the end of the deploy, and dies by itself
+    if fab itself is killed."""
+
+    def __init__(self, master: Host):
+        self.master = master
+        self._ready = threading.Event()
+        self._url: str | None = None
+
+    def publish(self, url: str | None) -> None:
+        """The URL to install from, or None when the master failed before serving; the
+        first call wins."""
+        if not self._ready.is_set():
+            self._url = url
+            self._ready.set()
+
+    def url(self, cxn: Connection) -> str:
+        if not self._ready.wait(self.lifetime):
+            raise HostError(*where(cxn), "python deps", f"the master served no wheelhouse "
+                            f"within {self.lifetime}s")
+        if self._url is None:
+            raise HostError(*where(cxn), "python deps", f"the master ({self.master.name}) "
+                            "failed before serving the wheelhouse; see its line")
+        return self._url
+
+    def start_command(self) -> str:
+        return (f"cd {WHEELHOUSE} && (setsid timeout {self.lifetime} python3 -m http.server "
+                f"{self.port} --bind {self.master.privateIp} >/dev/null 2>&1 & "
+                f"echo $! > {WHEELHOUSE_SERVER_PID})")
+
+    def stop_command(self) -> str:
+        return (f"test -f {WHEELHOUSE_SERVER_PID} && kill $(cat {WHEELHOUSE_SERVER_PID}) "
+                f"2>/dev/null; rm -f {WHEELHOUSE_SERVER_PID}; true")
+
+
+class WheelhouseServer(Step):
+    """On the master, before anything waits for cloud-init: the wheelhouse pushed (only the
+    wheels it lacks) and served to the other hosts, overlapping the upload with their boot."""
+
+    name = "wheelhouse"
+    answer_timeout = 30
+
+    def is_current(self, cxn, host, ctx):
+        return False  # the push itself skips the wheels already there
+
+    def install(self, cxn, host, ctx):
+        push_wheelhouse(cxn, host, ctx)
+        sh(cxn, ctx.served.stop_command(), what="stopping an old wheelhouse server")
+        sh(cxn, ctx.served.start_command(), what="serving the wheelhouse")
+        url = f"http://{host.privateIp}:{ctx.served.port}/"
+        probe = (f"python3 -c \"import urllib.request, time\nfor _ in range({self.answer_timeout * 10}):\n"
+                 f"  try: urllib.request.urlopen('{url}', timeout=2); break\n"
+                 "  except OSError: time.sleep(0.1)\nelse: raise SystemExit('no answer')\"")
+        sh(cxn, probe, what=f"serving the wheelhouse on {url}")
+        ctx.served.publish(url)
+
+
+class PythonDependencies(Step):
+    """The venv with the pinned job dependencies, installed by uv (pinned, from the same
+    source as the rest) from PyPI, from the pushed wheelhouse (master), or from the master's
+    served copy of it (every other host)."""
+
+    name = "python deps"
+
+    def version(self, ctx: DeployContext) -> str:
+        wheels = sorted(ctx.wheelhouse.glob("*.whl")) if ctx.wheelhouse else []
+        listing = "\n".join(f"{w.name}:{w.stat().st_size}" for w in wheels)
+        return file_digest([ctx.constraints]) + hashlib.sha256(listing.encode()).hexdigest()[:8]
+
+    def is_current(self, cxn, host, ctx):
+        return read_stamp(cxn, "python-deps") == self.version(ctx)
+
+    def install(self, cxn, host, ctx):
+        sh(cxn, f"test -x {PYTHON} || python3 -m venv {VENV}", what="creating the venv")
+        constraints = f"{HOME}/constraints.txt"
+        cxn.put(str(ctx.constraints), constraints)
+        if ctx.wheelhouse:
+            if host.name == ctx.inventory.master.name or not ctx.served:
+                if not ctx.served:
+                    push_wheelhouse(cxn, host, ctx)
+                links = WHEELHOUSE
+            else:  # plain HTTP inside the cluster's security group: trust that one address
+                links = f"{ctx.served.url(cxn)} --trusted-host {ctx.inventory.master.privateIp}"
+            source = f"--no-index --find-links {links}"
+            fix = ("the wheelhouse has no wheels for this host's Python; rebuild it with "
+                   "`fab wheelhouse --target TARGET` (asks the master) and deploy again")
+        else:  # fail in seconds, not minutes of retries, when the host cannot reach PyPI
+            source = "--retries 1 --timeout 15"
+            fix = ("the host cannot install from PyPI; build a wheelhouse for its Python with "
+                   "`fab wheelhouse --target TARGET` and pass `fab deploy --wheelhouse DIR`")
+        pin = shlex.quote(f"{INSTALLER}=={pins(ctx.constraints)[INSTALLER]}")
+        self._run(cxn, f"{PYTHON} -m pip install -q --no-compile --disable-pip-version-check "
+                       f"{source} {pin}", fix)
+        uv_source = source.replace("--retries 1 --timeout 15", "").replace(
+            "--trusted-host", "--allow-insecure-host")
+        requirements = " ".join(shlex.quote(r) for r in workload_requirements(ctx.constraints))
+        self._run(cxn, f"UV_HTTP_TIMEOUT=15 {VENV}/bin/uv pip install -q --python {PYTHON} "
+                       f"--cache-dir {HOME}/uv-cache {uv_source} -c {constraints} {requirements}",
+                  fix)
+        write_stamp(cxn, "python-deps", self.version(ctx))
+
+    @staticmethod
+    def _run(cxn: Connection, command: str, fix: str) -> None:
+        result = cxn.run(command, hide=True, warn=True, timeout=INSTALL_TIMEOUT, in_stream=False)
+        if result.exited:
+            last = ((result.stderr.strip() or result.stdout.strip()).splitlines() or ["no output"])[-1]
+            raise HostError(*where(cxn), "installing the job dependencies", f"{last[:200]}; {fix}")
+
+
+def workload_requirements(constraints: Path) -> list[str]:
+    """The `workloads` extra of pyproject.toml: what every host needs to run the jobs."""
+    import tomllib
+
+    pyproject = tomllib.loads((constraints.parent / "pyproject.toml").read_text())
+    return pyproject["project"]["optional-dependencies"]["workloads"]
+
+
+def push_wheelhouse(cxn: Connection, host: Host, ctx: DeployContext) -> None:
+    """The wheels the host lacks, in one scp: the slowest step of a first deploy (~1 GB)."""
+    push_files(cxn, host, ctx.inventory, sorted(ctx.wheelhouse.glob("*.whl")), WHEELHOUSE,
+               "copying the wheelhouse")
+
+
+def push_files(cxn: Connection, host: Host, inventory: Inventory, files: list[Path],
+               remote_dir: str, step: str) -> None:
+    """Copy the files the host lacks in remote_dir (same name and size = present) in one
+    OpenSSH `scp`, pinned like every connection (the cluster's ssh_config): several times
+    faster than paramiko's SFTP for big files."""
+    sh(cxn, f"mkdir -p {remote_dir}")
+    listing = sh(cxn, f"cd {remote_dir} && for f in *; do [ -f \"$f\" ] && "
+                      "printf '%s %s\\n' \"$f\" $(stat -c %s \"$f\"); done; true")
+    present = dict(line.rsplit(" ", 1) for line in listing.splitlines() if " " in line)
+    missing = [str(file) for file in files if present.get(file.name) != str(file.stat().st_size)]
+    if not missing:
+        return
+    ssh = ssh_command(inventory, host)
+    try:
+        done = subprocess.run(["scp", "-q", *ssh[1:3], *missing, f"{host.name}:{remote_dir}/"],
+                              capture_output=True, text=True, timeout=INSTALL_TIMEOUT,
+                              stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise HostError(*where(cxn), step, f"not done within {INSTALL_TIMEOUT}s") from None
+    if done.returncode:
+        detail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise HostError(*where(cxn), step, f"scp exit {done.returncode}: {detail}")
