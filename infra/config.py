@@ -16,6 +16,9 @@ import pulumi
 from infra.addresses import MAX_PS_HOSTS
 
 EXAMPLE_SSH_CIDR = "203.0.113.7/32"
+MIN_SSH_PREFIX = 8
+"""The widest sshCidr accepted without allowSshFromAnywhere: a /8 is a whole private range;
+0.0.0.0/1 would be half the internet."""
 MIN_ROOT_VOLUME_GIB = 16   # Ubuntu + JDK + TensorFlow + Spark take ~10 GiB
 MAX_ROOT_VOLUME_GIB = 16384  # gp3 limit
 
@@ -111,8 +114,10 @@ class SparkClusterArgs:
             _fail(f"sshCidr {self.ssh_cidr!r} is not a CIDR; run {fix}")
         if network.version != 4:
             _fail(f"sshCidr {self.ssh_cidr!r} is IPv6 but the cluster network is IPv4 only; run {fix}")
-        if network.prefixlen == 0 and not self.allow_ssh_from_anywhere:
-            _fail(f"sshCidr {self.ssh_cidr} opens SSH to the whole internet; run {fix}, "
+        if network.prefixlen < MIN_SSH_PREFIX and not self.allow_ssh_from_anywhere:
+            reach = ("the whole internet" if network.prefixlen == 0
+                     else f"{network.num_addresses:,} addresses (wider than /{MIN_SSH_PREFIX})")
+            _fail(f"sshCidr {self.ssh_cidr} opens SSH to {reach}; run {fix}, "
                   "or accept it with `pulumi config set allowSshFromAnywhere true`")
         return str(network)
 

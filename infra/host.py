@@ -125,6 +125,7 @@ class ClusterHost(pulumi.ComponentResource):
                 volume_type="gp3", volume_size=args.root_volume_gib, encrypted=True,
                 delete_on_termination=True),
             instance_market_options=_spot_market(args) if args.spot else None,
+            credit_specification=_standard_credits(args.instance_type),
             placement_group=args.placement_group,
             user_data=user_data,
             tags=tags,
@@ -142,6 +143,17 @@ class ClusterHost(pulumi.ComponentResource):
                 f"{name}-state", instance_id=instance.id, state="running" if args.running else "stopped",
                 opts=pulumi.ResourceOptions(parent=self))
         return instance
+
+
+BURSTABLE_FAMILIES = ("t2", "t3", "t3a", "t4g")
+
+
+def _standard_credits(instance_type: str) -> Optional[aws.ec2.InstanceCreditSpecificationArgs]:
+    """A burstable host in standard credit mode: EC2 launches t3/t3a/t4g in unlimited mode,
+    billed beyond the hourly price the cost line shows; standard throttles instead."""
+    if instance_type.split(".")[0] not in BURSTABLE_FAMILIES:
+        return None
+    return aws.ec2.InstanceCreditSpecificationArgs(cpu_credits="standard")
 
 
 def _spot_market(args: ClusterHostArgs) -> aws.ec2.InstanceInstanceMarketOptionsArgs:

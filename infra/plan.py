@@ -92,9 +92,18 @@ def _offered_zones(types: list[str]) -> dict[str, set[str]]:
     return zones
 
 
+def _availability_zones() -> set[str]:
+    """The region's Availability Zones proper: not its Local or Wavelength Zones (an opted-in
+    `us-east-1-bos-1a` sorts before `us-east-1a`, and offers few types and no regional Elastic IP)."""
+    return set(aws.get_availability_zones(state="available", filters=[
+        aws.GetAvailabilityZonesFilterArgs(name="zone-type", values=["availability-zone"])]).names)
+
+
 def _zone_offering(types: list[str]) -> str:
-    """The first zone (by name) that offers every type, so the choice is stable across runs."""
-    zones = _offered_zones(types)
+    """The first Availability Zone (by name) that offers every type, so the choice is stable
+    across runs."""
+    proper = _availability_zones()
+    zones = {instance_type: offered & proper for instance_type, offered in _offered_zones(types).items()}
     common = set.intersection(*zones.values())
     if not common:
         offered = "; ".join(f"{t} in {', '.join(sorted(z)) or 'no zone'}" for t, z in zones.items())

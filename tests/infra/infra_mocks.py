@@ -35,9 +35,13 @@ GET_SUBNET = "aws:ec2/getSubnet:getSubnet"
 GET_OFFERINGS = "aws:ec2/getInstanceTypeOfferings:getInstanceTypeOfferings"
 GET_INSTANCE_TYPE = "aws:ec2/getInstanceType:getInstanceType"
 GET_QUOTA = "aws:servicequotas/getServiceQuota:getServiceQuota"
-# The families each zone offers: the first zone lacks m7i, as some us-east-1 zones really do.
-ZONE_FAMILIES = {"us-east-1a": {"t3", "c7i"}, "us-east-1b": {"t3", "c7i", "m7i"},
+GET_ZONES = "aws:index/getAvailabilityZones:getAvailabilityZones"
+# The families each zone offers: the first zone lacks m7i, as some us-east-1 zones really do. An
+# opted-in Local Zone sorts before them all and offers them all (which no Local Zone does).
+ZONE_FAMILIES = {"us-east-1-bos-1a": {"t3", "c7i", "m7i", "r7i"},
+                 "us-east-1a": {"t3", "c7i"}, "us-east-1b": {"t3", "c7i", "m7i"},
                  "us-east-1c": {"t3", "c7i", "m7i", "r7i"}, "us-east-1d": {"t3", "m7i", "r7i", "x2idn"}}
+LOCAL_ZONES = {"us-east-1-bos-1a"}
 EXISTING_SUBNET = {"id": "subnet-0123456789abcdef0", "vpcId": "vpc-0123456789abcdef0",
                    "cidrBlock": "172.31.32.0/24", "availabilityZone": "us-east-1c"}
 # Quota code -> value: what a young account has been granted. Elastic IPs at AWS's default of 5.
@@ -158,6 +162,12 @@ class AwsMocks(pulumi.runtime.Mocks):
             return {"id": "us-east-1", "instanceTypes": [t for t, _ in offered],
                     "locations": [zone for _, zone in offered],
                     "locationTypes": [args.args["locationType"]] * len(offered)}
+        if args.token == GET_ZONES:
+            [types] = [f["values"] for f in args.args.get("filters", []) if f["name"] == "zone-type"] or [
+                ["availability-zone", "local-zone"]]
+            names = [zone for zone in ZONE_FAMILIES
+                     if ("local-zone" if zone in LOCAL_ZONES else "availability-zone") in types]
+            return {"id": "us-east-1", "names": names, "zoneIds": [f"use1-az{i}" for i, _ in enumerate(names)]}
         if args.token == GET_INSTANCE_TYPE:
             return {"id": args.args["instanceType"], "defaultVcpus": _vcpus(args.args["instanceType"])}
         if args.token == GET_QUOTA:

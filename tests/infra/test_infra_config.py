@@ -83,6 +83,9 @@ def test_every_config_key_reaches_its_field():
     ({"kindling:maxHours": "-2"}, "maxHours is -2", "pulumi config set maxHours 8"),
     ({"kindling:sshCidr": "0.0.0.0/0"}, "opens SSH to the whole internet",
      "pulumi config set allowSshFromAnywhere true"),
+    ({"kindling:sshCidr": "0.0.0.0/1"}, "opens SSH to 2,147,483,648 addresses (wider than /8)",
+     "pulumi config set allowSshFromAnywhere true"),
+    ({"kindling:sshCidr": "128.0.0.0/7"}, "(wider than /8)", "pulumi config set sshCidr"),
     ({"kindling:sshCidr": "my-laptop"}, "sshCidr 'my-laptop' is not a CIDR", "pulumi config set sshCidr"),
     ({"kindling:sshCidr": "2001:db8::/64"}, "is IPv6 but the cluster network is IPv4 only",
      "pulumi config set sshCidr"),
@@ -145,6 +148,8 @@ def test_a_value_of_the_wrong_type_is_pulumis_own_one_line_error():
 
 def test_ssh_from_anywhere_needs_the_explicit_opt_in():
     assert loaded({"kindling:sshCidr": "0.0.0.0/0", "kindling:allowSshFromAnywhere": "true"}).ssh_cidr == "0.0.0.0/0"
+    assert loaded({"kindling:sshCidr": "0.0.0.0/1", "kindling:allowSshFromAnywhere": "true"}).ssh_cidr == "0.0.0.0/1"
+    assert loaded({"kindling:sshCidr": "10.0.0.0/8"}).ssh_cidr == "10.0.0.0/8"  # a private range
 
 
 def test_a_config_error_stops_the_program_before_any_resource():
@@ -167,6 +172,7 @@ def test_pulumi_project_runs_infra_in_the_repo_virtualenv():
     assert project["runtime"] == {"name": "python", "options": {"virtualenv": ".venv"}}
     assert project["main"] == "infra/"
     assert (ROOT / project["main"] / "__main__.py").is_file()
+    assert project["options"] == {"refresh": "always"}  # auto-stopped or spot-taken hosts are seen
 
 
 def test_example_stack_config_documents_every_key_and_loads():

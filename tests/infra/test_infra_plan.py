@@ -10,7 +10,7 @@ import pytest
 from infra.addresses import MAX_PS_HOSTS, host_addresses
 from infra.config import ClusterConfigError
 from infra.prices import PRICES_AS_OF, on_demand_price
-from infra_mocks import (EXISTING_SUBNET, GET_INSTANCE_TYPE, GET_OFFERINGS, QUOTAS, ZONE_FAMILIES, AwsMocks, MockedStack,
+from infra_mocks import (EXISTING_SUBNET, GET_INSTANCE_TYPE, GET_OFFERINGS, QUOTAS, LOCAL_ZONES, ZONE_FAMILIES, AwsMocks, MockedStack,
                          cluster_args, deploy)
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:pulumi_aws.*")
@@ -39,8 +39,10 @@ def test_the_zone_is_the_first_that_offers_every_instance_type(overrides):
     [subnet] = deployment.of_type(SUBNET)
     zone = subnet.inputs["availabilityZone"]
     types = {i.inputs["instanceType"] for i in deployment.of_type("aws:ec2/instance:Instance")}
-    assert all(offers(zone, t) for t in types)
-    assert not any(all(offers(z, t) for t in types) for z in ZONE_FAMILIES if z < zone)
+    assert all(offers(zone, t) for t in types) and zone not in LOCAL_ZONES
+    # the Local Zone offers them all and sorts first: never picked
+    assert not any(all(offers(z, t) for t in types) for z in ZONE_FAMILIES
+                   if z < zone and z not in LOCAL_ZONES)
     # A zone offered later (or withdrawn) must not move the subnet, and every host with it.
     assert "availabilityZone" in subnet.ignore_changes
     [(_, lookup)] = [(t, a) for t, a in deployment.invokes if t == GET_OFFERINGS]

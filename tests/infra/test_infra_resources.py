@@ -86,6 +86,15 @@ def test_instance_count_and_type_per_role(cluster, defaults):
     assert {i.inputs["instanceType"] for i in default_roles["worker"]} == {"m7i.xlarge"}
 
 
+def test_burstable_hosts_launch_with_standard_credits_others_have_no_credit_setting(defaults):
+    """t3 and friends launch in unlimited mode unless told: billed beyond the hourly cost shown."""
+    burstable = deploy(master_instance_type="t3.large", worker_instance_type="t3.xlarge")
+    for instance in burstable.of_type(INSTANCE):
+        assert instance.inputs["creditSpecification"] == {"cpuCredits": "standard"}, instance.name
+    for instance in defaults.of_type(INSTANCE):  # m7i: not burstable
+        assert "creditSpecification" not in instance.inputs, instance.name
+
+
 def test_ps_hosts_default_to_the_master_instance_type(variant):
     roles = by_role(variant)
     assert [i.inputs["instanceType"] for i in roles["ps"]] == ["m7i.2xlarge"]
