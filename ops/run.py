@@ -60,6 +60,7 @@ def resolve(target: "Target", job: Job, args: list[str], fresh: bool) -> RunRequ
     check_downloads(job.downloads(job.parse(args)))
     locations = job.uri_values(args)
     target.storage.check(locations)
+    target.check(job)
     return RunRequest(job, args, run_id, run_dir, locations)
 
 

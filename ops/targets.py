@@ -62,6 +62,9 @@ class Target:
         local data placed, storage locations spelt out for the job's processes."""
         raise NotImplementedError
 
+    def check(self, job: Job) -> None:
+        """Refuse, in one line, a run this target cannot start (before anything starts)."""
+
     def placement(self, job: Job) -> Placement:
         raise NotImplementedError
 
@@ -147,6 +150,14 @@ class LocalTarget(Target):
 
     def run_folder(self, run_id, output):
         return str(Path(output).resolve()) if output else f"{self.runs_dir}/{run_id}"
+
+    def check(self, job):
+        """Spark's daemons need Java on this machine, as its scripts find it."""
+        if job.uses_spark and not os.environ.get("JAVA_HOME") and not shutil.which("java"):
+            raise UserError(f"{job.name} runs on Spark, and Spark needs Java 17 or 21: there is no "
+                            "`java` on the PATH and no JAVA_HOME; install one (Debian/Ubuntu: `sudo "
+                            "apt-get install default-jre-headless`, macOS: `brew install openjdk@21`) "
+                            "or set JAVA_HOME")
 
     def prepare(self, request):
         """Path flags made absolute (the processes run in their run folder), local Spark up."""
