@@ -41,7 +41,8 @@ class RunRequest:
     run_dir: str
     """Where the run's processes keep their files on the hosts."""
     locations: list[str]
-    """The storage locations it reads (ops.storage), checked from here."""
+    """The storage locations it reads (ops.storage), checked from here; once prepared, as the
+    hosts see them (local data put in the cluster's storage included)."""
 
     def local_paths(self, stored: bool | None = None) -> dict[str, Path]:
         """Each value of the job's path flags naming a local file or folder -> that path here;
@@ -73,7 +74,7 @@ def run(target: "Target", job: Job, args: list[str], timeout: float, detach: boo
         target.deploy(request, wheelhouse)
     try:
         started = time.time()
-        launched = launch(target, request, target.prepare(request))
+        launched = launch(target, target.prepare(request))
         if detach:
             console.print(f"detached: {request.run_id}")
             console.print(f"follow it with `fab logs --job {job.name}`, stop it with "
@@ -85,16 +86,17 @@ def run(target: "Target", job: Job, args: list[str], timeout: float, detach: boo
             target.release(job)
 
 
-def launch(target: "Target", request: RunRequest, host_args: list[str]) -> Run:
-    """The job's plan for the target's placement, with what its storage needs, started."""
-    job = request.job
-    conf, env = target.storage.access(job.uri_values(host_args),
-                                      target.storage.run_location(request.run_id))
+def launch(target: "Target", prepared: RunRequest) -> Run:
+    """The job's plan for the target's placement (the request as the hosts see it), with what
+    its storage needs, started."""
+    job = prepared.job
+    conf, env = target.storage.access(prepared.locations,
+                                      target.storage.run_location(prepared.run_id))
     placement = target.placement(job)
     placement = replace(placement, spark_conf=tuple(conf.items()),
                         process_env=placement.process_env + tuple(env.items()))
-    plan = job.plan(job, placement, host_args, request.run_dir)
-    started = Run(request.run_id, request.run_dir, plan.processes, target.cluster,
+    plan = job.plan(job, placement, prepared.args, prepared.run_dir)
+    started = Run(prepared.run_id, prepared.run_dir, plan.processes, target.cluster,
                   files=plan.files, noise=plan.noise)
     started.start()
     return started

@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from invoke import Context
@@ -57,9 +58,9 @@ class Target:
         """Where the run's processes keep their files (and the job its results) on the hosts."""
         raise NotImplementedError
 
-    def prepare(self, request) -> list[str]:
-        """Make the target ready for a run (ops.run.RunRequest); its args as the hosts see them:
-        local data placed, storage locations spelt out for the job's processes."""
+    def prepare(self, request):
+        """Make the target ready for a run (an ops.run.RunRequest); the request as the hosts see
+        it: local data placed, storage locations spelt out for the job's processes."""
         raise NotImplementedError
 
     def check(self, job: Job) -> None:
@@ -163,8 +164,8 @@ class LocalTarget(Target):
         """Path flags made absolute (the processes run in their run folder), local Spark up."""
         if request.job.uses_spark:
             self.spark.start()
-        return request.job.with_paths(request.args, {
-            value: str(path) for value, path in request.local_paths().items()})
+        return replace(request, args=request.job.with_paths(request.args, {
+            value: str(path) for value, path in request.local_paths().items()}))
 
     def placement(self, job):
         workers = (local.LOCAL_HOST,) * local.SPARK_WORKERS
@@ -245,17 +246,18 @@ class ClusterTarget(Target):
         check_deployed(self.cluster, job)
         if job.uses_spark:
             Spark.check_workers(self, job)
-        placed = self.stored(request)
+        located = self.stored(request)
+        located |= {uri: self.storage.store(uri).on_hosts(uri) for uri in request.locations}
         staged = self.staged(request)
         stage(self.cluster, dict(staged.values()))
-        placed |= {value: remote for value, (_, remote) in staged.items()}
-        placed |= {uri: self.storage.store(uri).on_hosts(uri) for uri in request.locations}
-        args = job.with_paths(request.args, placed)
-        read = job.uri_values(args) + ([self.storage.run_location(request.run_id)]
-                                       if job.writes_store and self.storage.root else [])
-        if job.uses_spark and self.storage.jars(read):
-            ship_jars(self.cluster, self.storage.jars(read))
-        return args
+        placed = located | {value: remote for value, (_, remote) in staged.items()}
+        prepared = replace(request, args=job.with_paths(request.args, placed),
+                           locations=list(located.values()))
+        written = [self.storage.run_location(request.run_id)] if job.writes_store else []
+        jars = self.storage.jars([*prepared.locations, *filter(None, written)])
+        if job.uses_spark and jars:
+            ship_jars(self.cluster, jars)
+        return prepared
 
     def placement(self, job):
         inventory = self.inventory
