@@ -123,6 +123,8 @@ class NetnsCluster:
         self.gateway = gateway
         self.state: dict = {}
         self._inits: list[subprocess.Popen] = []
+        self.files_in_background = False
+        """down() leaves the removal of the hosts' files to a background `rm` (finish_removals)."""
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -140,7 +142,7 @@ class NetnsCluster:
 
     def down(self) -> None:
         if self.state:
-            teardown(self.state, self._inits)
+            teardown(self.state, self._inits, self.files_in_background)
             self.state = {}
             self._inits = []
 
@@ -382,8 +384,16 @@ class NetnsCluster:
 
 # -- teardown (also after a crash, from the state file alone) ----------------------------------
 
-def teardown(state: dict, inits: list[subprocess.Popen] = ()) -> None:
-    """Kill every process of every host, then delete namespaces, links, user and files."""
+PENDING_REMOVALS: list[subprocess.Popen] = []
+"""The `rm -rf` of torn-down clusters' files (teardown with files_in_background) still running."""
+
+
+def teardown(state: dict, inits: list[subprocess.Popen] = (), files_in_background: bool = False) -> None:
+    """Kill every process of every host, then delete namespaces, links, user and files.
+
+    files_in_background: the files (gigabytes once a job's dependencies are installed) are
+    removed by an `rm -rf` left running (see finish_removals), as nothing of the cluster uses
+    them any more; everything else is gone when this returns."""
     for record in state["hosts"]:
         for pid in _netns_pids(record["netns"]):
             if _is_pid_namespace_init(pid):
@@ -400,14 +410,37 @@ def teardown(state: dict, inits: list[subprocess.Popen] = ()) -> None:
     if leftovers or _link_exists(state["bridge"]):
         raise ClusterError(f"teardown left {', '.join(leftovers) or state['bridge']} behind; "
                            "see `ip netns pids` and run `python tests/netns_cluster.py down` again")
-    for path in [*(h["dir"] for h in state["hosts"]), *state["files"], state["inventory"]]:
-        with contextlib.suppress(FileNotFoundError):
-            shutil.rmtree(path) if Path(path).is_dir() else os.unlink(path)
-    if state["created_workdir"]:
-        shutil.rmtree(state["workdir"], ignore_errors=True)
+    paths = [*(h["dir"] for h in state["hosts"]), *state["files"], state["inventory"]]
+    if files_in_background:  # no mount is left in them: the hosts' mount namespaces are gone
+        if state["created_workdir"]:
+            paths.append(state["workdir"])
+        paths = [path for path in paths if os.path.lexists(path)]
+        if paths:
+            PENDING_REMOVALS.append(subprocess.Popen(
+                ["rm", "-rf", "--one-file-system", "--", *paths], stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                start_new_session=True))  # finishes even if this process is interrupted
+    else:
+        for path in paths:
+            with contextlib.suppress(FileNotFoundError):
+                shutil.rmtree(path) if Path(path).is_dir() else os.unlink(path)
+        if state["created_workdir"]:
+            shutil.rmtree(state["workdir"], ignore_errors=True)
     with _state_lock():
         _state_path(state["subnet"]).unlink(missing_ok=True)
         _release_shared()
+
+
+def finish_removals() -> None:
+    """Wait for the background removals teardown started; fail naming what could not be removed."""
+    failed = []
+    while PENDING_REMOVALS:
+        removal = PENDING_REMOVALS.pop()
+        _, errors = removal.communicate()
+        if removal.returncode:
+            failed.append(errors.strip() or f"`{' '.join(removal.args)}` exited {removal.returncode}")
+    if failed:
+        raise ClusterError("removing torn-down clusters' files failed: " + " / ".join(failed))
 
 
 def _kill_stragglers(netns: str) -> bool:

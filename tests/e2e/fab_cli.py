@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from ops import jvm
 
 REPO = Path(__file__).resolve().parents[2]
 FAB = str(Path(sys.executable).parent / "fab")
+MNIST_FLAGS = ("--epochs", "2", "--input-mode", "tensorflow")
+"""train-mnist as the e2e deploys it: TFoS feeding itself (tensorflow input mode), 2 epochs."""
+TRAIN_PS_FLAGS = ("--epochs", "1", "--job-args", "--steps-per-epoch 40")
 
 
 def fab_env(assets: Path, runs: Path, home: Path) -> dict[str, str]:
@@ -44,3 +48,79 @@ def job_processes(cluster, host: str) -> list[str]:
     """Command lines of kindling job processes on a host."""
     out = cluster.exec(host, "ps -eo args").stdout
     return [line for line in out.splitlines() if "workloads." in line or "pyspark.daemon" in line]
+
+
+def wait_until(condition, what: str, timeout: float = 60, interval: float = 1):
+    """Poll condition until it is true (returned); fail naming `what` once timeout has passed."""
+    deadline = time.monotonic() + timeout
+    while not (result := condition()):
+        assert time.monotonic() < deadline, f"timed out after {timeout:.0f}s waiting for {what}"
+        time.sleep(interval)
+    return result
+
+
+def holds_throughout(condition, what: str, seconds: float, interval: float = 0.5) -> int:
+    """Poll condition for `seconds`, asserting at every poll that it still holds (no fixed sleep
+    that would look only at the end); the number of polls."""
+    started = time.monotonic()
+    polls = 0
+    while True:
+        assert condition(), f"{what} stopped holding after {time.monotonic() - started:.1f}s"
+        polls += 1
+        if time.monotonic() - started >= seconds:
+            return polls
+        time.sleep(interval)
+
+
+def run_folders(cluster, job: str) -> set[str]:
+    """The master's run folders of job."""
+    return set(cluster.exec("master", f"ls -d /srv/kindling/runs/{job}-*/ 2>/dev/null").stdout.split())
+
+
+def new_log(cluster, job: str, process: str, before: set[str]) -> str:
+    """The log of `process` in a run folder of job made after `before` was listed ("" if none)."""
+    new = sorted(run_folders(cluster, job) - before)
+    return cluster.exec("master", f"cat {new[-1]}{process}.log 2>/dev/null").stdout if new else ""
+
+
+def host_state(cluster) -> dict[str, str]:
+    """What a deploy would change on each host: kindling's folders, as a listing."""
+    return {host.name: cluster.exec(host, "ls -R /opt/kindling /srv/kindling 2>/dev/null").stdout
+            for host in cluster.hosts}
+
+
+def no_job_left(cluster) -> bool:
+    return not any(job_processes(cluster, host) for host in cluster.hosts)
+
+
+def fail_mid_run(cluster, env, fab_args: list[str], under_way, interrupt,
+                 inventory: Path | None = None) -> tuple[int, str, float]:
+    """`fab ...` in the background; once under_way() says so, interrupt(). Its exit code,
+    stderr, and the seconds from the interruption to its end. Whatever is left is stopped."""
+    target = ["--target", str(inventory or cluster.inventory_path)]
+    run = subprocess.Popen([FAB, *fab_args, *target], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: run.poll() is not None or under_way(), "the run to get under way",
+                   timeout=240, interval=1)
+        assert run.poll() is None, run.stderr.read()
+        interrupt()
+        interrupted = time.monotonic()
+        _, err = run.communicate(timeout=180)
+        return run.returncode, err, time.monotonic() - interrupted
+    finally:
+        run.kill()
+        run.communicate()
+        fab(env, "stop", *target)
+
+
+WATCHER_PROCESS = r"[o]ps[.](agent[.])?autostop"
+"""`pkill -f` pattern of the hosts' watcher (ops.agent.autostop; ops.autostop before)."""
+
+
+def remove_watchers(cluster) -> None:
+    """Undo a deploy that started the hosts' watcher (auto-stop, spot notices) with a test's
+    endpoints: its process, stamp and any notice it wrote."""
+    for host in cluster.hosts:
+        cluster.exec(host, f"pkill -f '{WATCHER_PROCESS}'; rm -f /opt/kindling/stamps/autostop "
+                           "/srv/kindling/autostop/spot-notice.json")

@@ -3,6 +3,9 @@
 One chain, no step replaced: the Pulumi program (mocked `pulumi up`) renders the user data and the
 stack outputs; cloud-init applies the user data in each host (hostname, pinned ED25519 host key,
 packages through the apt proxy); ops connects with the stack outputs as its inventory.
+
+The session's one rehearsal cluster: after test_rehearsal_deploy (whose first deploy races
+cloud-init) when both run, and what cloud-init did still holds on the deployed hosts.
 """
 
 from __future__ import annotations

@@ -76,7 +76,7 @@ def error_lines(output: str) -> list[str]:
 
 
 @pytest.mark.parametrize("engine, input_mode", [("tfos", "spark"), ("barrier", "tensorflow")])
-# tfos + tensorflow: the multi-host e2e runs it (tests/e2e/test_fab_e2e.py, `deployed`)
+# tfos + tensorflow: the multi-host e2e runs it (tests/e2e/conftest.py, `deployed`)
 def test_trains_on_two_executors_and_the_chief_writes_results(cluster, assets, tmp_path, engine,
                                                               input_mode):
     output = tmp_path / "run"
