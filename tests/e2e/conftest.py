@@ -5,17 +5,19 @@ Fixtures only set up (a fixture whose setup fails raises, naming what failed); w
 checks, error cases included, is in the tests.
 """
 
+import json
 import os
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from e2e.fab_cli import MNIST_FLAGS, fab, fab_env
+from e2e.fab_cli import FAB, MNIST_FLAGS, REPO, fab, fab_env
 from netns_cluster import ClusterError, NetnsCluster, finish_removals, missing_prerequisites
 
 SUBNET_ENV = "KINDLING_NETNS_SUBNET"
@@ -154,13 +156,11 @@ REHEARSAL_SUBNET_ENV = "KINDLING_REHEARSAL_SUBNET"
 @pytest.fixture(scope="session")
 def rehearsal_cluster(rehearsal_wheelhouse, tmp_path_factory):
     """master, worker-0, worker-1 booting from the Debian image with the Pulumi program's user data:
-    one cluster for every rehearsal test.
+    one cluster for every rehearsal test, booted once the wheelhouse is built.
 
-    Booted once the wheelhouse is built, and handed over as soon as every host's sshd answers
-    (users and the pinned host key in place) while cloud-init still installs packages in the
-    background, so that the first deploy (test_rehearsal_deploy, which runs first) races it;
-    `wait_booted()` waits for `cloud-init status` done. `inventory_path` is the stack outputs
-    with the hosts' namespace addresses, ready for fab."""
+    Handed over while cloud-init still runs in the background: `wait_ssh()` waits for sshd (users
+    and the pinned host key in place), `wait_booted()` for `cloud-init status` done (packages
+    installed). `inventory_path` is the stack outputs with the hosts' namespace addresses."""
     from rehearsal_cluster import RehearsalCluster, missing_prerequisites as rehearsal_missing
 
     reason = rehearsal_missing()
@@ -172,10 +172,99 @@ def rehearsal_cluster(rehearsal_wheelhouse, tmp_path_factory):
         cluster.files_in_background = True
         LIVE_CLUSTERS["rehearsal_cluster"] = cluster
         try:
-            cluster.wait_ssh()
             yield cluster
         finally:
             LIVE_CLUSTERS.pop("rehearsal_cluster", None)
+
+
+@pytest.fixture(scope="session")
+def rehearsal_env(tmp_path_factory, assets):
+    """A user's shell for fab on the rehearsal (its own runs folder and home)."""
+    return fab_env(assets, tmp_path_factory.mktemp("rehearsal-runs"),
+                   tmp_path_factory.mktemp("rehearsal-home"))
+
+
+class BackgroundDeploy:
+    """The rehearsal's first deploy, run in a thread from the moment the hosts boot: as soon as
+    every sshd answers, each host's cloud-init state is noted and `fab deploy` starts (racing
+    cloud-init). result() waits for it: (cloud-init states at the start, the deploy, seconds)."""
+
+    def __init__(self, cluster, env: dict, argv: list[str]):
+        self._cluster, self._env, self._argv = cluster, env, argv
+        self._lock = threading.Lock()
+        self._process: subprocess.Popen | None = None
+        self._cancelled = False
+        self._outcome: tuple | BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="rehearsal-first-deploy",
+                                        daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._cluster.wait_ssh()
+            states = {record["name"]: self._cluster.cloud_init_status(record["name"])["status"]
+                      for record in self._cluster.state["hosts"]}
+            with self._lock:
+                if self._cancelled:
+                    return
+                started = time.monotonic()
+                self._process = subprocess.Popen(
+                    [FAB, *self._argv], cwd=REPO, env=self._env, stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+            out, err = self._process.communicate(timeout=1800)
+            self._outcome = (states, subprocess.CompletedProcess(
+                self._process.args, self._process.returncode, out, err),
+                time.monotonic() - started)
+        except BaseException as exc:  # handed to whoever asks for the result
+            self._outcome = exc
+
+    def result(self) -> tuple[dict, subprocess.CompletedProcess, float]:
+        self._thread.join()
+        if isinstance(self._outcome, BaseException):
+            raise self._outcome
+        return self._outcome
+
+    def cancel(self) -> None:
+        """Kill the deploy if it still runs (the session is ending) and wait for the thread."""
+        with self._lock:
+            self._cancelled = True
+            if self._process and self._process.poll() is None:
+                self._process.kill()
+        self._thread.join(timeout=120)
+
+
+@pytest.fixture(scope="session")
+def rehearsal_first_deploy(rehearsal_cluster, rehearsal_env, rehearsal_wheelhouse,
+                           tmp_path_factory):
+    """`fab deploy classify` with `hdfs: true` on the rehearsal hosts, from the wheelhouse, started
+    as soon as their sshd answers, while cloud-init still runs (installing, among others, the Java
+    HDFS needs): a BackgroundDeploy. The first netns test starts it when the session has rehearsal
+    tests (see rehearsal_alongside), so that it runs while the netns tests do."""
+    inventory = tmp_path_factory.mktemp("rehearsal-hdfs") / "cluster.json"
+    inventory.write_text(json.dumps(json.loads(rehearsal_cluster.inventory_path.read_text())
+                                    | {"hdfs": True}))
+    deploy = BackgroundDeploy(rehearsal_cluster, rehearsal_env,
+                              ["deploy", "classify", "--target", str(inventory), "--wheelhouse",
+                               str(rehearsal_wheelhouse)])
+    try:
+        yield deploy
+    finally:
+        deploy.cancel()
+
+
+@pytest.fixture(autouse=True)
+def rehearsal_alongside(request):
+    """The rehearsal's boot and first deploy (rehearsal_first_deploy) start with the first test
+    that uses the netns cluster when rehearsal tests that need them are selected: they run on
+    their own hosts while the netns tests run (their waits leave a core idle much of the time),
+    instead of after them. Their failures, skips included, are reported by the rehearsal tests."""
+    if "netns_cluster" not in request.fixturenames or not any(
+            "rehearsal_first_deploy" in item.fixturenames for item in request.session.items):
+        return
+    try:
+        request.getfixturevalue("rehearsal_first_deploy")
+    except (Exception, pytest.skip.Exception, pytest.fail.Exception):
+        pass
 
 
 REHEARSAL_WHEELHOUSE = Path("/var/cache/kindling-rehearsal/wheelhouse")

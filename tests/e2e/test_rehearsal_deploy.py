@@ -26,24 +26,21 @@ pytestmark = pytest.mark.netns
 
 @pytest.fixture(scope="module")
 def hosts(rehearsal_cluster):
-    """The session's rehearsal hosts (three fresh Debian hosts; cloud-init still at work when
-    this module starts)."""
+    """The session's rehearsal hosts (three fresh Debian hosts)."""
     return rehearsal_cluster
 
 
 @pytest.fixture(scope="module")
-def first_deploy(hosts, env, rehearsal_wheelhouse, tmp_path_factory):
-    """`fab deploy classify` with `hdfs: true`, from the wheelhouse, started while cloud-init is
-    still running (installing, among others, the Java HDFS needs): cloud-init's state on each
-    host at the start, and the deploy."""
-    inventory = tmp_path_factory.mktemp("rehearsal-hdfs") / "cluster.json"
-    inventory.write_text(json.dumps(json.loads(hosts.inventory_path.read_text()) | {"hdfs": True}))
-    states = {record["name"]: hosts.cloud_init_status(record["name"])["status"]
-              for record in hosts.state["hosts"]}
-    started = time.monotonic()
-    done = fab(env, "deploy", "classify", "--target", str(inventory), "--wheelhouse",
-               str(rehearsal_wheelhouse), timeout=1800)
-    took = time.monotonic() - started
+def env(rehearsal_env):
+    return rehearsal_env
+
+
+@pytest.fixture(scope="module")
+def first_deploy(rehearsal_first_deploy):
+    """`fab deploy classify` with `hdfs: true`, from the wheelhouse, started while cloud-init was
+    still running (in the background since the hosts booted): cloud-init's state on each host
+    at the start, and the deploy."""
+    states, done, took = rehearsal_first_deploy.result()
     print(f"rehearsal first deploy with HDFS + classify: {took:.1f}s; cloud-init at start: "
           f"{states}; " + (re.search(r"deploy took [\d.]+s", done.stdout) or re.search("", "")).group(0))
     return states, done
