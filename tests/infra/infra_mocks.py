@@ -130,6 +130,8 @@ class AwsMocks(pulumi.runtime.Mocks):
             "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock": lambda i, name, n: (i["bucket"], {}),
             "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration":
                 lambda i, name, n: (i["bucket"], {}),
+            "aws:s3/bucketVersioning:BucketVersioning": lambda i, name, n: (i["bucket"], {}),
+            "aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration": lambda i, name, n: (i["bucket"], {}),
             "aws:iam/role:Role": self._iam("role"),
             "aws:iam/instanceProfile:InstanceProfile": self._iam("instance-profile"),
             "aws:iam/rolePolicy:RolePolicy": lambda i, name, n: (f"{i['role']}:{name}", {"name": name}),

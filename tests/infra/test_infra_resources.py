@@ -28,6 +28,8 @@ ROUTE_ASSOCIATION = "aws:ec2/routeTableAssociation:RouteTableAssociation"
 BUCKET = "aws:s3/bucket:Bucket"
 PUBLIC_ACCESS_BLOCK = "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock"
 ENCRYPTION = "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration"
+VERSIONING = "aws:s3/bucketVersioning:BucketVersioning"
+LIFECYCLE = "aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration"
 ROLE = "aws:iam/role:Role"
 ROLE_POLICY = "aws:iam/rolePolicy:RolePolicy"
 INSTANCE_PROFILE = "aws:iam/instanceProfile:InstanceProfile"
@@ -37,7 +39,7 @@ PLACEMENT_GROUP = "aws:ec2/placementGroup:PlacementGroup"
 # Types whose AWS API takes no tags; everything else must carry the cluster tags.
 RANDOM_PASSWORD = "random:index/randomPassword:RandomPassword"
 UNTAGGABLE = {ROUTE_ASSOCIATION, PUBLIC_ACCESS_BLOCK, ENCRYPTION, ROLE_POLICY, INSTANCE_STATE, TLS_KEY,
-              RANDOM_PASSWORD}
+              RANDOM_PASSWORD, VERSIONING, LIFECYCLE}
 
 
 def host_of(instance) -> str:
@@ -250,6 +252,24 @@ def test_bucket_is_private_and_encrypted(cluster):
     assert encryption.inputs["bucket"] == bucket.outputs["bucket"]
     [rule] = encryption.inputs["rules"]
     assert rule["applyServerSideEncryptionByDefault"]["sseAlgorithm"] == "AES256"
+
+
+def test_bucket_keeps_old_versions_for_a_while_then_expires_them(cluster):
+    """A delete or overwrite (by a job, or with a host's role, which may not delete versions) is
+    recoverable; the lifecycle rule bounds what old versions cost."""
+    [bucket] = cluster.of_type(BUCKET)
+    [versioning] = cluster.of_type(VERSIONING)
+    assert versioning.inputs["bucket"] == bucket.outputs["bucket"]
+    assert versioning.inputs["versioningConfiguration"]["status"] == "Enabled"
+    [lifecycle] = cluster.of_type(LIFECYCLE)
+    assert lifecycle.inputs["bucket"] == bucket.outputs["bucket"]
+    assert versioning.urn in lifecycle.dependencies
+    [rule] = lifecycle.inputs["rules"]
+    assert rule["status"] == "Enabled"
+    assert "filter" not in rule and "prefix" not in rule  # the whole bucket
+    assert 1 <= rule["noncurrentVersionExpiration"]["noncurrentDays"] <= 365
+    assert rule["expiration"] == {"expiredObjectDeleteMarker": True}  # never expires current objects
+    assert rule["abortIncompleteMultipartUpload"]["daysAfterInitiation"] >= 1
 
 
 def test_instance_role_may_use_only_the_cluster_bucket(cluster):
