@@ -47,8 +47,8 @@ class SparkCluster(pulumi.ComponentResource):
             cluster, network.vpc_id, args.ssh_cidr), child)
         login = LoginKey(f"{name}-login", LoginKeyArgs(cluster, args.ssh_public_key, args.ssh_private_key), child)
         data = DataBucket(f"{name}-data", DataBucketArgs(cluster), child)
-        role = InstanceRole(f"{name}-role", InstanceRoleArgs(cluster, data.arn, args.spot_workers),
-                            child)
+        role = InstanceRole(f"{name}-role", InstanceRoleArgs(
+            cluster, data.arn, args.spot_workers, s3_endpoint_id=network.s3_endpoint_id), child)
         placement = aws.ec2.PlacementGroup(
             f"{name}-placement", strategy="cluster", tags=cluster_tags(cluster, "placement"),
             opts=child) if args.placement_group else None

@@ -23,15 +23,30 @@ OBJECT_ACTIONS = ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMu
                   "s3:ListMultipartUploadParts"]
 
 
-def bucket_policy(bucket_arn: str) -> str:
-    """An IAM policy allowing only the cluster bucket (ARN) and its objects (ARN/*)."""
-    return json.dumps({
-        "Version": "2012-10-17",
-        "Statement": [
-            {"Effect": "Allow", "Action": BUCKET_ACTIONS, "Resource": bucket_arn},
-            {"Effect": "Allow", "Action": OBJECT_ACTIONS, "Resource": f"{bucket_arn}/*"},
-        ],
-    })
+def bucket_policy(bucket_arn: str, s3_endpoint_id: Optional[str] = None) -> str:
+    """An IAM policy allowing only the cluster bucket (ARN) and its objects (ARN/*); with the
+    cluster's S3 gateway endpoint, S3 is denied to these credentials anywhere else.
+
+    aws:SourceVpce is in a request's context only when it comes through a VPC endpoint, and a
+    negated condition on a missing key is true: credentials taken off a host (to a laptop, another
+    VPC, another region) get nothing. No s3:DeleteObjectVersion: on the versioned bucket a delete
+    by the role leaves the old version, recoverable until the lifecycle rule expires it.
+    """
+    statements = [
+        {"Sid": "ClusterBucket", "Effect": "Allow", "Action": BUCKET_ACTIONS, "Resource": bucket_arn},
+        {"Sid": "ClusterObjects", "Effect": "Allow", "Action": OBJECT_ACTIONS, "Resource": f"{bucket_arn}/*"},
+    ]
+    if s3_endpoint_id:
+        statements.append({"Sid": "OnlyThroughTheClusterEndpoint", "Effect": "Deny", "Action": "s3:*",
+                           "Resource": "*",
+                           "Condition": {"StringNotEquals": {"aws:SourceVpce": s3_endpoint_id}}})
+    return json.dumps({"Version": "2012-10-17", "Statement": statements})
+
+
+def role_path(cluster_name: str) -> str:
+    """Every cluster's role and instance profile live under /kindling/<cluster>/, so the
+    deployer's iam: permissions (docs/ec2.md) can be scoped to role/kindling/*."""
+    return f"/kindling/{cluster_name}/"
 
 
 def autostop_policy(cluster_name: str, spot_workers: bool) -> str:
@@ -53,6 +68,8 @@ class InstanceRoleArgs:
     cluster_name: str
     bucket_arn: pulumi.Input[str]
     spot_workers: bool = False
+    s3_endpoint_id: Optional[pulumi.Input[str]] = None
+    """The cluster VPC's S3 gateway endpoint: the only way the role reaches S3 (None: any way)."""
 
 
 class InstanceRole(pulumi.ComponentResource):
@@ -61,14 +78,15 @@ class InstanceRole(pulumi.ComponentResource):
     def __init__(self, name: str, args: InstanceRoleArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("kindling:infra:InstanceRole", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
-        role = aws.iam.Role(f"{name}", assume_role_policy=EC2_TRUST_POLICY,
+        path = role_path(args.cluster_name)
+        role = aws.iam.Role(f"{name}", path=path, assume_role_policy=EC2_TRUST_POLICY,
                             description=f"kindling cluster {args.cluster_name}: its data bucket only",
                             tags=cluster_tags(args.cluster_name, "role"), opts=child)
-        aws.iam.RolePolicy(f"{name}-bucket", role=role.id,
-                           policy=pulumi.Output.from_input(args.bucket_arn).apply(bucket_policy), opts=child)
+        policy = pulumi.Output.all(args.bucket_arn, args.s3_endpoint_id).apply(lambda v: bucket_policy(*v))
+        aws.iam.RolePolicy(f"{name}-bucket", role=role.id, policy=policy, opts=child)
         aws.iam.RolePolicy(f"{name}-autostop", role=role.id,
                            policy=autostop_policy(args.cluster_name, args.spot_workers), opts=child)
-        profile = aws.iam.InstanceProfile(f"{name}-profile", role=role.name,
+        profile = aws.iam.InstanceProfile(f"{name}-profile", path=path, role=role.name,
                                           tags=cluster_tags(args.cluster_name, "profile"), opts=child)
         self.instance_profile_name = profile.name
         self.register_outputs({"instanceProfile": profile.name})

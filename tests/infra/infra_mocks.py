@@ -38,6 +38,8 @@ GET_OFFERINGS = "aws:ec2/getInstanceTypeOfferings:getInstanceTypeOfferings"
 GET_INSTANCE_TYPE = "aws:ec2/getInstanceType:getInstanceType"
 GET_QUOTA = "aws:servicequotas/getServiceQuota:getServiceQuota"
 GET_ZONES = "aws:index/getAvailabilityZones:getAvailabilityZones"
+GET_ENDPOINT_SERVICE = "aws:ec2/getVpcEndpointService:getVpcEndpointService"
+S3_PREFIX_LIST = "pl-63a5400a"  # us-east-1's S3 prefix list
 # The families each zone offers: the first zone lacks m7i, as some us-east-1 zones really do. An
 # opted-in Local Zone sorts before them all and offers them all (which no Local Zone does).
 ZONE_FAMILIES = {"us-east-1-bos-1a": {"t3", "c7i", "m7i", "r7i"},
@@ -114,6 +116,11 @@ class AwsMocks(pulumi.runtime.Mocks):
                 f"subnet-{n:017x}", {"availabilityZone": i.get("availabilityZone") or "us-east-1a"}),
             "aws:ec2/routeTable:RouteTable": lambda i, name, n: (f"rtb-{n:017x}", {}),
             "aws:ec2/routeTableAssociation:RouteTableAssociation": lambda i, name, n: (f"rtbassoc-{n:017x}", {}),
+            "aws:ec2/vpcEndpoint:VpcEndpoint": lambda i, name, n: (f"vpce-{n:017x}", {
+                "arn": f"arn:aws:ec2:us-east-1:{ACCOUNT}:vpc-endpoint/vpce-{n:017x}",
+                "prefixListId": S3_PREFIX_LIST, "state": "available"}),
+            "aws:ec2/vpcEndpointRouteTableAssociation:VpcEndpointRouteTableAssociation": lambda i, name, n: (
+                f"a-{i['vpcEndpointId']}{n:010d}", {}),
             "aws:ec2/securityGroup:SecurityGroup": lambda i, name, n: self._with_arn("sg", n, "security-group"),
             "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule": lambda i, name, n: (f"sgr-{n:017x}", {}),
             "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule": lambda i, name, n: (f"sgr-{n:017x}", {}),
@@ -174,6 +181,11 @@ class AwsMocks(pulumi.runtime.Mocks):
             names = [zone for zone in ZONE_FAMILIES
                      if ("local-zone" if zone in LOCAL_ZONES else "availability-zone") in types]
             return {"id": "us-east-1", "names": names, "zoneIds": [f"use1-az{i}" for i, _ in enumerate(names)]}
+        if args.token == GET_ENDPOINT_SERVICE:
+            assert (args.args.get("service"), args.args.get("serviceType")) == ("s3", "Gateway"), args.args
+            return {"id": "com.amazonaws.us-east-1.s3", "serviceName": "com.amazonaws.us-east-1.s3",
+                    "serviceType": "Gateway", "service": "s3", "owner": "amazon",
+                    "vpcEndpointPolicySupported": True, "serviceId": "vpce-svc-0123456789abcdef0"}
         if args.token == GET_INSTANCE_TYPE:
             return {"id": args.args["instanceType"], "defaultVcpus": _vcpus(args.args["instanceType"])}
         if args.token == GET_QUOTA:
@@ -220,7 +232,8 @@ class AwsMocks(pulumi.runtime.Mocks):
     def _iam(kind: str) -> Callable[[dict, str, int], tuple[str, dict]]:
         def computed(inputs: dict, name: str, n: int) -> tuple[str, dict]:
             physical = f"{name}-{n:07x}"
-            return physical, {"name": physical, "arn": f"arn:aws:iam::{ACCOUNT}:{kind}/{physical}",
+            path = inputs.get("path") or "/"
+            return physical, {"name": physical, "arn": f"arn:aws:iam::{ACCOUNT}:{kind}{path}{physical}",
                               "uniqueId": f"AROA{n:016X}"}
         return computed
 

@@ -9,7 +9,8 @@ import pulumi
 import pytest
 
 from infra.addresses import MASTER_OFFSET, PS_OFFSET, WORKER_OFFSET
-from infra_mocks import AMI_ID, AMI_NAME, EXISTING_SUBNET, GET_AMI, QUOTAS, AwsMocks, Deployment, deploy
+from infra_mocks import (AMI_ID, AMI_NAME, EXISTING_SUBNET, GET_AMI, GET_ENDPOINT_SERVICE, QUOTAS, AwsMocks,
+                         Deployment, deploy)
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:pulumi_aws.*")
 
@@ -30,6 +31,8 @@ PUBLIC_ACCESS_BLOCK = "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock"
 ENCRYPTION = "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration"
 VERSIONING = "aws:s3/bucketVersioning:BucketVersioning"
 LIFECYCLE = "aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration"
+VPC_ENDPOINT = "aws:ec2/vpcEndpoint:VpcEndpoint"
+ENDPOINT_ROUTES = "aws:ec2/vpcEndpointRouteTableAssociation:VpcEndpointRouteTableAssociation"
 ROLE = "aws:iam/role:Role"
 ROLE_POLICY = "aws:iam/rolePolicy:RolePolicy"
 INSTANCE_PROFILE = "aws:iam/instanceProfile:InstanceProfile"
@@ -39,7 +42,7 @@ PLACEMENT_GROUP = "aws:ec2/placementGroup:PlacementGroup"
 # Types whose AWS API takes no tags; everything else must carry the cluster tags.
 RANDOM_PASSWORD = "random:index/randomPassword:RandomPassword"
 UNTAGGABLE = {ROUTE_ASSOCIATION, PUBLIC_ACCESS_BLOCK, ENCRYPTION, ROLE_POLICY, INSTANCE_STATE, TLS_KEY,
-              RANDOM_PASSWORD, VERSIONING, LIFECYCLE}
+              RANDOM_PASSWORD, VERSIONING, LIFECYCLE, ENDPOINT_ROUTES}
 
 
 def host_of(instance) -> str:
@@ -64,6 +67,11 @@ def cluster() -> Deployment:
 @pytest.fixture(scope="module")
 def defaults() -> Deployment:
     return deploy()
+
+
+@pytest.fixture(scope="module")
+def existing_subnet() -> Deployment:
+    return deploy(subnet_id=EXISTING_SUBNET["id"])
 
 
 OWN_PUBLIC_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBvLqvV6ZcKXrKUvFzHmsR3FSE3hhfi3mQIwVW0WeNk5 me@laptop"
@@ -272,23 +280,81 @@ def test_bucket_keeps_old_versions_for_a_while_then_expires_them(cluster):
     assert rule["abortIncompleteMultipartUpload"]["daysAfterInitiation"] >= 1
 
 
-def test_instance_role_may_use_only_the_cluster_bucket(cluster):
-    [bucket] = cluster.of_type(BUCKET)
+def role_statements(deployment: Deployment) -> list[dict]:
+    """Every statement of every inline policy of the (one) instance role."""
+    [role] = deployment.of_type(ROLE)
+    policies = deployment.of_type(ROLE_POLICY)
+    assert policies and {p.inputs["role"] for p in policies} == {role.id}
+    return [s for p in policies for s in json.loads(p.inputs["policy"])["Statement"]]
+
+
+def actions(statement: dict) -> list[str]:
+    action = statement["Action"]
+    return [action] if isinstance(action, str) else action
+
+
+@pytest.mark.parametrize("scenario", ["cluster", "defaults", "existing_subnet"])
+def test_instance_role_may_use_only_the_cluster_bucket(scenario, request):
+    """What the role is allowed on S3 names the cluster bucket and nothing else, without wildcards,
+    and without what would make a delete final or change the bucket (versions, its settings)."""
+    deployment = request.getfixturevalue(scenario)
+    [bucket] = deployment.of_type(BUCKET)
     arn = bucket.outputs["arn"]
-    [role] = cluster.of_type(ROLE)
+    [role] = deployment.of_type(ROLE)
     trust = json.loads(role.inputs["assumeRolePolicy"])
     assert [s["Principal"] for s in trust["Statement"]] == [{"Service": "ec2.amazonaws.com"}]
-    [policy] = [p for p in cluster.of_type(ROLE_POLICY) if p.name.endswith("-bucket")]
-    assert policy.inputs["role"] == role.id
-    statements = json.loads(policy.inputs["policy"])["Statement"]
-    assert {s["Resource"] for s in statements} == {arn, f"{arn}/*"}
-    assert all(s["Effect"] == "Allow" for s in statements)
-    actions = [a for s in statements for a in s["Action"]]
-    assert all(a.startswith("s3:") and "*" not in a for a in actions)
-    assert {"s3:ListBucket", "s3:GetObject", "s3:PutObject", "s3:DeleteObject"} <= set(actions)
-    [profile] = cluster.of_type(INSTANCE_PROFILE)
+    allowed = [s for s in role_statements(deployment)
+               if s["Effect"] == "Allow" and any(a.startswith("s3:") for a in actions(s))]
+    assert {s["Resource"] for s in allowed} == {arn, f"{arn}/*"}
+    granted = {a for s in allowed for a in actions(s)}
+    assert all(a.startswith("s3:") and "*" not in a for a in granted)
+    assert {"s3:ListBucket", "s3:GetObject", "s3:PutObject", "s3:DeleteObject"} <= granted
+    assert not {a for a in granted if "Version" in a or a.startswith("s3:PutBucket")
+                or a.startswith("s3:DeleteBucket") or a.startswith("s3:PutLifecycle")}
+    [profile] = deployment.of_type(INSTANCE_PROFILE)
     assert profile.inputs["role"] == role.outputs["name"]
-    assert {i.inputs["iamInstanceProfile"] for i in cluster.of_type(INSTANCE)} == {profile.outputs["name"]}
+    assert {i.inputs["iamInstanceProfile"] for i in deployment.of_type(INSTANCE)} == {profile.outputs["name"]}
+
+
+def test_the_role_reaches_s3_only_through_the_clusters_gateway_endpoint(defaults):
+    """An S3 gateway endpoint in the cluster's VPC, on the route table of the hosts' subnet; the
+    role is denied S3 for any request that does not come through it (credentials off the host)."""
+    [vpc] = defaults.of_type(VPC)
+    [table] = defaults.of_type(ROUTE_TABLE)
+    [subnet_routes] = defaults.of_type(ROUTE_ASSOCIATION)
+    [endpoint] = defaults.of_type(VPC_ENDPOINT)
+    [service] = [args for token, args in defaults.invokes if token == GET_ENDPOINT_SERVICE]
+    assert (service["service"], service["serviceType"]) == ("s3", "Gateway")
+    assert endpoint.inputs["vpcId"] == vpc.id
+    assert endpoint.inputs["vpcEndpointType"] == "Gateway"
+    assert endpoint.inputs["serviceName"] == "com.amazonaws.us-east-1.s3"
+    assert "policy" not in endpoint.inputs  # AWS's default (full access): see infra/network.py
+    [attached] = defaults.of_type(ENDPOINT_ROUTES)
+    assert attached.inputs == {"vpcEndpointId": endpoint.id, "routeTableId": table.id}
+    assert subnet_routes.inputs["routeTableId"] == table.id  # the hosts' subnet uses that table
+    for instance in defaults.of_type(INSTANCE):  # no host uses S3 before the route exists
+        assert attached.urn in instance.dependencies, instance.name
+    [deny] = [s for s in role_statements(defaults) if s["Effect"] == "Deny"]
+    assert (deny["Action"], deny["Resource"]) == ("s3:*", "*")
+    assert deny["Condition"] == {"StringNotEquals": {"aws:SourceVpce": endpoint.id}}
+
+
+def test_an_existing_subnet_gets_no_endpoint_and_the_preview_says_what_that_means(existing_subnet):
+    """Its route tables are not kindling's: no endpoint is added, so no deny (it would refuse all
+    S3), and `pulumi preview` warns that the role's S3 access is not tied to the VPC."""
+    assert existing_subnet.of_type(VPC_ENDPOINT) == existing_subnet.of_type(ENDPOINT_ROUTES) == []
+    assert [s for s in role_statements(existing_subnet) if s["Effect"] == "Deny"] == []
+    warnings = [m for level, m in existing_subnet.logs if level == "warning" and "S3 gateway endpoint" in m]
+    assert len(warnings) == 1 and EXISTING_SUBNET["id"] in warnings[0]
+
+
+def test_role_and_instance_profile_live_under_the_clusters_iam_path(defaults):
+    """The deployer's iam: permissions (docs/ec2.md) are scoped to role/kindling/*."""
+    [role] = defaults.of_type(ROLE)
+    [profile] = defaults.of_type(INSTANCE_PROFILE)
+    for resource, kind in ((role, "role"), (profile, "instance-profile")):
+        assert resource.inputs["path"] == "/kindling/kindling-test/"
+        assert f":{kind}/kindling/kindling-test/" in resource.outputs["arn"]
 
 
 @pytest.mark.parametrize("deployment, spot", [("cluster", True), ("variant", False)])
@@ -351,9 +417,9 @@ def test_availability_zone_is_passed_to_the_subnet(variant):
     assert "availabilityZone" not in subnet.ignore_changes  # asked for: moving it is the user's call
 
 
-def test_existing_subnet_creates_no_network_and_brings_its_vpc_and_addresses():
-    existing = deploy(subnet_id=EXISTING_SUBNET["id"])
-    for type_ in (VPC, SUBNET, GATEWAY, ROUTE_TABLE, ROUTE_ASSOCIATION):
+def test_existing_subnet_creates_no_network_and_brings_its_vpc_and_addresses(existing_subnet):
+    existing = existing_subnet
+    for type_ in (VPC, SUBNET, GATEWAY, ROUTE_TABLE, ROUTE_ASSOCIATION, VPC_ENDPOINT, ENDPOINT_ROUTES):
         assert existing.of_type(type_) == [], type_
     assert {g.inputs["vpcId"] for g in existing.of_type(SECURITY_GROUP)} == {EXISTING_SUBNET["vpcId"]}
     hosts = existing.of_type(ENI) + [i for i in existing.of_type(INSTANCE) if "subnetId" in i.inputs]
