@@ -40,7 +40,8 @@ class SparkClusterArgs:
     ssh_cidr: Optional[str]                         # sshCidr (required)
     allow_ssh_from_anywhere: bool = False           # allowSshFromAnywhere
     master_instance_type: str = "m7i.large"         # masterInstanceType
-    worker_instance_type: str = "m7i.xlarge"        # workerInstanceType
+    worker_instance_type: str = "m7i.large"         # workerInstanceType (2 vCPUs: the defaults fit
+                                                    #   a new account's 5 spot vCPUs, infra/quotas.py)
     ps_instance_type: Optional[str] = None          # psInstanceType (default: masterInstanceType)
     worker_count: int = 2                           # workerCount
     ps_count: int = 0                               # psCount (0: the ps tasks run on the master)

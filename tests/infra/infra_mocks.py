@@ -50,6 +50,9 @@ EXISTING_SUBNET = {"id": "subnet-0123456789abcdef0", "vpcId": "vpc-0123456789abc
                    "cidrBlock": "172.31.32.0/24", "availabilityZone": "us-east-1c"}
 # Quota code -> value: what a young account has been granted. Elastic IPs at AWS's default of 5.
 QUOTAS = {"L-0263D0A3": 5.0, "L-1216C47A": 64.0, "L-34B43A08": 64.0}
+# What a new account starts with (infra/quotas.py): 5 Elastic IPs, 5 on-demand and 5 spot vCPUs of
+# Standard instances; the G/VT and P groups start at 0 (unanswered here: any code not listed fails).
+NEW_ACCOUNT_QUOTAS = {"L-0263D0A3": 5.0, "L-1216C47A": 5.0, "L-34B43A08": 5.0}
 MAIN = Path(__file__).resolve().parents[2] / "infra" / "__main__.py"
 
 

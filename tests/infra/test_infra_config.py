@@ -46,7 +46,7 @@ def test_minimal_config_gives_the_documented_defaults():
     assert (args.cluster_name, args.worker_count, args.ps_count, args.spot_workers, args.running) == \
         ("kindling-dev", 2, 0, True, True)
     assert (args.master_instance_type, args.worker_instance_type, args.ps_type) == \
-        ("m7i.large", "m7i.xlarge", "m7i.large")
+        ("m7i.large", "m7i.large", "m7i.large")
 
 
 def test_every_config_key_reaches_its_field():

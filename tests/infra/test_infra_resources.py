@@ -95,7 +95,7 @@ def test_instance_count_and_type_per_role(cluster, defaults):
     assert {i.inputs["instanceType"] for i in roles["ps"]} == {"r7i.large"}
     default_roles = by_role(defaults)
     assert {role: len(hosts) for role, hosts in default_roles.items()} == {"master": 1, "worker": 2}
-    assert {i.inputs["instanceType"] for i in default_roles["worker"]} == {"m7i.xlarge"}
+    assert {i.inputs["instanceType"] for i in default_roles["worker"]} == {"m7i.large"}
 
 
 def test_burstable_hosts_launch_with_standard_credits_others_have_no_credit_setting(defaults):
