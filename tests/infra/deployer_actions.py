@@ -52,6 +52,7 @@ RESOURCE_ACTIONS: dict[str, tuple[str, ...]] = {
         "ec2:ModifyInstanceAttribute", "ec2:ModifyInstanceMetadataOptions",
         "ec2:ModifyInstanceCreditSpecification", "ec2:ModifyVolume",
         "ec2:AssociateIamInstanceProfile", "ec2:ReplaceIamInstanceProfileAssociation",
+        "ec2:DisassociateIamInstanceProfile",  # a new profile for a stopped instance: off, then on
         "ec2:DescribeInstances", "ec2:DescribeInstanceAttribute",
         "ec2:DescribeInstanceCreditSpecifications", "ec2:DescribeInstanceTypes", "ec2:DescribeVolumes",
         "ec2:DescribeIamInstanceProfileAssociations", "ec2:DescribeSpotInstanceRequests",
@@ -63,7 +64,7 @@ RESOURCE_ACTIONS: dict[str, tuple[str, ...]] = {
     "aws:s3/bucket:Bucket": (
         "s3:CreateBucket", "s3:DeleteBucket", "s3:ListBucket", "s3:PutBucketTagging",
         # what the provider reads back on every refresh
-        "s3:GetBucketTagging", "s3:GetBucketAcl", "s3:GetBucketPolicy", "s3:GetBucketCORS",
+        "s3:GetBucketLocation", "s3:GetBucketTagging", "s3:GetBucketAcl", "s3:GetBucketPolicy", "s3:GetBucketCORS",
         "s3:GetBucketWebsite", "s3:GetBucketLogging", "s3:GetBucketRequestPayment",
         "s3:GetBucketObjectLockConfiguration", "s3:GetBucketOwnershipControls",
         "s3:GetAccelerateConfiguration", "s3:GetReplicationConfiguration",
