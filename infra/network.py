@@ -53,7 +53,7 @@ class ClusterNetwork(pulumi.ComponentResource):
             self.s3_endpoint_id = None
             pulumi.log.warn(f"subnetId {args.subnet_id}: kindling adds no S3 gateway endpoint to a VPC it "
                             "did not create, so the instance role's S3 access is not tied to the VPC "
-                            "(docs/ec2.md, \"Least power\")", resource=self)
+                            "(docs/ec2.md, \"Least power on the hosts\")", resource=self)
         else:
             self._create(name, args)
         self.register_outputs({"vpcId": self.vpc_id, "subnetId": self.subnet_id})

@@ -60,8 +60,8 @@ class DataBucket(pulumi.ComponentResource):
 
 
 def old_versions_rule() -> aws.s3.BucketLifecycleConfigurationRuleArgs:
-    """Every object (no filter: the whole bucket): old versions expire NONCURRENT_DAYS after they were replaced, delete markers
-    with no version left behind them go, and abandoned multipart uploads are aborted."""
+    """The whole bucket (no filter): old versions expire NONCURRENT_DAYS after they were
+    replaced, delete markers with no version left behind them go, abandoned uploads are aborted."""
     return aws.s3.BucketLifecycleConfigurationRuleArgs(
         id="expire-old-versions", status="Enabled",
         noncurrent_version_expiration=aws.s3.BucketLifecycleConfigurationRuleNoncurrentVersionExpirationArgs(
