@@ -49,10 +49,21 @@ def assets() -> Path:
 
 def pytest_collection_modifyitems(items) -> None:
     """A test that needs the HDFS server (a JVM NameNode and DataNode) is slow, whatever its
-    module: the fast tier (`-m "not slow and not netns"`) starts no JVM."""
+    module: the fast tier (`-m "not slow and not netns"`) starts no JVM.
+
+    With `-n` (pytest-xdist, `--dist loadgroup`), a module's tests stay on one worker (its
+    fixtures start once), the HDFS server's users share one worker, and the multi-host tests,
+    which share their clusters, are one group: they run beside the rest, not after it."""
     for item in items:
         if "hdfs_root" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)
+        item.add_marker(pytest.mark.xdist_group(xdist_group_of(item)))
+
+
+def xdist_group_of(item) -> str:
+    if item.path.parent.name == "e2e":
+        return "e2e"
+    return "hdfs" if "hdfs_root" in getattr(item, "fixturenames", ()) else item.path.stem
 
 
 def pytest_terminal_summary(terminalreporter) -> None:
