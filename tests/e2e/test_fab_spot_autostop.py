@@ -215,10 +215,6 @@ def test_spot_notice_fails_train_ps_at_once_and_the_next_run_resumes_from_the_bu
     assert history["first_epoch"] == reached + 1 and len(history["loss"]) == 2, history
 
 
-def spark_worker_running(cluster, host) -> bool:
-    return cluster.exec(host, "pgrep -f '[o]rg.apache.spark.deploy.worker.Worker'").returncode == 0
-
-
 def test_classify_from_s3_finishes_on_worker_0_after_worker_1_is_decommissioned_and_taken(
         netns_cluster, env, wheelhouse, spot):
     """classify reads the photos from s3:// through S3A on the executors (fab copies none);
@@ -253,15 +249,11 @@ def test_classify_from_s3_finishes_on_worker_0_after_worker_1_is_decommissioned_
             classify.kill()
             classify.communicate()
         photos_after = staged_photos(netns_cluster)
-    finally:  # `pulumi up` replaces the host: no notice, no watcher, its Spark worker back
+    finally:  # `pulumi up` replaces the host: no notice, no watcher. Its Spark worker comes back
+        # with the next deploy that wants Spark, as after a real replacement (test_fab_failures).
         imds.clear(host.privateIp)
         remove_watchers(netns_cluster)
-        restored = None
-        if not spark_worker_running(netns_cluster, host):
-            restored = fab(env, "deploy", "classify", *plain, "--wheelhouse", wheelhouse, "--detach")
         fab(env, "stop", *plain)
-    assert restored is None or restored.returncode == 0, \
-        restored.stdout[-2000:] + restored.stderr[-2000:]
 
     results = results_of(subprocess.CompletedProcess(classify.args, classify.returncode, out, err))
     metrics = json.loads((results / "metrics.json").read_text())
