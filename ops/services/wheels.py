@@ -3,10 +3,12 @@ pushed to the master once and served from there to the other hosts."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import shlex
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 from fabric import Connection
@@ -15,7 +17,7 @@ from kindling import Host, HostError, Inventory
 from ops.remote import (HOME, INSTALL_TIMEOUT, PYTHON, VENV, WHEELHOUSE, WHEELHOUSE_SERVER_PID,
                         read_stamp, sh, where, write_stamp)
 from ops.services.base import DeployContext, Step, file_digest
-from ops.ssh import ssh_command
+from ops.ssh import jump_host, ssh_command
 from ops.wheelhouse import INSTALLER, pins
 
 
@@ -151,11 +153,20 @@ def push_wheelhouse(cxn: Connection, host: Host, ctx: DeployContext) -> None:
                "copying the wheelhouse")
 
 
+JUMPS_AT_ONCE = threading.BoundedSemaphore(8)
+"""OpenSSH copies through the master at once. Each opens a new connection to the master's sshd,
+which by default (MaxStartups 10:30:100) drops new connections at random once 10 are still
+authenticating: 24 workers copying at once would lose some."""
+DROPPED = ("Connection closed", "Connection reset", "kex_exchange_identification")
+"""How a connection sshd dropped at MaxStartups shows in scp's stderr: worth another try."""
+
+
 def push_files(cxn: Connection, host: Host, inventory: Inventory, files: list[Path],
                remote_dir: str, step: str) -> None:
     """Copy the files the host lacks in remote_dir (same name and size = present) in one
     OpenSSH `scp`, pinned like every connection (the cluster's ssh_config): several times
-    faster than paramiko's SFTP for big files."""
+    faster than paramiko's SFTP for big files. Through the master, at most JUMPS_AT_ONCE
+    copies at once, and a dropped connection is tried again."""
     sh(cxn, f"mkdir -p {remote_dir}")
     listing = sh(cxn, f"cd {remote_dir} && for f in *; do [ -f \"$f\" ] && "
                       "printf '%s %s\\n' \"$f\" $(stat -c %s \"$f\"); done; true")
@@ -163,13 +174,18 @@ def push_files(cxn: Connection, host: Host, inventory: Inventory, files: list[Pa
     missing = [str(file) for file in files if present.get(file.name) != str(file.stat().st_size)]
     if not missing:
         return
-    ssh = ssh_command(inventory, host)
-    try:
-        done = subprocess.run(["scp", "-q", *ssh[1:3], *missing, f"{host.name}:{remote_dir}/"],
-                              capture_output=True, text=True, timeout=INSTALL_TIMEOUT,
-                              stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        raise HostError(*where(cxn), step, f"not done within {INSTALL_TIMEOUT}s") from None
+    argv = ["scp", "-q", *ssh_command(inventory, host)[1:3], *missing, f"{host.name}:{remote_dir}/"]
+    slot = JUMPS_AT_ONCE if jump_host(inventory, host) else contextlib.nullcontext()
+    for attempt in range(3):
+        with slot:
+            try:
+                done = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                                      timeout=INSTALL_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                raise HostError(*where(cxn), step, f"not done within {INSTALL_TIMEOUT}s") from None
+        if not (done.returncode == 255 and any(sign in done.stderr for sign in DROPPED)):
+            break
+        time.sleep(1 + attempt)  # a backoff: sshd frees its slots as other copies authenticate
     if done.returncode:
         detail = (done.stderr.strip().splitlines() or ["no output"])[-1]
         raise HostError(*where(cxn), step, f"scp exit {done.returncode}: {detail}")
