@@ -125,10 +125,15 @@ def _report(results: Path) -> None:
 
 @task
 def jobs(c):
-    """List the jobs kindling can deploy and run."""
-    width = max(map(len, JOBS))
-    for job in JOBS.values():
-        print(f"{job.name:<{width}}  {job.summary}")
+    """List the jobs fab can deploy and run, with the package each comes from; then one line for
+    each job an installed package declares but fab cannot use, and its fix."""
+    packages = {name: JOBS.package(name) for name in JOBS}
+    width, package_width = (max(map(len, texts), default=0) for texts in (packages, packages.values()))
+    for name, job in JOBS.items():
+        print(f"{name:<{width}}  {packages[name]:<{package_width}}  {job.summary}")
+    broken = JOBS.broken()
+    if broken:
+        raise Exit("\n".join(f"error: {line}" for line in broken.values()), code=UserError.exit_code)
 
 
 @task(help={"target": TARGET_HELP})

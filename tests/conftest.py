@@ -5,11 +5,15 @@ tests share (one HDFS, one moto S3 per session)."""
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+PACKAGES = REPO / "tests" / "data"
 ASSETS = Path(os.environ.get("KINDLING_ASSETS") or REPO.parent / "shared").resolve()
 
 
@@ -45,6 +49,28 @@ def assets() -> Path:
     if not (ASSETS / "datasets").is_dir():
         pytest.fail(f"offline assets not found at {ASSETS}; set KINDLING_ASSETS to the shared folder")
     return ASSETS
+
+
+@pytest.fixture(scope="session")
+def install_packages(tmp_path_factory):
+    """(names of packages in tests/data) -> a folder they are installed in, by pip, as a user
+    installs a package (`pip install --target`): real distributions with their entry points,
+    seen by whatever puts the folder on its PYTHONPATH."""
+    made: dict[tuple[str, ...], Path] = {}
+
+    def install(*names: str) -> Path:
+        if names not in made:
+            root = tmp_path_factory.mktemp("packages")
+            # built from copies: setuptools writes build/ and *.egg-info beside the sources
+            sources = [str(shutil.copytree(PACKAGES / name, root / "src" / name)) for name in names]
+            done = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
+                                   "--no-build-isolation", "--no-index", "--target",
+                                   str(root / "site"), *sources],
+                                  capture_output=True, text=True, timeout=300)
+            assert done.returncode == 0, done.stderr
+            made[names] = root / "site"
+        return made[names]
+    return install
 
 
 def pytest_collection_modifyitems(items) -> None:

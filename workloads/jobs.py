@@ -1,11 +1,13 @@
-"""The job interface: everything ops needs to know about a job, declared once per job.
+"""The job interface, kindling's public API for jobs: everything ops needs to know about a job,
+declared once per job. docs/jobs.md shows how to write one in a package of your own.
 
 A `Job` holds its flags (one declaration feeds `fab --help`, the pass-through of `fab deploy|run`
 options and the job's own argument parser), its offline defaults, which flags name files to
 stage on every host, what it downloads when a flag is omitted, and its process plan: which
-processes run on which hosts with which argv (spark-submit and its confs, or TensorFlow roles
-and ports). ops knows no job by name: each job is a package, workloads/<job>/, whose job.py
-declares its `JOB`; `JOBS` collects them (adding a job: its package, named in JOB_PACKAGES).
+processes run on which hosts with which argv (`spark_submit` and its confs, `tfos_plan`, or
+TensorFlow roles and ports, train-ps' `tf_roles_plan`). ops knows no job by name: an installed
+package declares its jobs as entry points of the group `kindling.jobs` (`name = "pkg.module:JOB"`),
+kindling's own three included (its pyproject.toml); `JOBS` collects them on first use.
 
 No TensorFlow or Spark import here, nor in the declarations: ops reads them on the control
 machine.
@@ -18,18 +20,28 @@ import importlib
 import importlib.util
 import re
 import shlex
+import tomllib
 from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass, field
+from importlib.metadata import Distribution, EntryPoint, entry_points
+from pathlib import Path
 from typing import Callable
 
 from kindling import Host, UserError
 from workloads.stored import is_uri
 from workloads.common import ArgumentParser, asset
 
+__all__ = ["Job", "Flag", "Download", "Placement", "Process", "Launch", "OUTPUT_FLAG",
+           "STREAM_NOISE", "spark_submit", "plain_spark_plan", "tfos_plan", "tfos_submit_conf",
+           "tf_roles_plan", "lazy_check", "module_file", "JOBS", "get_job", "ENTRY_POINTS"]
+
 OUTPUT_FLAG = "--output"
 """Every job writes its results (metrics.json, models, plots) into the folder this flag names."""
-JOB_PACKAGES = ("train_ps", "train_mnist", "classify")
-"""The job packages below workloads/, in the order `fab jobs` lists them."""
+ENTRY_POINTS = "kindling.jobs"
+"""The entry-point group through which an installed package declares its jobs."""
+KINDLING = "kindling"
+CHECKOUT = Path(__file__).resolve().parents[1]
+"""The folder kindling runs from: a checkout holds its pyproject.toml."""
 
 
 @dataclass(frozen=True)
@@ -379,23 +391,112 @@ def lazy_check(module: str, function: str) -> Callable[[str], object]:
     return lambda value: getattr(importlib.import_module(module), function)(value)
 
 
-# -- the jobs --------------------------------------------------------------------------------
+# -- the jobs: declared by installed packages ------------------------------------------------
+
+@dataclass(frozen=True)
+class Declaration:
+    """One entry point of the kindling.jobs group: a job's name and where it comes from."""
+    entry_point: EntryPoint
+    package: str
+    """The distribution that declares it (`kindling` for the bundled jobs)."""
+    distribution: Distribution | None
+    """None for kindling's own jobs read from its checkout's pyproject.toml."""
+
+    @property
+    def name(self) -> str:
+        return self.entry_point.name
+
+    def load(self) -> Job:
+        """The declared Job, or a UserError naming the package and the fix."""
+        ep, where = self.entry_point, f"job {self.name!r} of package {self.package}"
+        fix = (f"fix its entry point ({self.name} = \"{ep.value}\" under "
+               f"[project.entry-points.\"{ENTRY_POINTS}\"] in {self.package}'s pyproject.toml), "
+               "then reinstall the package")
+        try:
+            job = ep.load()
+        except Exception as exc:  # the package's own import failed: any error is its own
+            raise UserError(f"{where}: {ep.value} does not load ({type(exc).__name__}: "
+                            f"{exc}); {fix}") from None
+        if not isinstance(job, Job):
+            raise UserError(f"{where}: {ep.value} is a {type(job).__name__}, not a "
+                            f"workloads.jobs.Job; {fix}")
+        if job.name != self.name:
+            raise UserError(f"{where}: {ep.value} is the job {job.name!r}; name the entry "
+                            f"point after its job ({job.name} = \"{ep.value}\"), then "
+                            "reinstall the package")
+        return job
+
+
+def checkout_declarations() -> list[Declaration] | None:
+    """kindling's own jobs from its checkout's pyproject.toml (None when kindling runs from an
+    installed wheel): an editable install's metadata keeps the entry points of its last
+    `pip install`, which may predate the checkout's."""
+    pyproject = CHECKOUT / "pyproject.toml"
+    if not pyproject.is_file():
+        return None
+    project = tomllib.loads(pyproject.read_text()).get("project", {})
+    if project.get("name") != KINDLING:
+        return None
+    declared = project.get("entry-points", {}).get(ENTRY_POINTS, {})
+    return [Declaration(EntryPoint(name, value, ENTRY_POINTS), KINDLING, None)
+            for name, value in declared.items()]
+
+
+def declarations() -> list[Declaration]:
+    """Every kindling.jobs entry point installed (importlib.metadata): kindling's own first,
+    then by package and name (a wheel's metadata lists its entry points sorted)."""
+    own = checkout_declarations()
+    found = list(own or [])
+    for ep in entry_points(group=ENTRY_POINTS):
+        package = ep.dist.name if ep.dist else "an unknown package"
+        if own is None or package.lower() != KINDLING:
+            found.append(Declaration(ep, package, ep.dist))
+    return sorted(found, key=lambda d: (d.package.lower() != KINDLING, d.package.lower(), d.name))
+
 
 class Jobs(MutableMapping):
-    """name -> Job, collected from the job packages' declarations (workloads/<job>/job.py's
-    JOB) on first use: they import this module, so it imports them only once it has loaded,
-    whichever of the two is imported first."""
+    """name -> Job, loaded from the kindling.jobs entry points on first use (the declarations
+    import this module, so it imports them only once it has loaded). A broken entry point (does
+    not load, is no Job, a name two packages declare) leaves its job out with one line in
+    `problems`; the other jobs work."""
 
-    def __init__(self, packages: tuple[str, ...]):
-        self.packages = packages
+    def __init__(self) -> None:
         self._jobs: dict[str, Job] | None = None
+        self.packages: dict[str, Declaration] = {}
+        """name -> where the job comes from."""
+        self.problems: dict[str, str] = {}
+        """name -> why the job cannot be used, and the fix."""
 
     def _all(self) -> dict[str, Job]:
         if self._jobs is None:
-            declared = [importlib.import_module(f"workloads.{package}.job").JOB
-                        for package in self.packages]
-            self._jobs = {job.name: job for job in declared}
+            by_name: dict[str, list[Declaration]] = {}
+            for declared in declarations():
+                by_name.setdefault(declared.name, []).append(declared)
+            jobs = {}
+            for name, declared in by_name.items():
+                if len(declared) > 1:
+                    self.problems[name] = (
+                        f"job {name!r} is declared by " + " and by ".join(
+                            f"{d.package} ({d.entry_point.value})" for d in declared)
+                        + "; uninstall one of them, or rename its entry point and its job")
+                    continue
+                try:
+                    jobs[name] = declared[0].load()
+                    self.packages[name] = declared[0]
+                except UserError as exc:
+                    self.problems[name] = str(exc)
+            self._jobs = jobs
         return self._jobs
+
+    def package(self, name: str) -> str:
+        """The distribution a job comes from."""
+        self._all()
+        return self.packages[name].package if name in self.packages else KINDLING
+
+    def broken(self) -> dict[str, str]:
+        """name -> the one line saying why that declared job cannot be used."""
+        self._all()
+        return dict(self.problems)
 
     def __getitem__(self, name: str) -> Job:
         return self._all()[name]
@@ -416,12 +517,22 @@ class Jobs(MutableMapping):
         return f"Jobs({', '.join(self._all())})"
 
 
-JOBS: MutableMapping[str, Job] = Jobs(JOB_PACKAGES)
+JOBS: Jobs = Jobs()
 
 
 def get_job(name: str) -> Job:
     try:
         return JOBS[name]
     except KeyError:
+        if name in JOBS.broken():
+            raise UserError(JOBS.broken()[name]) from None
         raise UserError(f"unknown job {name!r}; choose one of: {', '.join(JOBS)} "
-                        "(`fab jobs` lists them)") from None
+                        "(`fab jobs` lists them with their packages)") from None
+
+
+def __getattr__(name: str):
+    """train-ps' plan (TensorFlow roles on their hosts), lent to other jobs: its module
+    declares train-ps, which imports this one."""
+    if name in ("tf_roles_plan", "TF_PORTS"):
+        return getattr(importlib.import_module("workloads.train_ps.job"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

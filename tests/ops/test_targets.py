@@ -1,12 +1,10 @@
-"""The job interface seen from ops: a new job needs nothing in ops/, bad input is refused before
-anything starts, a failed step names its host, and a bug shows its traceback."""
+"""The job interface seen from ops: ops names no job (a job from a package of its own runs:
+test_own_jobs.py), bad input is refused before anything starts, a failed step names its host,
+and a bug shows its traceback."""
 
 from __future__ import annotations
 
-import inspect
-import json
 import os
-import re
 import socket
 import subprocess
 import sys
@@ -34,20 +32,6 @@ def echo_plan(job: Job, placement, args: list[str], run_dir: str) -> Launch:
     code = (f"import json; print({word!r}); "
             f"json.dump({{'accuracy': 1.0, 'word': {word!r}}}, open('metrics.json', 'w'))")
     return Launch([Process("say 0", placement.master, (sys.executable, "-c", code), main=True)])
-
-
-def test_a_fourth_job_is_declared_in_workloads_only(tmp_path, monkeypatch, capsys):
-    echo = Job("echo", "workloads.echo", "prints a word", plan=echo_plan, uses_spark=False,
-               flags=(Flag("--word", "what to print", default="hi", minimum=None),))
-    monkeypatch.setitem(JOBS, "echo", echo)
-    monkeypatch.setenv("KINDLING_RUNS_DIR", str(tmp_path))
-    run = tasks.launch_task("run", False, "")  # built from JOBS, as ops.tasks does at import
-    assert "word" in inspect.signature(run.body).parameters
-    run(Context(), "echo", target="local", word="kindling")
-    printed = capsys.readouterr().out
-    results = REPO / re.search(r"^results: (\S+)$", printed, re.M).group(1)
-    assert json.loads((results / "metrics.json").read_text())["word"] == "kindling"
-    assert (results / "say-0.log").read_text().strip() == "kindling"
 
 
 def test_ops_names_no_job_and_no_job_flag():

@@ -1,19 +1,24 @@
 """One package per job: each declares its JOB in workloads/<job>/job.py, without TensorFlow or
-Spark, and runs as its declared module (a .py file, what spark-submit and fab start) and as
-`python -m workloads.<job>`."""
+Spark, named by an entry point of the kindling.jobs group in kindling's pyproject.toml (as any
+package declares its jobs), and runs as its declared module (a .py file, what spark-submit and
+fab start) and as `python -m workloads.<job>`."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
 
-from workloads.jobs import JOB_PACKAGES, JOBS, module_file
+from workloads.jobs import ENTRY_POINTS, JOBS, module_file
 
 REPO = Path(__file__).resolve().parents[2]
+DECLARED = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["entry-points"][ENTRY_POINTS]
+JOB_PACKAGES = ("train_ps", "train_mnist", "classify")
 HEAVY = ("tensorflow", "keras", "pyspark", "tensorflowonspark", "numpy", "pyarrow", "PIL")
 
 
@@ -36,10 +41,11 @@ def test_the_declarations_load_in_any_order_without_tensorflow_or_spark(code):
 
 
 def test_jobs_are_collected_from_their_packages():
-    assert list(JOBS) == ["train-ps", "train-mnist", "classify"]
+    assert list(JOBS) == sorted(DECLARED) == ["classify", "train-mnist", "train-ps"]
     for package in JOB_PACKAGES:
         job = __import__(f"workloads.{package}.job", fromlist=["JOB"]).JOB
-        assert JOBS[job.name] is job
+        assert JOBS[job.name] is job and JOBS.package(job.name) == "kindling"
+        assert DECLARED[job.name] == f"workloads.{package}.job:JOB"
         # a Spark job's driver is a file spark-submit runs; train-ps' processes `python -m` it
         assert job.module == f"workloads.{package}" + ("" if package == "train_ps" else ".main")
         assert Path(module_file(job.module)).parent == REPO / "workloads" / package
@@ -53,3 +59,20 @@ def test_python_m_the_package_runs_the_declared_module(package):
     assert [done.returncode for done in helps] == [0, 0], helps[0].stderr + helps[1].stderr
     assert helps[0].stdout == helps[1].stdout and "--output" in helps[0].stdout
 
+
+
+def test_installed_from_its_wheel_kindling_declares_its_jobs_by_its_metadata(tmp_path):
+    """As on the hosts: no checkout, kindling's wheel installed; its entry points come from the
+    wheel's metadata (in a checkout, from its pyproject.toml, whatever the venv's metadata says)."""
+    from ops.deploy import project_wheel
+
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index",
+                    "--target", str(site), str(project_wheel())], check=True, timeout=300)
+    code = ("from workloads.jobs import JOBS, CHECKOUT; "
+            "print(CHECKOUT, *[f'{name}={JOBS.package(name)}' for name in JOBS])")
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60, env=os.environ | {"PYTHONPATH": str(site)})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [str(site), "classify=kindling", "train-mnist=kindling",
+                                   "train-ps=kindling"]

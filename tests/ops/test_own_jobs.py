@@ -1,0 +1,97 @@
+"""Jobs from a package of one's own: tests/data/sample_jobs, installed by pip outside kindling's
+tree, declares `echo` through the kindling.jobs entry point; the real fab CLI lists it with its
+package, offers its flag and runs it on the local target. tests/data/broken_jobs declares jobs
+every wrong way: each is one line naming the package and the fix, and the other jobs still work."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+FAB = str(Path(sys.executable).parent / "fab")
+BROKEN = "kindling-broken-jobs"
+
+
+def fab(site: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """The fab CLI as a user types it, with the installed packages on its path."""
+    environ = os.environ | (env or {}) | {"PYTHONPATH": f"{site}{os.pathsep}{REPO}"}
+    return subprocess.run([FAB, *args], cwd=REPO, env=environ, capture_output=True, text=True,
+                          timeout=120)
+
+
+@pytest.fixture(scope="module")
+def sample(install_packages) -> Path:
+    return install_packages("sample_jobs")
+
+
+@pytest.fixture(scope="module")
+def broken(install_packages) -> Path:
+    return install_packages("sample_jobs", "broken_jobs")
+
+
+def test_fab_jobs_lists_a_packages_job_with_its_package(sample):
+    done = fab(sample, "jobs")
+    assert done.returncode == 0, done.stderr
+    rows = [line.split(None, 2) for line in done.stdout.splitlines()]
+    assert [row[:2] for row in rows] == [["classify", "kindling"], ["train-mnist", "kindling"],
+                                         ["train-ps", "kindling"], ["echo", "kindling-sample-jobs"]]
+    assert rows[-1][2] == "says a word and keeps it in its metrics"
+
+
+def test_its_flags_are_fab_options(sample):
+    done = fab(sample, "--help", "run")
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"--word=STRING\s+echo: the word to say", done.stdout), done.stdout
+
+
+def test_fab_run_runs_it_on_the_local_target(sample, tmp_path):
+    done = fab(sample, "run", "echo", "--target", "local", "--word", "kindling",
+               env={"KINDLING_RUNS_DIR": str(tmp_path)})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "accuracy: 1.0000" in done.stdout
+    results = REPO / re.search(r"^results: (\S+)$", done.stdout, re.M).group(1)
+    assert results.resolve().parent == tmp_path
+    assert json.loads((results / "metrics.json").read_text())["word"] == "kindling"
+    assert (results / "echo-0.log").read_text().strip() == "kindling"
+
+
+def test_each_broken_entry_point_is_one_line_and_the_others_are_listed(broken):
+    done = fab(broken, "jobs")
+    assert done.returncode == 2
+    assert [line.split()[0] for line in done.stdout.splitlines()] == [
+        "classify", "train-mnist", "train-ps"]  # echo is declared twice: neither is chosen
+    errors = done.stderr.splitlines()
+    assert "Traceback" not in done.stderr and len(errors) == 4, done.stderr
+    assert all(line.startswith("error: ") and BROKEN in line for line in errors), errors
+    expected = [
+        r"job 'missing' of package kindling-broken-jobs: broken_jobs\.nowhere:JOB does not load "
+        r"\(ModuleNotFoundError: .*\); fix its entry point .*, then reinstall the package",
+        r"job 'not-a-job' of package kindling-broken-jobs: .* is a str, not a workloads\.jobs\.Job",
+        r"job 'misnamed' .* is the job 'echo'; name the entry point after its job",
+        r"job 'echo' is declared by kindling-broken-jobs \(broken_jobs\.jobs:ECHO\) and by "
+        r"kindling-sample-jobs \(sample_jobs\.job:JOB\); uninstall one of them",
+    ]
+    for pattern in expected:
+        assert [line for line in errors if re.search(pattern, line)], (pattern, errors)
+
+
+@pytest.mark.parametrize("name, says", [("missing", "does not load"),
+                                        ("echo", "and by kindling-sample-jobs")])
+def test_running_a_broken_job_is_its_line(broken, name, says):
+    done = fab(broken, "run", name, "--target", "local")
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [done.stderr.strip()] and says in done.stderr, done.stderr
+    assert BROKEN in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_other_jobs_still_work_beside_a_broken_one(broken):
+    done = fab(broken, "run", "train-ps", "--target", "local", "--epochs", "0")
+    assert done.returncode == 2
+    assert done.stderr.strip() == "error: --epochs must be at least 1, got 0"  # train-ps' own check
