@@ -1,22 +1,34 @@
 """`fab deploy`: every service the job needs (ops.services), its checks first on every host,
-then its steps where they are not current; and `fab run`'s check that it was done."""
+then its steps where they are not current; and `fab run`'s check that it was done. The wheels
+the hosts install: kindling's, and that of the package a job comes from."""
 
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import subprocess
 import sys
 import time
+import urllib.parse
+import urllib.request
+from importlib.metadata import Distribution
 from pathlib import Path
 
 from kindling import Inventory, UserError
 from ops.cluster import Cluster, console
 from ops.remote import read_stamp
 from ops.services import SERVICES, DeployContext
-from workloads.jobs import Job
+from ops.services.base import file_digest
+from ops.services.host import package_stamp
+from workloads.jobs import JOBS, KINDLING, Job
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+WHEELS = PROJECT_ROOT / ".kindling" / "dist"
+"""Wheels built for the hosts, one folder per content hash."""
 WHEEL_BUILD_TIMEOUT = 300
+NOT_SOURCES = {"build", "dist", "__pycache__", "node_modules", "wheelhouse", "runs"}
+"""Folders of a package's source tree that its wheel does not come from."""
 
 
 def project_wheel() -> Path:
@@ -29,20 +41,67 @@ def project_wheel() -> Path:
     digest = hashlib.sha256()
     for path in [PROJECT_ROOT / "pyproject.toml", *sources]:
         digest.update(str(path.relative_to(PROJECT_ROOT)).encode() + path.read_bytes())
-    out = PROJECT_ROOT / ".kindling" / "dist" / digest.hexdigest()[:16]
-    wheels = list(out.glob("kindling-*.whl"))
+    return build_wheel(str(PROJECT_ROOT), WHEELS / digest.hexdigest()[:16], "kindling")
+
+
+def package_wheel(job: Job) -> Path | None:
+    """The wheel of the installed package that declares job, for the hosts (None for kindling's
+    own jobs: kindling's wheel holds them), in .kindling/dist/<name>-<hash>/."""
+    declared = JOBS.packages.get(job.name)
+    if declared is None or declared.distribution is None or declared.package.lower() == KINDLING:
+        return None
+    dist = declared.distribution
+    source, digest = installed_from(dist)
+    return build_wheel(source, WHEELS / f"{package_stamp(dist.name)}-{digest[:16]}",
+                       f"{dist.name}, the package of the job {job.name}")
+
+
+def installed_from(dist: Distribution) -> tuple[str, str]:
+    """What pip installed a distribution from (its direct_url.json, PEP 610) and a digest of
+    it: its source folder (editable or not) and its files, the wheel file, or else
+    name==version, which pip gets from the index the way it installed it."""
+    direct = json.loads(dist.read_text("direct_url.json") or "{}")
+    url = urllib.parse.urlparse(direct.get("url", ""))
+    path = Path(urllib.request.url2pathname(url.path)) if url.scheme == "file" else None
+    if path and "dir_info" in direct and path.is_dir():
+        return str(path), tree_digest(path)
+    if path and path.suffix == ".whl" and path.is_file():
+        return str(path), file_digest([path])
+    spec = f"{dist.name}=={dist.version}"
+    return spec, hashlib.sha256(spec.encode()).hexdigest()
+
+
+def tree_digest(root: Path) -> str:
+    """A sha256 over a source tree's files, without hidden folders and build outputs."""
+    digest = hashlib.sha256()
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not (d.startswith(".") or d in NOT_SOURCES
+                                                 or d.endswith(".egg-info")))
+        for name in sorted(files):
+            path = Path(folder, name)
+            digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def build_wheel(source: str, out: Path, what: str) -> Path:
+    """pip's wheel of source (a project folder, a wheel, or name==version) in out, unless one is
+    there: built with this venv's build backend (no download)."""
+    wheels = list(out.glob("*.whl"))
     if not wheels:
         out.mkdir(parents=True, exist_ok=True)
         done = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
-                               "--no-build-isolation", "-w", str(out), str(PROJECT_ROOT)],
+                               "--no-build-isolation", "-w", str(out), source],
                               capture_output=True, text=True, timeout=WHEEL_BUILD_TIMEOUT)
-        wheels = list(out.glob("kindling-*.whl"))
+        wheels = list(out.glob("*.whl"))
         if done.returncode != 0 or not wheels:
-            raise UserError(f"building the kindling wheel failed: {done.stderr.strip()[-300:]}")
+            lines = done.stderr.strip().splitlines() or ["no wheel written"]
+            raise UserError(f"building the wheel of {what} from {source} failed ({lines[-1]}); "
+                            f"`pip wheel --no-deps --no-build-isolation {source}` shows why "
+                            "(its build backend must be installed in this venv)")
     return wheels[0]
 
 
-def deploy_context(inventory: Inventory, staged: dict[str, str],
+def deploy_context(inventory: Inventory, job: Job, staged: dict[str, str],
                    wheelhouse: str | None = None) -> DeployContext:
     """What the services need, built and checked on the control machine before any host work."""
     wheelhouse_dir = None
@@ -52,7 +111,7 @@ def deploy_context(inventory: Inventory, staged: dict[str, str],
             raise UserError(f"--wheelhouse {wheelhouse}: not a folder of wheels; build one with "
                             "`fab wheelhouse --folder DIR`")
     return DeployContext(inventory, PROJECT_ROOT / "constraints.txt", project_wheel(),
-                         wheelhouse_dir, staged)
+                         wheelhouse_dir, staged, package_wheel=package_wheel(job))
 
 
 def deploy(cluster: Cluster, job: Job, ctx: DeployContext) -> None:
@@ -68,10 +127,16 @@ def deploy(cluster: Cluster, job: Job, ctx: DeployContext) -> None:
 
 def check_deployed(cluster: Cluster, job: Job) -> None:
     """One clear error when `fab deploy JOB` has not been run."""
+    stamps = ["python-deps", "project"]
+    declared = JOBS.packages.get(job.name)
+    if declared and declared.package.lower() != KINDLING:
+        stamps.append(package_stamp(declared.package))
+
     def installed(host, cxn) -> bool:
-        return bool(read_stamp(cxn, "python-deps")) and bool(read_stamp(cxn, "project"))
+        return all(read_stamp(cxn, stamp) for stamp in stamps)
 
     missing = [name for name, ok in cluster.parallel(installed).items() if not ok]
     if missing:
-        raise UserError(f"kindling is not deployed on {', '.join(missing)}; run "
+        what = "kindling" if len(stamps) == 2 else f"kindling or {declared.package}"
+        raise UserError(f"{what} is not deployed on {', '.join(missing)}; run "
                         f"`fab deploy {job.name}` first")

@@ -208,7 +208,8 @@ class ClusterTarget(Target):
 
     def deploy(self, request, wheelhouse):
         staged = {str(local): remote for local, remote in self.staged(request).values()}
-        deploy(self.cluster, request.job, deploy_context(self.inventory, staged, wheelhouse))
+        deploy(self.cluster, request.job,
+               deploy_context(self.inventory, request.job, staged, wheelhouse))
 
     def run_folder(self, run_id, output):
         if output is not None:

@@ -33,7 +33,8 @@ from workloads.common import ArgumentParser, asset
 
 __all__ = ["Job", "Flag", "Download", "Placement", "Process", "Launch", "OUTPUT_FLAG",
            "STREAM_NOISE", "spark_submit", "plain_spark_plan", "tfos_plan", "tfos_submit_conf",
-           "tf_roles_plan", "lazy_check", "module_file", "JOBS", "get_job", "ENTRY_POINTS"]
+           "lazy_check", "module_file", "JOBS", "get_job", "ENTRY_POINTS"]
+"""The public API (docs/jobs.md); also `tf_roles_plan` and `TF_PORTS`, train-ps' plan."""
 
 OUTPUT_FLAG = "--output"
 """Every job writes its results (metrics.json, models, plots) into the folder this flag names."""

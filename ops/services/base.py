@@ -38,6 +38,8 @@ class DeployContext:
     """The wheelhouse as the master serves it to the other hosts, when they need it."""
     jars: dict[str, Path] = field(default_factory=dict)
     """Feature -> its jars (ops.jvm) on this machine, for the features this deploy needs."""
+    package_wheel: Path | None = None
+    """The wheel of the package the job comes from (None: a job of kindling's own)."""
 
 
 class Step:

@@ -1,12 +1,13 @@
 """The hosts' basics, the first service `fab deploy` runs on every host: kindling's folders,
 cloud-init finished, Java and python3-venv, the job dependencies (ops.services.wheels),
-kindling's own wheel, the job's data; and the JVM jars a feature ships to the hosts.
+kindling's own wheel and that of the package the job comes from, the job's data; and the JVM jars a feature ships to the hosts.
 """
 
 from __future__ import annotations
 
+import re
+import shlex
 from pathlib import Path
-
 
 from kindling import Host, HostError
 from ops.cluster import Cluster, Progress
@@ -141,18 +142,52 @@ class ProjectWheel(Step):
 
     name = "kindling wheel"
 
+    def wheel(self, ctx: DeployContext) -> Path | None:
+        return ctx.project_wheel
+
+    def stamp(self, wheel: Path) -> str:
+        return "project"
+
+    def check(self, wheel: Path) -> str:
+        """Python that fails unless the wheel's package is installed."""
+        return "import kindling, workloads"
+
     def is_current(self, cxn, host, ctx):
         """The stamp matches and the venv has it (a venv made anew, e.g. after a Python
         upgrade, keeps no package: the stamp alone would lie)."""
-        return read_stamp(cxn, "project") == ctx.project_wheel.parent.name and ok(
-            cxn, f"{PYTHON} -c 'import kindling, workloads'")
+        wheel = self.wheel(ctx)
+        return wheel is None or read_stamp(cxn, self.stamp(wheel)) == wheel.parent.name and ok(
+            cxn, f"{PYTHON} -c {shlex.quote(self.check(wheel))}")
 
     def install(self, cxn, host, ctx):
-        remote = f"{HOME}/{ctx.project_wheel.name}"
-        cxn.put(str(ctx.project_wheel), remote)
+        wheel = self.wheel(ctx)
+        remote = f"{HOME}/{wheel.name}"
+        cxn.put(str(wheel), remote)
         sh(cxn, f"{PYTHON} -m pip install -q --disable-pip-version-check --no-deps "
-                f"--force-reinstall {remote}", timeout=INSTALL_TIMEOUT, what="installing kindling")
-        write_stamp(cxn, "project", ctx.project_wheel.parent.name)
+                f"--force-reinstall {remote}", timeout=INSTALL_TIMEOUT,
+           what=f"installing {wheel.name}")
+        write_stamp(cxn, self.stamp(wheel), wheel.parent.name)
+
+
+class PackageWheel(ProjectWheel):
+    """The package a job comes from (its kindling.jobs entry point), as its wheel built on the
+    control machine, beside kindling (its dependencies: kindling's)."""
+
+    name = "job package wheel"
+
+    def wheel(self, ctx):
+        return ctx.package_wheel
+
+    def stamp(self, wheel):
+        return package_stamp(wheel.name.split("-")[0])
+
+    def check(self, wheel):
+        return f"import importlib.metadata as m; m.distribution({wheel.name.split('-')[0]!r})"
+
+
+def package_stamp(distribution: str) -> str:
+    """The stamp of a package's wheel on the hosts: `package-` and its normalized name."""
+    return "package-" + re.sub(r"[-_.]+", "-", distribution).lower()
 
 
 class StagedData(Step):
@@ -174,7 +209,7 @@ class HostBasics(Service):
     upload overlaps the other hosts' cloud-init."""
 
     steps = (Layout(), WheelhouseServer(), CloudInit(), BasePackages(), PythonDependencies(),
-             ProjectWheel(), StagedData())
+             ProjectWheel(), PackageWheel(), StagedData())
 
     def deploy(self, cluster, ctx):
         progress = Progress(cluster.inventory.hosts)
@@ -187,7 +222,8 @@ class HostBasics(Service):
 
         def install(host: Host, cxn) -> None:
             serves = bool(ctx.served) and host == master
-            steps = tuple(s for s in self.steps if not isinstance(s, WheelhouseServer) or serves)
+            steps = tuple(s for s in self.steps if (not isinstance(s, WheelhouseServer) or serves)
+                          and (not isinstance(s, PackageWheel) or ctx.package_wheel))
             try:
                 bring_up(host, cxn, steps, ctx, progress)
             finally:

@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -95,3 +96,47 @@ def test_the_other_jobs_still_work_beside_a_broken_one(broken):
     done = fab(broken, "run", "train-ps", "--target", "local", "--epochs", "0")
     assert done.returncode == 2
     assert done.stderr.strip() == "error: --epochs must be at least 1, got 0"  # train-ps' own check
+
+
+def test_the_hosts_get_the_packages_wheel_built_from_its_source_once(sample, tmp_path,
+                                                                      monkeypatch):
+    """What `fab deploy echo` ships beside kindling's wheel: the distribution that declares echo,
+    as a wheel built from the folder pip installed it from, rebuilt when a file there changes."""
+    from ops import deploy
+    from ops.services.host import PackageWheel, package_stamp
+    from workloads.jobs import JOBS, Jobs
+
+    monkeypatch.syspath_prepend(str(sample))
+    monkeypatch.setattr(deploy, "JOBS", Jobs())
+    monkeypatch.setattr(deploy, "WHEELS", tmp_path)
+    echo = deploy.JOBS["echo"]
+    wheel = deploy.package_wheel(echo)
+    assert wheel.name == "kindling_sample_jobs-1.0.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel) as built:
+        assert "sample_jobs/job.py" in built.namelist()
+        entry_points = built.read("kindling_sample_jobs-1.0.0.dist-info/entry_points.txt").decode()
+    assert "echo = sample_jobs.job:JOB" in entry_points
+    built_at = wheel.stat().st_mtime_ns
+    assert deploy.package_wheel(echo) == wheel and wheel.stat().st_mtime_ns == built_at
+
+    source = Path(json.loads(deploy.JOBS.packages["echo"].distribution.read_text(
+        "direct_url.json"))["url"].removeprefix("file://"))
+    (source / "sample_jobs" / "job.py").write_text((source / "sample_jobs" / "job.py").read_text()
+                                                   + "\n# changed\n")
+    assert deploy.package_wheel(echo).parent != wheel.parent
+    # the step that installs it and `fab run`'s deployed check agree on its stamp
+    assert PackageWheel().stamp(wheel) == package_stamp("kindling-sample-jobs")
+    assert deploy.package_wheel(JOBS["classify"]) is None  # in kindling's own wheel
+
+
+def test_a_package_installed_from_a_wheel_ships_that_wheel(install_packages, tmp_path):
+    from importlib.metadata import distributions
+
+    from ops.deploy import build_wheel, installed_from
+
+    wheel = build_wheel(str(install_packages("sample_jobs").parent / "src" / "sample_jobs"),
+                        tmp_path / "built", "kindling-sample-jobs")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index",
+                    "--target", str(tmp_path / "site"), str(wheel)], check=True, timeout=120)
+    [dist] = distributions(path=[str(tmp_path / "site")])
+    assert installed_from(dist)[0] == str(wheel)
