@@ -40,6 +40,9 @@ OUTPUT_FLAG = "--output"
 """Every job writes its results (metrics.json, models, plots) into the folder this flag names."""
 ENTRY_POINTS = "kindling.jobs"
 """The entry-point group through which an installed package declares its jobs."""
+FAB_OPTIONS = ("job", "target", "detach", "timeout", "job_args", "fresh", "wheelhouse", "help")
+"""`fab deploy|run`'s own options (as dests): a job flag offered to fab (Flag.fab) may not reuse
+one."""
 KINDLING = "kindling"
 CHECKOUT = Path(__file__).resolve().parents[1]
 """The folder kindling runs from: a checkout holds its pyproject.toml."""
@@ -421,6 +424,11 @@ class Declaration:
         if not isinstance(job, Job):
             raise UserError(f"{where}: {ep.value} is a {type(job).__name__}, not a "
                             f"workloads.jobs.Job; {fix}")
+        taken = [flag.name for flag in job.flags if flag.fab and flag.dest in FAB_OPTIONS]
+        if taken:
+            raise UserError(f"{where}: its flag {taken[0]} is also an option of fab deploy|run; "
+                            "rename the flag, or declare it with fab=False (then it is given "
+                            "through --job-args), then reinstall the package")
         if job.name != self.name:
             raise UserError(f"{where}: {ep.value} is the job {job.name!r}; name the entry "
                             f"point after its job ({job.name} = \"{ep.value}\"), then "

@@ -4,6 +4,7 @@ and a bug shows its traceback."""
 
 from __future__ import annotations
 
+import inspect
 import os
 import socket
 import subprocess
@@ -20,7 +21,7 @@ from ops import tasks
 from ops.remote import sh
 from ops.run import check_downloads, run
 from ops.targets import LocalTarget
-from workloads.jobs import JOBS, Flag, Job, Launch, Process
+from workloads.jobs import FAB_OPTIONS, JOBS, Flag, Job, Launch, Process
 
 REPO = Path(__file__).resolve().parents[2]
 FAB = str(Path(sys.executable).parent / "fab")
@@ -32,6 +33,16 @@ def echo_plan(job: Job, placement, args: list[str], run_dir: str) -> Launch:
     code = (f"import json; print({word!r}); "
             f"json.dump({{'accuracy': 1.0, 'word': {word!r}}}, open('metrics.json', 'w'))")
     return Launch([Process("say 0", placement.master, (sys.executable, "-c", code), main=True)])
+
+
+def test_job_flags_may_not_take_the_names_of_fab_deploy_and_run_options():
+    """workloads.jobs refuses a declaration whose fab flag reuses one of FAB_OPTIONS: they must
+    name every option of the launch tasks that is not a job flag."""
+    job_flags = set(tasks._fab_flags())
+    for launch in (tasks.deploy, tasks.run_job):
+        own = set(inspect.signature(launch.body).parameters) - job_flags - {"c"}
+        assert own <= set(FAB_OPTIONS), own - set(FAB_OPTIONS)
+        assert {"target", "job_args"} <= own  # not blind
 
 
 def test_ops_names_no_job_and_no_job_flag():
