@@ -173,7 +173,7 @@ class PackageWheel(ProjectWheel):
     """The package a job comes from (its kindling.jobs entry point), as its wheel built on the
     control machine, beside kindling (its dependencies: kindling's)."""
 
-    name = "job package wheel"
+    name = "package wheel"
 
     def wheel(self, ctx):
         return ctx.package_wheel

@@ -218,3 +218,27 @@ def test_exec_put_and_ui(netns_cluster, env, tmp_path, deployed):
     finally:
         ui.terminate()
         ui.wait(timeout=30)
+
+
+def test_a_job_from_a_package_of_its_own_is_installed_from_its_wheel_and_runs(
+        netns_cluster, env, wheelhouse, deployed, install_packages):
+    """tests/data/sample_jobs, installed on this machine outside kindling: before its deploy,
+    `fab run echo` is one line; `fab deploy echo` installs its wheel on every host (the rest is
+    deployed already) and runs it on the master; `fab run echo` then runs it again."""
+    inventory = str(netns_cluster.inventory_path)
+    mine = env | {"PYTHONPATH": f"{install_packages('sample_jobs')}:{REPO}"}
+    for host in netns_cluster.hosts:  # as before any deploy of the package
+        netns_cluster.exec(host, "rm -f /opt/kindling/stamps/package-kindling-sample-jobs")
+    line = one_error_line(fab(mine, "run", "echo", "--target", inventory))
+    assert re.search(r"kindling or kindling-sample-jobs is not deployed on master, worker-0, "
+                     r"worker-1; run `fab deploy echo` first", line), line
+
+    done = fab(mine, "deploy", "echo", "--target", inventory, "--wheelhouse", wheelhouse,
+               "--word", "hosts")
+    results = results_of(done)
+    steps = dict(re.findall(r"^(\S+) +package wheel +(\S+)", done.stdout, re.M))
+    assert steps == {host.name: "installed" for host in netns_cluster.hosts}, done.stdout
+    assert not re.search(r"kindling wheel +installed", done.stdout)
+    assert json.loads((results / "metrics.json").read_text())["word"] == "hosts"
+    again = results_of(fab(mine, "run", "echo", "--target", inventory, "--word", "again"))
+    assert json.loads((again / "metrics.json").read_text())["word"] == "again"
