@@ -47,7 +47,7 @@ def project_wheel() -> Path:
 def package_wheel(job: Job) -> Path | None:
     """The wheel of the installed package that declares job, for the hosts (None for kindling's
     own jobs: kindling's wheel holds them), in .kindling/dist/<name>-<hash>/."""
-    declared = JOBS.packages.get(job.name)
+    declared = JOBS.declared(job.name)
     if declared is None or declared.distribution is None or declared.package.lower() == KINDLING:
         return None
     dist = declared.distribution
@@ -128,7 +128,7 @@ def deploy(cluster: Cluster, job: Job, ctx: DeployContext) -> None:
 def check_deployed(cluster: Cluster, job: Job) -> None:
     """One clear error when `fab deploy JOB` has not been run."""
     stamps = ["python-deps", "project"]
-    declared = JOBS.packages.get(job.name)
+    declared = JOBS.declared(job.name)
     if declared and declared.package.lower() != KINDLING:
         stamps.append(package_stamp(declared.package))
 

@@ -466,14 +466,14 @@ def declarations() -> list[Declaration]:
 class Jobs(MutableMapping):
     """name -> Job, loaded from the kindling.jobs entry points on first use (the declarations
     import this module, so it imports them only once it has loaded). A broken entry point (does
-    not load, is no Job, a name two packages declare) leaves its job out with one line in
-    `problems`; the other jobs work."""
+    not load, is no Job, a name two packages declare, ...) leaves its job out with one line in
+    `broken()`; the other jobs work."""
 
     def __init__(self) -> None:
         self._jobs: dict[str, Job] | None = None
-        self.packages: dict[str, Declaration] = {}
+        self._declared: dict[str, Declaration] = {}
         """name -> where the job comes from."""
-        self.problems: dict[str, str] = {}
+        self._problems: dict[str, str] = {}
         """name -> why the job cannot be used, and the fix."""
 
     def _all(self) -> dict[str, Job]:
@@ -484,28 +484,33 @@ class Jobs(MutableMapping):
             jobs = {}
             for name, declared in by_name.items():
                 if len(declared) > 1:
-                    self.problems[name] = (
+                    self._problems[name] = (
                         f"job {name!r} is declared by " + " and by ".join(
                             f"{d.package} ({d.entry_point.value})" for d in declared)
                         + "; uninstall one of them, or rename its entry point and its job")
                     continue
                 try:
                     jobs[name] = declared[0].load()
-                    self.packages[name] = declared[0]
+                    self._declared[name] = declared[0]
                 except UserError as exc:
-                    self.problems[name] = str(exc)
+                    self._problems[name] = str(exc)
             self._jobs = jobs
         return self._jobs
 
+    def declared(self, name: str) -> Declaration | None:
+        """Where a job comes from (None for a job not declared by an entry point)."""
+        self._all()
+        return self._declared.get(name)
+
     def package(self, name: str) -> str:
         """The distribution a job comes from."""
-        self._all()
-        return self.packages[name].package if name in self.packages else KINDLING
+        declared = self.declared(name)
+        return declared.package if declared else KINDLING
 
     def broken(self) -> dict[str, str]:
         """name -> the one line saying why that declared job cannot be used."""
         self._all()
-        return dict(self.problems)
+        return dict(self._problems)
 
     def __getitem__(self, name: str) -> Job:
         return self._all()[name]

@@ -106,10 +106,10 @@ def test_the_hosts_get_the_packages_wheel_built_from_its_source_once(sample, tmp
     as a wheel built from the folder pip installed it from, rebuilt when a file there changes."""
     from ops import deploy
     from ops.services.host import PackageWheel, package_stamp
-    from workloads.jobs import JOBS, Jobs
+    from workloads.jobs import Jobs
 
     monkeypatch.syspath_prepend(str(sample))
-    monkeypatch.setattr(deploy, "JOBS", Jobs())
+    monkeypatch.setattr(deploy, "JOBS", Jobs())  # collected anew, the package on the path
     monkeypatch.setattr(deploy, "WHEELS", tmp_path)
     echo = deploy.JOBS["echo"]
     wheel = deploy.package_wheel(echo)
@@ -121,14 +121,14 @@ def test_the_hosts_get_the_packages_wheel_built_from_its_source_once(sample, tmp
     built_at = wheel.stat().st_mtime_ns
     assert deploy.package_wheel(echo) == wheel and wheel.stat().st_mtime_ns == built_at
 
-    source = Path(json.loads(deploy.JOBS.packages["echo"].distribution.read_text(
+    source = Path(json.loads(deploy.JOBS.declared("echo").distribution.read_text(
         "direct_url.json"))["url"].removeprefix("file://"))
     (source / "sample_jobs" / "job.py").write_text((source / "sample_jobs" / "job.py").read_text()
                                                    + "\n# changed\n")
     assert deploy.package_wheel(echo).parent != wheel.parent
     # the step that installs it and `fab run`'s deployed check agree on its stamp
     assert PackageWheel().stamp(wheel) == package_stamp("kindling-sample-jobs")
-    assert deploy.package_wheel(JOBS["classify"]) is None  # in kindling's own wheel
+    assert deploy.package_wheel(deploy.JOBS["classify"]) is None  # in kindling's own wheel
 
 
 def test_a_package_installed_from_a_wheel_ships_that_wheel(install_packages, tmp_path):
