@@ -8,12 +8,15 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from invoke import Context
 
 REPO = Path(__file__).resolve().parents[2]
 FAB = str(Path(sys.executable).parent / "fab")
@@ -142,3 +145,49 @@ def test_a_package_installed_from_a_wheel_ships_that_wheel(install_packages, tmp
                     "--target", str(tmp_path / "site"), str(wheel)], check=True, timeout=120)
     [dist] = distributions(path=[str(tmp_path / "site")])
     assert installed_from(dist)[0] == str(wheel)
+
+
+class LocalHost:
+    """Stands in for a Fabric Connection to a host: its commands and copies run here."""
+
+    where = ("worker-0", "worker")
+
+    def run(self, command: str, **kwargs):
+        return Context().run(command, **kwargs)
+
+    def put(self, local: str, remote: str) -> None:
+        shutil.copy(local, remote)
+
+
+def test_the_package_wheel_step_installs_it_into_the_hosts_venv_once(install_packages, tmp_path,
+                                                                      monkeypatch):
+    """The deploy step, run here against a venv of its own as the hosts' venv: the package's
+    entry point is then in that venv's metadata, and the stamp is the one `fab run` checks."""
+    from ops import remote
+    from ops.deploy import build_wheel
+    from ops.services import host as basics
+    from ops.services.base import DeployContext
+
+    venv = tmp_path / "venv"  # the base Python's pip, as the hosts' venv has its own
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", "--system-site-packages",
+                    str(venv)], check=True, timeout=60)
+    monkeypatch.setattr(basics, "PYTHON", str(venv / "bin" / "python"))
+    monkeypatch.setattr(basics, "HOME", str(tmp_path))
+    monkeypatch.setattr(remote, "STAMPS", str(tmp_path / "stamps"))
+    source = install_packages("sample_jobs").parent / "src" / "sample_jobs"
+    wheel = build_wheel(str(source), tmp_path / "dist" / "kindling-sample-jobs-0123",
+                        "kindling-sample-jobs")
+    ctx = DeployContext(None, Path(), None, package_wheel=wheel)
+    step, cxn = basics.PackageWheel(), LocalHost()
+    assert not step.is_current(cxn, None, ctx)
+    step.install(cxn, None, ctx)
+    assert step.is_current(cxn, None, ctx)
+    assert remote.read_stamp(cxn, basics.package_stamp("kindling-sample-jobs")) == \
+        "kindling-sample-jobs-0123"
+    declared = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", "from importlib.metadata import entry_points; "
+         "print(entry_points(group='kindling.jobs')['echo'].value)"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert declared.stdout.strip() == "sample_jobs.job:JOB", declared.stderr
+    assert not basics.PackageWheel().is_current(cxn, None, replace(
+        ctx, package_wheel=tmp_path / "dist" / "kindling-sample-jobs-4567" / wheel.name))
