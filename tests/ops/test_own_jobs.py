@@ -1,7 +1,9 @@
 """Jobs from a package of one's own: tests/data/sample_jobs, installed by pip outside kindling's
 tree, declares `echo` through the kindling.jobs entry point; the real fab CLI lists it with its
-package, offers its flag and runs it on the local target. tests/data/broken_jobs declares jobs
-every wrong way: each is one line naming the package and the fix, and the other jobs still work."""
+package, offers its flag and runs it on the local target; its wheel for the hosts is built from
+where pip installed it from, and the deploy step installs it into a venv. tests/data/broken_jobs
+declares jobs every wrong way: each is one line naming the package and the fix, and the other
+jobs still work."""
 
 from __future__ import annotations
 
