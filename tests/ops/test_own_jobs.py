@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import zipfile
@@ -18,7 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from invoke import Context
+from test_stores import ThisMachine  # a host whose commands and copies run here
 
 REPO = Path(__file__).resolve().parents[2]
 FAB = str(Path(sys.executable).parent / "fab")
@@ -149,18 +148,6 @@ def test_a_package_installed_from_a_wheel_ships_that_wheel(install_packages, tmp
     assert installed_from(dist)[0] == str(wheel)
 
 
-class LocalHost:
-    """Stands in for a Fabric Connection to a host: its commands and copies run here."""
-
-    where = ("worker-0", "worker")
-
-    def run(self, command: str, **kwargs):
-        return Context().run(command, **kwargs)
-
-    def put(self, local: str, remote: str) -> None:
-        shutil.copy(local, remote)
-
-
 def test_the_package_wheel_step_installs_it_into_the_hosts_venv_once(install_packages, tmp_path,
                                                                       monkeypatch):
     """The deploy step, run here against a venv of its own as the hosts' venv: the package's
@@ -180,7 +167,7 @@ def test_the_package_wheel_step_installs_it_into_the_hosts_venv_once(install_pac
     wheel = build_wheel(str(source), tmp_path / "dist" / "kindling-sample-jobs-0123",
                         "kindling-sample-jobs")
     ctx = DeployContext(None, Path(), None, package_wheel=wheel)
-    step, cxn = basics.PackageWheel(), LocalHost()
+    step, cxn = basics.PackageWheel(), ThisMachine()
     assert not step.is_current(cxn, None, ctx)
     step.install(cxn, None, ctx)
     assert step.is_current(cxn, None, ctx)
