@@ -152,7 +152,7 @@ def outside_the_cache(plan: str) -> str:
 def test_each_file_is_featurized_once_into_a_disk_cache_of_features_not_pixels(
         spark, photos, weights, tmp_path, caplog):
     """The job's one pass: files' bytes decoded in draft mode in the Python workers, the cached
-    rows (path, label, features, rank) hold no pixels and no bytes, an undecodable file is null
+    rows (path, label, features) hold no pixels and no bytes, an undecodable file is null
     and named, and the training and test sets read the cache instead of featurizing again."""
     import keras
     from pyspark import StorageLevel
@@ -164,7 +164,7 @@ def test_each_file_is_featurized_once_into_a_disk_cache_of_features_not_pixels(
     plan = images._jdf.queryExecution().executedPlan().toString()
     [model_runs] = re.findall(r"ArrowEvalPython \[(.*?)\], ", plan)  # the UDFs it evaluates
     assert model_runs.count("apply(") == 1, plan  # the model runs once a row
-    assert images.columns == ["path", "label", "features", "rank"]
+    assert images.columns == ["path", "label", "features"]
     assert images.storageLevel == StorageLevel.DISK_ONLY
     with caplog.at_level("WARNING"):
         decodable, dropped = classify.class_counts(images, [str(data / "buses"), str(data / "cars")])
@@ -178,9 +178,12 @@ def test_each_file_is_featurized_once_into_a_disk_cache_of_features_not_pixels(
         assert "InMemoryTableScan" in plan and "EvalPython" not in plan, plan
     rows = sorted(images.collect(), key=lambda row: row.path)
     assert [row.path.rsplit("/", 1)[-1] for row in rows if row.features is None] == ["broken.jpg"]
-    for label in (0.0, 1.0):
-        ranked = [row for row in rows if row.label == label and row.features is not None]
-        assert [row.rank for row in ranked] == list(range(len(ranked)))
+    held_out = sorted(row.path for row in test.collect())
+    assert held_out == sorted(
+        ranked[rank] for label in (0, 1)
+        for ranked in [[row.path for row in rows if row.label == label and row.features is not None]]
+        for rank in classify.held_out_ranks(3, 0.4, 42, label))
+    assert {row.path for row in train.collect()}.isdisjoint(held_out)
 
     model = keras.applications.MobileNet(alpha=0.25, include_top=False, pooling="avg",
                                          weights=None, input_shape=(224, 224, 3))

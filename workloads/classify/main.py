@@ -200,12 +200,11 @@ def image_featurizer(model_name: str, weights: str):
 def featurize_classes(spark, folders: list[str], featurizer):
     """Every file of every class folder featurized once (binaryFile bytes decoded in the Python
     workers; null features for a file that is no decodable image), in a few tasks per core
-    rather than one per 32 files (Spark's file splits): (path, label, features, rank), rank being the
-    position of a decodable image among its class's sorted paths. Kept on the executors' disks:
-    features (KBs an image, never pixels) for the fit and the evaluation alike, memory flat in
-    the number of images."""
+    rather than one per 32 files (Spark's file splits): (path, label, features). Kept on the
+    executors' disks in those partitions: features (KBs an image, never pixels) for the fit and
+    the evaluation alike, memory flat in the number of images."""
     from pyspark import StorageLevel
-    from pyspark.sql import DataFrame, Window
+    from pyspark.sql import DataFrame
     from pyspark.sql import functions as F
 
     files = functools.reduce(DataFrame.unionByName, [
@@ -214,10 +213,7 @@ def featurize_classes(spark, folders: list[str], featurizer):
         for label, folder in enumerate(folders)])
     files = files.coalesce(max(TASKS_PER_CORE * spark.sparkContext.defaultParallelism,
                                -(-files.rdd.getNumPartitions() // SCAN_SPLITS_PER_TASK)))
-    featured = featurizer.transform(files).drop("image")
-    by_class = Window.partitionBy("label", F.col("features").isNull()).orderBy("path")
-    return (featured.withColumn("rank", F.row_number().over(by_class) - 1)
-            .persist(StorageLevel.DISK_ONLY))
+    return featurizer.transform(files).drop("image").persist(StorageLevel.DISK_ONLY)
 
 
 def class_counts(images, folders: list[str]) -> tuple[list[int], int]:
@@ -245,17 +241,21 @@ def class_counts(images, folders: list[str]) -> tuple[list[int], int]:
 
 def split_classes(images, decodable: list[int], test_fraction: float, seed: int):
     """(train, test) DataFrames of the decodable images, and their counts: the test share of each
-    class drawn by held_out_ranks, matched by (label, rank) on the executors."""
+    class drawn by held_out_ranks, the ranks matched in the classes' sorted paths (a window over
+    the paths alone), and the test paths broadcast, so that the features stay where they are."""
+    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     held = [(float(label), rank) for label, count in enumerate(decodable)
             for rank in held_out_ranks(count, test_fraction, seed, label)]
-    spark = images.sparkSession
-    held_out = F.broadcast(spark.createDataFrame(held, "label double, rank int"))
+    held_out = images.sparkSession.createDataFrame(held, "label double, rank int")
     usable = images.where(F.col("features").isNotNull())
+    ranks = usable.select("label", "path").withColumn(
+        "rank", F.row_number().over(Window.partitionBy("label").orderBy("path")) - 1)
+    test_paths = F.broadcast(ranks.join(held_out, ["label", "rank"]).select("label", "path"))
     counts = {"train": sum(decodable) - len(held), "test": len(held)}
-    return (usable.join(held_out, ["label", "rank"], "left_anti"),
-            usable.join(held_out, ["label", "rank"], "left_semi"), counts)
+    return (usable.join(test_paths, ["label", "path"], "left_anti"),
+            usable.join(test_paths, ["label", "path"], "left_semi"), counts)
 
 
 def fit_pipeline(featurizer, train, max_iter: int):
