@@ -254,11 +254,8 @@ def split_classes(images, decodable: list[int], test_fraction: float, seed: int)
         "rank", F.row_number().over(Window.partitionBy("label").orderBy("path")) - 1)
     test_paths = F.broadcast(ranks.join(held_out, ["label", "rank"]).select("label", "path"))
     counts = {"train": sum(decodable) - len(held), "test": len(held)}
-    # One partition per core: the regression's 30 passes and the evaluation's are small jobs
-    # over features, where every further task is only scheduling.
-    cores = images.sparkSession.sparkContext.defaultParallelism
-    return (usable.join(test_paths, ["label", "path"], "left_anti").coalesce(cores),
-            usable.join(test_paths, ["label", "path"], "left_semi").coalesce(cores), counts)
+    return (usable.join(test_paths, ["label", "path"], "left_anti"),
+            usable.join(test_paths, ["label", "path"], "left_semi"), counts)
 
 
 def fit_pipeline(featurizer, train, max_iter: int):
