@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -120,13 +121,85 @@ def test_classify_buses_cars_drops_a_corrupt_file_and_saved_pipeline_predicts_th
     featurizer = loaded.stages[0]
     assert isinstance(featurizer, DeepImageFeaturizer)
     assert (featurizer.getModelName(), featurizer.getWeights()) == ("MobileNet", weights)
-    images = spark.read.format("image").load([local_path(p).as_posix() for p in table["path"]])
-    again = (loaded.transform(images).select(F.col("image.origin").alias("path"), "prediction", "probability")
-             .toPandas().set_index("path").loc[table["path"]])
+    paths = [local_path(p).as_posix() for p in table["path"]]
+    files = spark.read.format("binaryFile").load(paths).withColumnRenamed("content", "image")
+    again = loaded.transform(files).select("path", "prediction", "probability").toPandas()
+    again = again.set_index(again["path"].map(lambda p: local_path(p).as_posix())).loc[paths]
     assert (again["prediction"].to_numpy() == table["prediction"].to_numpy()).all()
     # TensorFlow's CPU kernels round differently for different batch compositions: ~1e-7.
     confidence = [p[int(i)] for p, i in zip(again["probability"], again["prediction"])]
     np.testing.assert_allclose(confidence, table["confidence"], rtol=0, atol=1e-6)
+    # sparkdl's image structs (decoded in full by the JVM, not in draft mode) still go through it.
+    structs = spark.read.format("image").load(paths)
+    from_structs = (loaded.transform(structs).select(F.col("image.origin").alias("path"), "prediction")
+                    .toPandas())
+    same = again.loc[[local_path(p).as_posix() for p in from_structs["path"]], "prediction"]
+    assert len(from_structs) == 35 and (from_structs["prediction"].to_numpy() == same.to_numpy()).mean() >= 0.9
+
+
+def outside_the_cache(plan: str) -> str:
+    """A physical plan's text without the plans of the cached relations it reads."""
+    kept, cached_indent = [], None
+    for line in plan.splitlines():
+        indent = len(line) - len(line.lstrip(" :|+-"))
+        if cached_indent is not None and indent > cached_indent:
+            continue
+        cached_indent = indent if "InMemoryRelation" in line else None
+        kept.append(line)
+    return "\n".join(kept)
+
+
+def test_each_file_is_featurized_once_into_a_disk_cache_of_features_not_pixels(
+        spark, photos, weights, tmp_path, caplog):
+    """The job's one pass: files' bytes decoded in draft mode in the Python workers, the cached
+    rows (path, label, features) hold no pixels and no bytes, an undecodable file is null
+    and named, and the training and test sets read the cache instead of featurizing again."""
+    import keras
+    from pyspark import StorageLevel
+
+    data = copy_dataset(tmp_path, photos, {"buses": BUSES, "cars": CARS})
+    (data / "cars" / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    featurizer = classify.image_featurizer("MobileNet", weights)
+    images = classify.featurize_classes(spark, [str(data / "buses"), str(data / "cars")], featurizer)
+    plan = images._jdf.queryExecution().executedPlan().toString()
+    [model_runs] = re.findall(r"ArrowEvalPython \[(.*?)\], ", plan)  # the UDFs it evaluates
+    assert model_runs.count("apply(") == 1, plan  # the model runs once a row
+    assert images.columns == ["path", "label", "features"]
+    assert images.storageLevel == StorageLevel.DISK_ONLY
+    with caplog.at_level("WARNING"):
+        decodable, dropped = classify.class_counts(images, [str(data / "buses"), str(data / "cars")])
+    assert (decodable, dropped) == ([3, 3], 1)
+    assert "cars: dropped 1 of 4 files that are not decodable images: broken.jpg" in caplog.text
+
+    train, test, counts = classify.split_classes(images, decodable, 0.4, 42)
+    assert counts == {"train": 4, "test": 2}
+    for part in (train, test):
+        plan = outside_the_cache(part._jdf.queryExecution().executedPlan().toString())
+        assert "InMemoryTableScan" in plan and "EvalPython" not in plan, plan
+    rows = sorted(images.collect(), key=lambda row: row.path)
+    assert [row.path.rsplit("/", 1)[-1] for row in rows if row.features is None] == ["broken.jpg"]
+    held_out = sorted(row.path for row in test.collect())
+    assert held_out == sorted(
+        ranked[rank] for label in (0, 1)
+        for ranked in [[row.path for row in rows if row.label == label and row.features is not None]]
+        for rank in classify.held_out_ranks(3, 0.4, 42, label))
+    assert {row.path for row in train.collect()}.isdisjoint(held_out)
+
+    model = keras.applications.MobileNet(alpha=0.25, include_top=False, pooling="avg",
+                                         weights=None, input_shape=(224, 224, 3))
+    model.load_weights(weights, by_name=True)
+    usable = [row for row in rows if row.features is not None]
+
+    def drafted(path: Path) -> np.ndarray:  # what a Keras user's own script does
+        image = Image.open(path)
+        image.draft("RGB", (224, 224))
+        return np.asarray(image.convert("RGB").resize((224, 224), Image.Resampling.BILINEAR),
+                          dtype=np.float32)
+
+    pixels = np.stack([drafted(local_path(row.path)) for row in usable])
+    expected = model.predict(keras.applications.mobilenet.preprocess_input(pixels), verbose=0)
+    np.testing.assert_allclose([row.features.toArray() for row in usable], expected, atol=1e-5, rtol=0)
+    images.unpersist()
 
 
 def test_class_without_readable_images_is_an_error(spark, photos, weights, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 from pathlib import Path
@@ -13,9 +14,9 @@ from PIL import Image
 from workloads.classify import main as classify
 from workloads.jobs import JOBS
 from kindling import UserError
-from workloads.classify.image_models import (MODEL_SPECS, build_model, imagenet_labels,
-                                             model_spec, resized_rgb, saved_weights,
-                                             weights_source)
+from workloads.classify.image_models import (MODEL_SPECS, build_model, decoded_rgb,
+                                             imagenet_labels, model_spec, resized_rgb,
+                                             saved_weights, weights_source)
 
 MOBILENET = "models/mobilenet_v1_0.25_224.h5"
 LABELS = "models/imagenet_labels_1001.txt"
@@ -169,14 +170,84 @@ def test_class_folder_errors(tmp_path):
 
 
 def test_held_out_share_is_exact_seeded_and_differs_per_class():
-    paths = [f"file:/d/buses/{i:02d}.jpg" for i in range(48)]
-    test = classify.held_out(paths, 0.4, seed=42, label=0)
-    assert len(test) == 19 and set(test) <= set(paths)
-    assert classify.held_out(list(reversed(paths)), 0.4, seed=42, label=0) == test
-    assert classify.held_out(paths, 0.4, seed=7, label=0) != test
-    assert classify.held_out(paths, 0.4, seed=42, label=1) != test
-    assert len(classify.held_out(paths[:41], 0.4, seed=42, label=1)) == 16
-    assert classify.held_out(paths[:1], 0.4, seed=42, label=0) == []
+    test = classify.held_out_ranks(48, 0.4, seed=42, label=0)
+    assert len(test) == 19 and set(test) <= set(range(48)) and test == sorted(test)
+    assert classify.held_out_ranks(48, 0.4, seed=7, label=0) != test
+    assert classify.held_out_ranks(48, 0.4, seed=42, label=1) != test
+    assert len(classify.held_out_ranks(41, 0.4, seed=42, label=1)) == 16
+    assert classify.held_out_ranks(1, 0.4, seed=42, label=0) == []
+
+
+@pytest.mark.parametrize(("count", "seed", "label"), [(48, 42, 0), (41, 42, 1), (2000, 7, 1)])
+def test_held_out_ranks_pick_the_paths_the_earlier_path_draw_picked(count, seed, label):
+    """The hold-out sets stay those of the job's earlier draw over the sorted paths themselves."""
+    paths = [f"file:/d/buses/{i:05d}.jpg" for i in np.random.default_rng(count).permutation(count)]
+    ordered = sorted(paths)
+    size = min(count - 1, max(1, round(count * 0.4)))
+    earlier = sorted(np.random.default_rng([seed, label]).choice(ordered, size=size, replace=False))
+    assert [ordered[rank] for rank in classify.held_out_ranks(count, 0.4, seed, label)] == earlier
+
+
+def jpeg(size: tuple[int, int], mode: str = "RGB") -> bytes:
+    """A JPEG of a smooth gradient (so that scaled decodes stay close to full ones)."""
+    gradient = Image.linear_gradient("L").resize(size)
+    image = Image.merge("RGB", (gradient, gradient.transpose(Image.Transpose.ROTATE_90).resize(size),
+                                Image.new("L", size, 90))) if mode == "RGB" else gradient
+    out = io.BytesIO()
+    image.save(out, format="JPEG", quality=90)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("size", [224, 299])
+def test_draft_decode_gives_the_model_input_size_from_a_reduced_decode(size):
+    data = jpeg((3648, 2736))
+    with Image.open(io.BytesIO(data)) as image:
+        image.draft("RGB", (size, size))
+        assert image.size == (456, 342)  # a 1/8 DCT decode, still >= size on both sides
+    pixels = decoded_rgb(data, size)
+    assert pixels.shape == (size, size, 3) and pixels.dtype == np.uint8
+    full = np.asarray(Image.open(io.BytesIO(data)).convert("RGB").resize((size, size),
+                                                                         Image.Resampling.BILINEAR))
+    assert np.abs(pixels.astype(int) - full).mean() < 2
+
+
+def test_small_gray_and_alpha_files_decode_to_rgb_of_the_input_size(tmp_path):
+    assert decoded_rgb(jpeg((84, 60), "L"), 224).shape == (224, 224, 3)
+    rgba = Image.new("RGBA", (300, 200), (10, 200, 30, 0))
+    out = io.BytesIO()
+    rgba.save(out, format="PNG")
+    pixels = decoded_rgb(out.getvalue(), 224)
+    assert pixels.shape == (224, 224, 3) and pixels[0, 0].tolist() == [10, 200, 30]
+
+
+@pytest.mark.parametrize("data", [b"\xff\xd8 not a jpeg", b"GIF89a truncated", b"", b"plain text\n",
+                                  jpeg((640, 480))[:2000]])
+def test_undecodable_bytes_give_none(data):
+    assert decoded_rgb(data, 224) is None
+
+
+def test_model_outputs_batch_the_decoded_images_and_leave_the_others_null():
+    from workloads.classify.deep_image import BATCH_SIZE, model_outputs
+
+    class Sums:
+        """A model whose output is each image's pixel sum: shows which image went where."""
+        def __init__(self):
+            self.calls: list[int] = []
+
+        def predict_on_batch(self, batch):
+            self.calls.append(len(batch))
+            return batch.reshape(len(batch), -1).sum(axis=1, keepdims=True)
+
+    images = [None if i % 3 == 0 else np.full((2, 2, 3), i, dtype=np.uint8) for i in range(80)]
+    spec = model_spec("MobileNet")
+    model = Sums()
+    outputs = model_outputs(model, spec, images)
+    assert len(outputs) == 80 and model.calls == [BATCH_SIZE, 53 - BATCH_SIZE]  # 27 are None
+    for image, output in zip(images, outputs):
+        if image is None:
+            assert output is None
+        else:
+            assert output == pytest.approx([spec.preprocess(image).sum()], rel=1e-6)
 
 
 def test_offline_defaults_fill_data_model_and_weights(assets, monkeypatch):

@@ -7,10 +7,13 @@
     DeepImagePredictor(..., decodePredictions,->  DeepImagePredictor(..., topK, decodePredictions,
                        topK)                           weights, labelsPath)
 
-Both transformers are real Spark ML Transformers built on pyspark's predict_batch_udf: the Keras
-model is built once per Python worker, images are resized inside the predict function (shipping
-Spark's decoded pixels is about twice as fast as shipping float tensors), and their Params are
-plain JSON, so a Pipeline holding them saves and loads (which sparkdl's never did).
+Both transformers are real Spark ML Transformers built on a pandas UDF (Arrow batches). Their
+input column holds either the image files' compressed bytes (Spark's binaryFile source, what
+classify reads: a file is decoded once, in the Python worker, JPEGs by PIL's draft mode straight
+to about the model's input size) or Spark's image struct (sparkdl's readImages: pixels decoded
+by the JVM, resized in the worker). The Keras model is built once per Python worker and kept
+for its later tasks; files that do not decode give null. Their Params are plain JSON, so a
+Pipeline holding them saves and loads (which sparkdl's never did).
 """
 
 from __future__ import annotations
@@ -18,27 +21,36 @@ from __future__ import annotations
 import functools
 import logging
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
+import pandas as pd
 from pyspark import keyword_only
 from pyspark.ml import Transformer
-from pyspark.ml.functions import array_to_vector, predict_batch_udf
+from pyspark.ml.functions import array_to_vector
 from pyspark.ml.param import Param, Params, TypeConverters
 from pyspark.ml.param.shared import HasInputCol, HasOutputCol
 from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql.types import ArrayType, FloatType, StringType, StructField, StructType
+from pyspark.sql.functions import pandas_udf
+from pyspark.sql.types import (ArrayType, BinaryType, DataType, FloatType, StringType, StructField,
+                               StructType)
 
-from workloads.classify.image_models import (IMAGENET, build_model, imagenet_labels,
-                                             model_input, model_spec, weights_source)
+from workloads.classify.image_models import (IMAGENET, build_model, decoded_rgb, imagenet_labels,
+                                             model_spec, resized_rgb, weights_source)
 
 log = logging.getLogger(__name__)
 
 BATCH_SIZE = 32
 """Images per model call inside a Python worker."""
 IMAGE_FIELDS = ("height", "width", "nChannels", "data")
-"""The image-schema fields the predict functions read, in their argument order."""
+"""The image-schema fields the transformers read."""
+ARROW_CONF = {"spark.sql.execution.arrow.maxRecordsPerBatch": str(4 * BATCH_SIZE),
+              "spark.sql.execution.arrow.maxBytesPerBatch": str(32 * 2**20)}
+"""What a session featurizing image files should set: Spark's default Arrow batch (10,000 rows)
+would hand a Python worker 10,000 photos at once (gigabytes of phone JPEGs); these keep each
+worker's input to 128 files and 32 MiB."""
 TOP_K_FIELDS = (("class", StringType()), ("description", StringType()), ("probability", FloatType()))
 PREDICTIONS_TYPE = ArrayType(StructType([StructField(name, kind) for name, kind in TOP_K_FIELDS]))
 """DeepImagePredictor's decoded output, as sparkdl's: [(class, description, probability)] best first."""
@@ -66,12 +78,20 @@ class _DeepImageParams(HasInputCol, HasOutputCol):
     def getWeights(self) -> str:
         return self.getOrDefault(self.weights)
 
-    def _image_columns(self) -> list[Column]:
-        return [F.col(self.getInputCol())[field] for field in IMAGE_FIELDS]
-
-    def _checked(self) -> tuple[str, str]:
-        """(modelName, weights), checked again on the driver before any worker builds a model."""
-        return model_spec(self.getModelName()).name, weights_source(self.getWeights())
+    def _model_column(self, dataset: DataFrame, top: int | None, labels: tuple | None,
+                      return_type: DataType) -> Column:
+        """The model applied to the input column: files' bytes (binaryFile's `content`) or
+        Spark's image struct (sparkdl's readImages); modelName and weights are checked again on
+        the driver before any worker builds a model."""
+        name = self.getInputCol()
+        kind = dataset.schema[name].dataType
+        if not (isinstance(kind, BinaryType) or (isinstance(kind, StructType)
+                                                 and set(IMAGE_FIELDS) <= set(kind.fieldNames()))):
+            raise ValueError(f"input column {name!r} is {kind.simpleString()}; it must hold the "
+                             "image files' bytes (binaryFile's content) or Spark's image struct")
+        udf = _model_udf(model_spec(self.getModelName()).name, weights_source(self.getWeights()),
+                         top, labels, return_type, image_struct=isinstance(kind, StructType))
+        return udf(F.col(name))
 
 
 class DeepImageFeaturizer(Transformer, _DeepImageParams, DefaultParamsReadable, DefaultParamsWritable):
@@ -85,8 +105,8 @@ class DeepImageFeaturizer(Transformer, _DeepImageParams, DefaultParamsReadable, 
         self._set(**self._input_kwargs)
 
     def _transform(self, dataset: DataFrame) -> DataFrame:
-        features = _features_udf(*self._checked())(*self._image_columns())
-        return dataset.withColumn(self.getOutputCol(), array_to_vector(features))
+        features = self._model_column(dataset, None, None, ArrayType(FloatType()))
+        return _with_vector(dataset, self.getOutputCol(), features)
 
 
 class DeepImagePredictor(Transformer, _DeepImageParams, DefaultParamsReadable, DefaultParamsWritable):
@@ -112,60 +132,96 @@ class DeepImagePredictor(Transformer, _DeepImageParams, DefaultParamsReadable, D
     def _transform(self, dataset: DataFrame) -> DataFrame:
         output = self.getOutputCol()
         if not self.getOrDefault(self.decodePredictions):
-            probabilities = _predictions_udf(*self._checked(), 0, None)(*self._image_columns())
-            return dataset.withColumn(output, array_to_vector(probabilities))
+            probabilities = self._model_column(dataset, 0, None, ArrayType(FloatType()))
+            return _with_vector(dataset, output, probabilities)
         labels = tuple(imagenet_labels(self.getOrDefault(self.labelsPath)))
-        top_k = _predictions_udf(*self._checked(), self.getOrDefault(self.topK), labels)
+        top_k = self._model_column(dataset, self.getOrDefault(self.topK), labels, StructType(
+            [StructField(name, ArrayType(kind)) for name, kind in TOP_K_FIELDS]))
         # Through a column of its own, so the model runs once rather than once per zipped field.
         scratch = f"{output}__top_k"
-        return (dataset.withColumn(scratch, top_k(*self._image_columns()))
+        return (dataset.withColumn(scratch, top_k)
                 .withColumn(output, F.arrays_zip(*(F.col(scratch)[name] for name, _ in TOP_K_FIELDS))
                             .cast(PREDICTIONS_TYPE))
                 .drop(scratch))
 
 
-@functools.cache
-def _features_udf(model_name: str, weights: str):
-    """One UDF per model: predict_batch_udf caches models per UDF, so reusing it reuses them."""
-    return predict_batch_udf(functools.partial(_make_featurizer, model_name, weights),
-                             return_type=ArrayType(FloatType()), batch_size=BATCH_SIZE)
-
-
-def _make_featurizer(model_name: str, weights: str):
-    """Runs once per Python worker."""
-    spec = model_spec(model_name)
-    model = build_model(spec, weights, include_top=False)
-
-    def featurize(heights, widths, channels, datas):
-        return model.predict_on_batch(model_input(spec, heights, widths, channels, datas))
-
-    return featurize
+def _with_vector(dataset: DataFrame, name: str, values: Column) -> DataFrame:
+    """The dataset with column `name`: the values as a Spark ML vector, null staying null
+    (array_to_vector fails on it). Through a column of its own, so the model runs once."""
+    arrays = dataset.withColumn(name, values)
+    return arrays.withColumn(name, F.when(F.col(name).isNotNull(), array_to_vector(F.col(name))))
 
 
 @functools.cache
-def _predictions_udf(model_name: str, weights: str, top_k: int, labels: tuple | None):
-    """labels None: the probability vector; else top_k rows of (class, description, probability)."""
-    return_type = ArrayType(FloatType()) if labels is None else StructType(
-        [StructField(name, ArrayType(kind)) for name, kind in TOP_K_FIELDS])
-    return predict_batch_udf(functools.partial(_make_predictor, model_name, weights, top_k, labels),
-                             return_type=return_type, batch_size=BATCH_SIZE)
+def _model(model_name: str, weights: str, include_top: bool):
+    """Built once per Python worker (reused across tasks), then kept."""
+    _use_task_cores()
+    return build_model(model_spec(model_name), weights, include_top=include_top)
 
 
-def _make_predictor(model_name: str, weights: str, top_k: int, labels: tuple | None):
-    """Runs once per Python worker."""
-    spec = model_spec(model_name)
-    model = build_model(spec, weights, include_top=True)
-    names = np.array(labels, dtype=object) if labels is not None else None
+def _use_task_cores() -> None:
+    """TensorFlow's op kernels run on as many threads as Spark gives a task cores
+    (spark.task.cpus), not on one per core of the host: an executor runs a Python worker per
+    core, and each would otherwise spin threads on every core."""
+    import tensorflow as tf
+    from pyspark import TaskContext
 
-    def predict(heights, widths, channels, datas):
-        probabilities = model.predict_on_batch(model_input(spec, heights, widths, channels, datas))
-        if names is None:
-            return probabilities
-        best = np.argsort(-probabilities, axis=1)[:, :top_k]
-        return {"class": names[best, 0], "description": names[best, 1],
-                "probability": np.take_along_axis(probabilities, best, axis=1)}
+    task = TaskContext.get()
+    if task is None:
+        return
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(task.cpus())
+    except RuntimeError:  # TensorFlow already ran in this worker: its threads stay as they are
+        pass
 
-    return predict
+
+def _model_udf(model_name: str, weights: str, top: int | None, labels: tuple | None,
+               return_type: DataType, image_struct: bool):
+    """A pandas UDF over image files' bytes (or image-schema structs): the images decoded in the
+    Python worker, fed to the model BATCH_SIZE at a time, undecodable ones null.
+
+    top None: the pooled features; 0: the probability vector; k > 0: the top k named classes."""
+    size = model_spec(model_name).input_size
+
+    def decode(cell) -> np.ndarray | None:
+        if image_struct:
+            return None if cell is None else resized_rgb(
+                cell["data"], cell["height"], cell["width"], cell["nChannels"], size)
+        return None if cell is None else decoded_rgb(cell, size)
+
+    # Spark reads the hints only to pick the iterator UDF kind: an image struct arrives as a
+    # pd.DataFrame, and the top-k struct leaves as one.
+    @pandas_udf(return_type)
+    def apply(batches: Iterator[pd.Series]) -> Iterator[pd.Series]:
+        model = _model(model_name, weights, top is not None)
+        spec = model_spec(model_name)
+        for batch in batches:
+            rows = batch.to_dict("records") if image_struct else batch
+            outputs = model_outputs(model, spec, [decode(cell) for cell in rows])
+            yield outputs if top is None or labels is None else _named_top(outputs, top, labels)
+
+    return apply
+
+
+def model_outputs(model, spec, images: list) -> pd.Series:
+    """The model's output per image (None where the image is None), BATCH_SIZE images a call."""
+    present = [i for i, image in enumerate(images) if image is not None]
+    results: list[np.ndarray | None] = [None] * len(images)
+    for start in range(0, len(present), BATCH_SIZE):
+        chunk = present[start:start + BATCH_SIZE]
+        values = model.predict_on_batch(spec.preprocess(np.stack([images[i] for i in chunk])))
+        for index, row in zip(chunk, np.asarray(values)):
+            results[index] = row
+    return pd.Series(results, dtype=object)
+
+
+def _named_top(probabilities: pd.Series, top: int, labels: tuple) -> pd.DataFrame:
+    names = np.array(labels, dtype=object)
+    best = [None if p is None else np.argsort(-p)[:top] for p in probabilities]
+    return pd.DataFrame({
+        "class": [None if b is None else names[b, 0].tolist() for b in best],
+        "description": [None if b is None else names[b, 1].tolist() for b in best],
+        "probability": [None if b is None else p[b] for p, b in zip(probabilities, best)]})
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,8 @@ Keras and h5py are imported inside the functions so that `--help` and flag error
 
 from __future__ import annotations
 
+import io
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -172,11 +174,16 @@ def resized_rgb(data: bytes, height: int, width: int, channels: int, size: int) 
     return np.asarray(bgr.resize((size, size), RESAMPLE))[:, :, ::-1]
 
 
-def model_input(spec: ModelSpec, heights, widths, channels, datas) -> np.ndarray:
-    """A preprocessed float32 batch from image-source columns (decoded once by Spark, resized here)."""
-    rgb = np.stack([resized_rgb(d, h, w, c, spec.input_size)
-                    for h, w, c, d in zip(heights, widths, channels, datas)])
-    return spec.preprocess(rgb)
+def decoded_rgb(data: bytes, size: int) -> np.ndarray | None:
+    """An image file's bytes (JPEG, PNG, GIF, ...) as size x size RGB, or None when PIL cannot
+    decode them. A JPEG is decoded straight at the smallest scale its DCT offers that is still
+    at least size x size (PIL's draft mode: a 12 MP photo costs a 1/8 decode), then resized."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.draft("RGB", (size, size))
+            return np.asarray(image.convert("RGB").resize((size, size), RESAMPLE))
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error, Image.DecompressionBombError):
+        return None  # not an image, truncated, corrupt, or too large to be one (PIL's errors)
 
 
 def imagenet_labels(labels_path: str = "") -> list[tuple[str, str]]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import logging
 import os
 import sys
 import time
@@ -24,6 +25,18 @@ from workloads import stored
 from workloads.classify.job import JOB
 from workloads.common import results_dir, run_cli, write_metrics
 from workloads.stored import is_uri
+
+log = logging.getLogger(__name__)
+
+TASKS_PER_CORE = 4
+"""Featurizing tasks per Spark core: few (each Python worker keeps its model for them all), but
+enough that a slow or lost executor costs a quarter of its share, not all of it..."""
+SCAN_SPLITS_PER_TASK = 16
+"""...and at most this many of Spark's file splits a task (about 500 small photos, or 2 GB),
+so that a task stays short however many photos there are, and executors that registered after
+the job planned its tasks still get work."""
+NAMED_DROPS = 10
+"""Undecodable files named in the warning, per class."""
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -68,15 +81,15 @@ def stored_class_folders(spark, uri: str) -> list[str]:
     return folders
 
 
-def held_out(origins: list[str], fraction: float, seed: int, label: int) -> list[str]:
-    """The test share of one class: round(n * fraction) images (at least one, never all of them),
-    drawn by seed and label from the sorted paths. Unlike randomSplit, this neither depends on
-    Spark's partitioning nor reuses one random sequence for every class."""
-    if len(origins) < 2:
+def held_out_ranks(count: int, fraction: float, seed: int, label: int) -> list[int]:
+    """The test share of a class of `count` images: round(count * fraction) of them (at least
+    one, never all), drawn by seed and label, as ranks in the class's sorted paths. Unlike
+    randomSplit, this neither depends on Spark's partitioning nor reuses one random sequence for
+    every class; and the driver needs the class's size, not its paths."""
+    if count < 2:
         return []
-    count = min(len(origins) - 1, max(1, round(len(origins) * fraction)))
-    rng = np.random.default_rng([seed, label])
-    return sorted(rng.choice(sorted(origins), size=count, replace=False).tolist())
+    size = min(count - 1, max(1, round(count * fraction)))
+    return sorted(np.random.default_rng([seed, label]).choice(count, size=size, replace=False).tolist())
 
 
 def save_model(model, output: Path) -> str | None:
@@ -111,12 +124,18 @@ def executors_on_driver_host(spark) -> bool:
 
 
 def spark_session():
-    """The session spark-submit configured (its --master), or local[*] when run directly."""
+    """The session spark-submit configured (its --master), or local[*] when run directly, with
+    Arrow batches a Python worker can hold in memory whatever the photos' size."""
     # Python workers run this interpreter (and its TensorFlow) unless the cluster says otherwise.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     from pyspark.sql import SparkSession
 
-    return SparkSession.builder.appName(f"kindling-{JOB.name}").getOrCreate()
+    from workloads.classify.deep_image import ARROW_CONF
+
+    builder = SparkSession.builder.appName(f"kindling-{JOB.name}")
+    for key, value in ARROW_CONF.items():
+        builder = builder.config(key, value)
+    return builder.getOrCreate()
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -130,20 +149,22 @@ def main(argv: list[str] | None = None) -> dict:
 
     spark = spark_session()
     folders = folders or stored_class_folders(spark, args.data)
-    reads = read_classes(spark, folders)
-    train, test = split_classes(reads, args.test_fraction, args.seed)
-    counts = {"train": train.count(), "test": test.count(), "dropped": sum(r.dropped for r in reads)}
+    featurizer = image_featurizer(model_name, weights)
+    images = featurize_classes(spark, folders, featurizer)
+    decodable, dropped = class_counts(images, folders)
+    train, test, counts = split_classes(images, decodable, args.test_fraction, args.seed)
+    counts["dropped"] = dropped
     if counts["test"] == 0:
         raise UserError(f"the test split is empty ({counts['train']} training images); add images "
                         "or raise --test-fraction")
     read_done = time.monotonic()
 
-    model = fit_pipeline(train, model_name, weights, args.max_iter)
+    model = fit_pipeline(featurizer, train, args.max_iter)
     fit_done = time.monotonic()
 
     classes = [folder.rstrip("/").rsplit("/", 1)[-1] for folder in folders]
     output = results_dir(args.output, JOB.name)
-    predictions = predict_test_set(model, test, counts["test"])
+    predictions = predict_test_set(model.stages[-1], test, counts["test"])
     metrics = {
         "job": JOB.name, "model": model_name, "weights": weights, "classes": classes,
         "seed": args.seed, "test_fraction": args.test_fraction, "max_iter": args.max_iter,
@@ -154,7 +175,7 @@ def main(argv: list[str] | None = None) -> dict:
     table.to_csv(output / "predictions.csv", index=False)
     plot_confusion(table, classes, output / "confusion_matrix.png")
     metrics["model_location"] = save_model(model, output)
-    for cached in (predictions, *(read.images for read in reads)):
+    for cached in (predictions, images):
         cached.unpersist()
     finished = time.monotonic()
     metrics["timings_s"] = {"read_split": round(read_done - started, 2),
@@ -167,60 +188,99 @@ def main(argv: list[str] | None = None) -> dict:
     return metrics
 
 
-def fit_pipeline(train, model_name: str, weights: str, max_iter: int):
-    """Pipeline(DeepImageFeaturizer, LogisticRegression) fitted on the training images."""
-    from pyspark.ml import Pipeline
-    from pyspark.ml.classification import LogisticRegression
-
+def image_featurizer(model_name: str, weights: str):
+    """The pipeline's first stage: its input column `image` holds the files' bytes here (the
+    saved model also takes sparkdl's image structs under that name)."""
     from workloads.classify.deep_image import DeepImageFeaturizer
 
-    pipeline = Pipeline(stages=[
-        DeepImageFeaturizer(inputCol="image", outputCol="features", modelName=model_name, weights=weights),
-        LogisticRegression(featuresCol="features", labelCol="label", maxIter=max_iter),
-    ])
-    return pipeline.fit(train)
+    return DeepImageFeaturizer(inputCol="image", outputCol="features", modelName=model_name,
+                               weights=weights)
 
 
-def predict_test_set(model, test, count: int):
-    """The model's predictions on the `count` test images (cached), shown one per image, then
-    as a crosstab of prediction by label."""
+def featurize_classes(spark, folders: list[str], featurizer):
+    """Every file of every class folder featurized once (binaryFile bytes decoded in the Python
+    workers; null features for a file that is no decodable image), in a few tasks per core
+    rather than one per 32 files (Spark's file splits): (path, label, features). Kept on the
+    executors' disks in those partitions: features (KBs an image, never pixels) for the fit and
+    the evaluation alike, memory flat in the number of images."""
+    from pyspark import StorageLevel
+    from pyspark.sql import DataFrame
     from pyspark.sql import functions as F
 
-    predictions = (model.transform(test)
-                   .select(F.col("image.origin").alias("path"), "label", "prediction", "probability")
+    files = functools.reduce(DataFrame.unionByName, [
+        spark.read.format("binaryFile").option("recursiveFileLookup", True).load(folder)
+        .select("path", F.col("content").alias("image"), F.lit(float(label)).alias("label"))
+        for label, folder in enumerate(folders)])
+    files = files.coalesce(max(TASKS_PER_CORE * spark.sparkContext.defaultParallelism,
+                               -(-files.rdd.getNumPartitions() // SCAN_SPLITS_PER_TASK)))
+    return featurizer.transform(files).drop("image").persist(StorageLevel.DISK_ONLY)
+
+
+def class_counts(images, folders: list[str]) -> tuple[list[int], int]:
+    """Decodable images per class and files dropped (named in a warning, as sparkdl's readers
+    logged them); a class without a readable image stops."""
+    from pyspark.sql import functions as F
+
+    rows = {int(row.label): row for row in images.groupBy("label").agg(
+        F.count("*").alias("files"), F.count("features").alias("decodable")).collect()}
+    decodable = [rows[label].decodable if label in rows else 0 for label in range(len(folders))]
+    for label, folder in enumerate(folders):
+        files = rows[label].files if label in rows else 0
+        if files > decodable[label]:
+            names = [row.path.rsplit("/", 1)[-1] for row in images.where(
+                (F.col("label") == label) & F.col("features").isNull())
+                .select("path").orderBy("path").limit(NAMED_DROPS + 1).collect()]
+            more = f" and {files - decodable[label] - NAMED_DROPS} more" if len(names) > NAMED_DROPS else ""
+            log.warning("%s: dropped %d of %d files that are not decodable images: %s%s", folder,
+                        files - decodable[label], files, ", ".join(names[:NAMED_DROPS]), more)
+        if decodable[label] == 0:
+            raise UserError(f"class folder {folder} has no readable images ({files} files "
+                            "dropped); add images or remove the folder")
+    return decodable, sum(rows[label].files for label in rows) - sum(decodable)
+
+
+def split_classes(images, decodable: list[int], test_fraction: float, seed: int):
+    """(train, test) DataFrames of the decodable images, and their counts: the test share of each
+    class drawn by held_out_ranks, the ranks matched in the classes' sorted paths (a window over
+    the paths alone), and the test paths broadcast, so that the features stay where they are."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    held = [(float(label), rank) for label, count in enumerate(decodable)
+            for rank in held_out_ranks(count, test_fraction, seed, label)]
+    held_out = images.sparkSession.createDataFrame(held, "label double, rank int")
+    usable = images.where(F.col("features").isNotNull())
+    ranks = usable.select("label", "path").withColumn(
+        "rank", F.row_number().over(Window.partitionBy("label").orderBy("path")) - 1)
+    test_paths = F.broadcast(ranks.join(held_out, ["label", "rank"]).select("label", "path"))
+    counts = {"train": sum(decodable) - len(held), "test": len(held)}
+    return (usable.join(test_paths, ["label", "path"], "left_anti"),
+            usable.join(test_paths, ["label", "path"], "left_semi"), counts)
+
+
+def fit_pipeline(featurizer, train, max_iter: int):
+    """PipelineModel(DeepImageFeaturizer, LogisticRegression), the regression fitted on the
+    training images' features already computed (what Pipeline.fit would do, without a second
+    pass over the images)."""
+    from pyspark.ml import PipelineModel
+    from pyspark.ml.classification import LogisticRegression
+
+    regression = LogisticRegression(featuresCol="features", labelCol="label", maxIter=max_iter)
+    return PipelineModel(stages=[featurizer, regression.fit(train)])
+
+
+def predict_test_set(regression, test, count: int):
+    """The regression's predictions on the `count` test images' features (cached), shown one
+    per image, then as a crosstab of prediction by label."""
+    from pyspark.sql import functions as F
+
+    predictions = (regression.transform(test)
+                   .select("path", "label", "prediction", "probability")
                    .cache())
     predictions.select(F.element_at(F.split("path", "/"), -1).alias("image"), "prediction", "label") \
         .orderBy("label", "image").show(count, truncate=False)
     predictions.crosstab("prediction", "label").orderBy("prediction_label").show()
     return predictions
-
-
-def read_classes(spark, folders: list[str]) -> list:
-    """Each class folder's images (cached) and counts; a class without a readable image stops."""
-    from workloads.classify.deep_image import read_image_folder
-
-    reads = [read_image_folder(folder, spark) for folder in folders]
-    for folder, read in zip(folders, reads):
-        if read.count == 0:
-            raise UserError(f"class folder {folder} has no readable images ({read.dropped} files "
-                            "dropped); add images or remove the folder")
-    return reads
-
-
-def split_classes(reads: list, test_fraction: float, seed: int):
-    """(train, test) DataFrames with a `label` column: the class folder's position."""
-    from pyspark.sql import DataFrame
-    from pyspark.sql import functions as F
-
-    train_parts, test_parts = [], []
-    for label, read in enumerate(reads):
-        origins = [row.origin for row in read.images.select("image.origin").collect()]
-        is_test = F.col("image.origin").isin(held_out(origins, test_fraction, seed, label))
-        labelled = read.images.withColumn("label", F.lit(float(label)))
-        train_parts.append(labelled.filter(~is_test))
-        test_parts.append(labelled.filter(is_test))
-    return (functools.reduce(DataFrame.unionByName, train_parts),
-            functools.reduce(DataFrame.unionByName, test_parts))
 
 
 def evaluate(predictions, classes: list[str]) -> dict:
