@@ -9,7 +9,7 @@ import pulumi_aws as aws
 
 from infra.ami import ubuntu_ami
 from infra.config import SparkClusterArgs
-from infra.host import ClusterHost, ClusterHostArgs
+from infra.host import ClusterHost, ClusterHostArgs, aws_hostname
 from infra.iam import InstanceRole, InstanceRoleArgs
 from infra.keys import LoginKey, LoginKeyArgs
 from infra.network import ClusterNetwork, ClusterNetworkArgs
@@ -18,6 +18,7 @@ from infra.security import ClusterFirewall, ClusterFirewallArgs
 from infra.storage import DataBucket, DataBucketArgs
 from infra.tags import cluster_tags
 from kindling import spark_master_url
+from ops.agent import install as watcher
 
 SSH_USER = "ubuntu"  # the login user of Ubuntu cloud images
 
@@ -37,12 +38,13 @@ class SparkCluster(pulumi.ComponentResource):
             cluster, network.vpc_id, args.ssh_cidr), child)
         login = LoginKey(f"{name}-login", LoginKeyArgs(cluster, args.ssh_public_key, args.ssh_private_key), child)
         data = DataBucket(f"{name}-data", DataBucketArgs(cluster), child)
-        role = InstanceRole(f"{name}-role", InstanceRoleArgs(cluster, data.arn, args.spot_workers),
+        role = InstanceRole(f"{name}-role", InstanceRoleArgs(cluster, data.arn),
                             child)
         placement = aws.ec2.PlacementGroup(
             f"{name}-placement", strategy="cluster", tags=cluster_tags(cluster, "placement"),
             opts=child) if args.placement_group else None
         ami = args.ami or ubuntu_ami(pulumi.InvokeOutputOptions(parent=self))
+        others = [n for n in plan.addresses if n != "master"]  # they report to the master
 
         def host(host_name: str, role_name: str, instance_type: str, spot: bool = False) -> ClusterHost:
             is_master = role_name == "master"  # the SSH jump host: reachable from sshCidr, Elastic IP
@@ -54,7 +56,10 @@ class SparkCluster(pulumi.ComponentResource):
                 instance_profile=role.instance_profile_name, root_volume_gib=args.root_volume_gib,
                 running=args.running, hdfs=args.hdfs, elastic_ip=is_master, spot=spot,
                 spot_max_price=args.spot_max_price, placement_group=placement.name if placement else None,
-                ready=[*network.internet_route, *firewall.members_rules, *(firewall.ssh_rules if is_master else [])]),
+                ready=[*network.internet_route, *firewall.members_rules, *(firewall.ssh_rules if is_master else [])],
+                watcher=watcher.settings(
+                    host_name, aws_hostname(plan.addresses["master"]),
+                    others, args.idle_stop_minutes, args.max_hours, spot)),
                 child)
 
         master = host("master", "master", args.master_instance_type)
