@@ -73,6 +73,7 @@ class Settings:
     """"" for the instance's own metadata service (spot interruption notices)."""
     shutdown: tuple[str, ...] = ("systemctl", "poweroff")
     """How the host stops itself (tests on hosts that share this machine's kernel record it)."""
+    port: int = PORT
     version: str = ""
 
     @classmethod
@@ -317,7 +318,7 @@ class Watcher:
         """Report to the master; why this host shuts down now, or ""."""
         now = self.clock()
         active = local_activity(self.settings)
-        answer = fetch_json(f"http://{self.settings.master}:{PORT}/report",
+        answer = fetch_json(f"http://{self.settings.master}:{self.settings.port}/report",
                             {"host": self.settings.host, "active": active})
         with self.lock:
             self.times.up = now
@@ -368,7 +369,7 @@ def serve_reports(watcher: Watcher, address: str) -> ThreadingHTTPServer:
         def log_message(self, *args):
             pass
 
-    server = ThreadingHTTPServer((address, PORT), Handler)
+    server = ThreadingHTTPServer((address, watcher.settings.port), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
 

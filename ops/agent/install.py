@@ -84,4 +84,4 @@ def restart_command() -> str:
 
 def files(values: dict) -> dict[str, str]:
     """Host path -> text of everything the watcher needs: code, settings, unit."""
-    return code() | {SETTINGS: json.dumps(values, indent=1) + "\n", UNIT_FILE: unit()}
+    return code() | {SETTINGS: json.dumps(values) + "\n", UNIT_FILE: unit()}

@@ -122,5 +122,5 @@ def remove_watchers(cluster) -> None:
     """Undo a deploy that started the hosts' watcher (auto-stop, spot notices) with a test's
     endpoints: its process, stamp and any notice it wrote."""
     for host in cluster.hosts:
-        cluster.exec(host, f"pkill -f '{WATCHER_PROCESS}'; rm -f /opt/kindling/stamps/autostop "
+        cluster.exec(host, f"pkill -f '{WATCHER_PROCESS}'; rm -f /opt/kindling/agent/autostop.json "
                            "/srv/kindling/autostop/spot-notice.json")

@@ -9,6 +9,7 @@ import pulumi
 import pytest
 
 from infra.addresses import MASTER_OFFSET, PS_OFFSET, WORKER_OFFSET
+from infra.cloud_init import USER_DATA_LIMIT
 from infra_mocks import AMI_ID, AMI_NAME, EXISTING_SUBNET, GET_AMI, QUOTAS, AwsMocks, Deployment, deploy
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:pulumi_aws.*")
@@ -375,6 +376,9 @@ def test_a_100_worker_cluster_needs_one_elastic_ip_and_grows_by_a_host_key_and_a
     assert len(big.resources) - len(small.resources) == 98 * len(per_worker)
     addresses = [w["privateIp"] for w in big.inventory["workers"]]
     assert len(set(addresses)) == 100
+    # the master's user data names every host its watcher hears from: it still fits EC2's limit
+    sizes = {i.name: len(i.inputs["userData"].encode()) for i in big.of_type(INSTANCE)}
+    assert max(sizes.values()) == sizes["kindling-master-instance"] <= USER_DATA_LIMIT
 
 
 def test_user_data_changes_leave_running_hosts_alone(cluster):
