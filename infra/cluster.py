@@ -57,9 +57,8 @@ class SparkCluster(pulumi.ComponentResource):
                 running=args.running, hdfs=args.hdfs, elastic_ip=is_master, spot=spot,
                 spot_max_price=args.spot_max_price, placement_group=placement.name if placement else None,
                 ready=[*network.internet_route, *firewall.members_rules, *(firewall.ssh_rules if is_master else [])],
-                watcher=watcher.settings(
-                    host_name, aws_hostname(plan.addresses["master"]),
-                    others, args.idle_stop_minutes, args.max_hours, spot)),
+                watcher=watcher.settings(host_name, aws_hostname(plan.addresses["master"]), others,
+                                         args.idle_stop_minutes, args.max_hours, spot)),
                 child)
 
         master = host("master", "master", args.master_instance_type)

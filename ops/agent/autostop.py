@@ -95,7 +95,6 @@ class Settings:
         return self.idle_minutes * 60
 
 
-# -- clocks ---------------------------------------------------------------------------------------
 
 def _init_start_ticks() -> int:
     """When this host's init (pid 1) started, in clock ticks after the kernel booted."""
@@ -115,7 +114,6 @@ def boot_id() -> str:
     return f"{Path('/proc/sys/kernel/random/boot_id').read_text().strip()}/{_init_start_ticks()}"
 
 
-# -- what keeps a host busy -----------------------------------------------------------------------
 
 def live_processes(runs: str) -> list[str]:
     """`<run>/<process>` of every job process whose pid is alive and has no exit code yet."""
@@ -168,7 +166,6 @@ def local_activity(settings: Settings) -> list[str]:
     return [f"{settings.host}: {reason}" for reason in reasons]
 
 
-# -- the decisions --------------------------------------------------------------------------------
 
 @dataclass
 class Clock:
@@ -253,7 +250,6 @@ def describe(status: dict) -> str:
             f"{left / 60:.1f} min (at {clock(status['stopAt'])})")
 
 
-# -- the watcher ----------------------------------------------------------------------------------
 
 class Watcher:
     """One host's watcher: its state survives a restart within the same boot (status.json)."""
