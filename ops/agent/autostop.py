@@ -116,10 +116,11 @@ def boot_id() -> str:
 
 
 def live_processes(runs: str) -> list[str]:
-    """`<run>/<process>` of every job process whose pid is alive and has no exit code yet."""
-    live = []
+    """`<run>/<process>` of every job process started since this boot whose pid is alive and
+    has no exit code yet (a pid file from before a stop may name an unrelated process now)."""
+    live, booted = [], time.time() - uptime()
     for pid_file in Path(runs).glob("*/*.pid"):
-        if pid_file.with_suffix(".rc").exists():
+        if pid_file.with_suffix(".rc").exists() or pid_file.stat().st_mtime < booted:
             continue
         try:
             os.kill(int(pid_file.read_text().strip() or 0), 0)
@@ -219,38 +220,6 @@ def decide_alone(up: float, master_reached: float, told: str, settings: Settings
     return ""
 
 
-def describe(status: dict) -> str:
-    """`fab status`'s line for the master's status.json: busy, held back by a silent host, when
-    the cluster stops, or that it was stopped."""
-    booted = status["checked"] - status["up"]
-
-    def clock(since_boot: float) -> str:
-        return time.strftime("%H:%M:%S", time.localtime(booted + since_boot))
-
-    if status.get("shutdown"):
-        return (f"auto-stop: stopped the cluster at {clock(status['shutdown']['up'])} "
-                f"({status['shutdown']['why']})")
-    if not status["stopAt"]:
-        return "auto-stop: off (idleStopMinutes 0, no maxHours)"
-    held = [f"{peer} ({quiet:.0f} s)" for peer, quiet in sorted(status.get("silent", {}).items())]
-    if held:
-        return (f"auto-stop: blocked: no answer from {', '.join(held)}; the cluster does not stop "
-                "while a host may be busy (a host that cannot reach the master stops itself "
-                f"after {status['idleStopMinutes']:g} min)")
-    if status["active"]:
-        limits = [f"after {status['idleStopMinutes']:g} idle minutes"] if status[
-            "idleStopMinutes"] else []
-        if status["maxHours"]:
-            limits.append(f"at {clock(status['maxHours'] * 3600)} however busy "
-                          f"(maxHours {status['maxHours']:g})")
-        return (f"auto-stop: busy ({'; '.join(status['active'])}); the cluster stops "
-                + ", or ".join(limits))
-    left = max(0.0, status["stopAt"] - status["up"])
-    return (f"auto-stop: idle since {clock(status['lastActive'])}; the cluster stops in "
-            f"{left / 60:.1f} min (at {clock(status['stopAt'])})")
-
-
-
 class Watcher:
     """One host's watcher: its state survives a restart within the same boot (status.json)."""
 
@@ -322,7 +291,8 @@ class Watcher:
                 self.times.heard["master"] = now
             reached = self.times.heard["master"]
         why = decide_alone(now, reached, (answer or {}).get("stop", ""), self.settings)
-        self._write({"active": active, "masterReached": reached, "decision": why})
+        self._write({"active": active, "masterReached": reached, "answered": answer is not None,
+                     "decision": why})
         return why
 
     def shut_down(self, why: str) -> bool:

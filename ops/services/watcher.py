@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import shlex
+import time
 
 from kindling import Host, Inventory, KindlingError
-from ops.agent import autostop, install
+from ops.agent import install
 from ops.cluster import LOST_CONNECTION
 from ops.remote import AUTOSTOP_STATE, SPOT_NOTICE_FILE, ok, sh
 from ops.services.base import DeployContext, Service, Step
@@ -71,6 +72,38 @@ class WatcherStep(Step):
            what="writing the watcher")
         sh(cxn, f"sudo -n sh -c {shlex.quote(install.restart_command())}",
            what="starting the watcher")
+
+
+def describe(status: dict) -> str:
+    """`fab status`'s line for the master's status.json: busy, held back by a silent host, when
+    the cluster stops, or that it was stopped."""
+    booted = status["checked"] - status["up"]
+
+    def clock(since_boot: float) -> str:
+        return time.strftime("%H:%M:%S", time.localtime(booted + since_boot))
+
+    if status.get("shutdown"):
+        return (f"auto-stop: stopped the cluster at {clock(status['shutdown']['up'])} "
+                f"({status['shutdown']['why']})")
+    if not status["stopAt"]:
+        return "auto-stop: off (idleStopMinutes 0, no maxHours)"
+    held = [f"{peer} ({quiet:.0f} s)" for peer, quiet in sorted(status.get("silent", {}).items())]
+    if held:
+        return (f"auto-stop: blocked: no answer from {', '.join(held)}; the cluster does not stop "
+                "while a host may be busy (a host that cannot reach the master stops itself "
+                f"after {status['idleStopMinutes']:g} min)")
+    if status["active"]:
+        limits = [f"after {status['idleStopMinutes']:g} idle minutes"] if status[
+            "idleStopMinutes"] else []
+        if status["maxHours"]:
+            limits.append(f"at {clock(status['maxHours'] * 3600)} however busy "
+                          f"(maxHours {status['maxHours']:g})")
+        return (f"auto-stop: busy ({'; '.join(status['active'])}); the cluster stops "
+                + ", or ".join(limits))
+    left = max(0.0, status["stopAt"] - status["up"])
+    return (f"auto-stop: idle since {clock(status['lastActive'])}; the cluster stops in "
+            f"{left / 60:.1f} min (at {clock(status['stopAt'])})")
+
 
 
 class Watcher(Service):
@@ -132,7 +165,7 @@ class Watcher(Service):
                          "boot starts it once cloud-init is done; `fab deploy JOB` restarts it)")
             return None
         state = json.loads(text)
-        lines.append(autostop.describe(state))
+        lines.append(describe(state))
         return state
 
     @staticmethod

@@ -16,9 +16,10 @@ import time
 import pytest
 
 from ops.agent import autostop, install
-from ops.agent.autostop import Clock, Settings, Watcher, decide, decide_alone, describe
+from ops.agent.autostop import Clock, Settings, Watcher, decide, decide_alone
 from ops.remote import SPARK_STATE
 from ops.services.spark import worker_pid_file
+from ops.services.watcher import describe
 
 MINUTE, HOUR = 60.0, 3600.0
 
@@ -118,6 +119,8 @@ def test_a_live_job_process_is_activity_an_ended_one_is_not(tmp_path):
         (run / "worker-0.pid").write_text("999999999")      # no such process
         (run / "ps-0.pid").write_text(str(live.pid))
         (run / "ps-0.rc").write_text(str(ended.returncode))  # it ended: its pid may be reused
+        (run / "old-0.pid").write_text(str(live.pid))
+        os.utime(run / "old-0.pid", (0, 0))  # written before this boot: not this boot's process
         assert autostop.live_processes(str(tmp_path / "runs")) == ["train-ps-1/chief-0"]
         assert autostop.local_activity(settings(tmp_path)) == [
             "master: job process train-ps-1/chief-0"]
