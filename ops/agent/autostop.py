@@ -72,7 +72,9 @@ class Settings:
     imds_endpoint: str = ""
     """"" for the instance's own metadata service (spot interruption notices)."""
     shutdown: tuple[str, ...] = ("systemctl", "poweroff")
-    """How the host stops itself (tests on hosts that share this machine's kernel record it)."""
+    """How the host stops itself (tests on hosts that share this machine's kernel record it).
+    systemctl runs only where systemd is the host's own init (pid 1): from a namespace host it
+    would power off the machine."""
     port: int = PORT
     version: str = ""
 
@@ -297,8 +299,12 @@ class Watcher:
 
     def shut_down(self, why: str) -> bool:
         """Run the shutdown command, noting it first in status.json; True once it ran."""
-        status = self._read("status.json")
         command = list(self.settings.shutdown)
+        if command[0] == "systemctl" and Path("/proc/1/comm").read_text().strip() != "systemd":
+            print(f"{time.strftime('%H:%M:%S')} not shutting down ({why}): systemd is not this "
+                  "host's init", flush=True)
+            return False
+        status = self._read("status.json")
         status["shutdown"] = {"up": self.clock(), "at": time.time(), "why": why,
                               "command": command}
         (self.state / "status.json.tmp").write_text(json.dumps(status))

@@ -212,3 +212,18 @@ def test_fab_status_says_what_the_watcher_decided():
 
 def test_the_watcher_finds_the_spark_worker_where_spark_puts_its_pid():
     assert install.SPARK_WORKER_PID == worker_pid_file(SPARK_STATE, 1)
+
+
+def test_systemctl_poweroff_never_runs_where_systemd_is_not_the_hosts_init(tmp_path):
+    """The default shutdown, tried on a host whose init is not systemd (a new PID namespace, as
+    the tests' hosts are: systemctl would reach this machine's systemd), is refused, never run."""
+    code = ("from ops.agent.autostop import Settings, Watcher; "
+            f"rules = Settings(host='master', master='m', runs='', state={str(tmp_path)!r}, "
+            "idle_minutes=1.0); print(Watcher(rules, clock=lambda: 1.0).shut_down('test'))")
+    done = subprocess.run([shutil.which("unshare") or "unshare", "--pid", "--fork", "--mount-proc",
+                           sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    if done.returncode != 0:  # never try it outside a namespace: it might power this machine off
+        pytest.skip(f"a new PID namespace needs root: {done.stderr.strip()[-200:]}")
+    assert done.stdout.split()[-1] == "False", done.stdout
+    assert "not shutting down (test): systemd is not this host's init" in done.stdout
+    assert not (tmp_path / "status.json").exists()  # nothing noted as run
