@@ -356,9 +356,13 @@ def watch(settings: Settings) -> None:
             settings.host, own_address, settings.spot_notice, settings.spark_worker_pid,
             settings.imds_endpoint)).start()
     watcher = Watcher(settings)
-    if settings.is_master and settings.stops:
-        serve_reports(watcher, socket.gethostbyname(settings.master))
+    serving = not (settings.is_master and settings.stops)
     while True:
+        if not serving:  # the master's address may not resolve yet early in the boot
+            try:
+                serving = bool(serve_reports(watcher, socket.gethostbyname(settings.master)))
+            except OSError as exc:
+                print(f"{time.strftime('%H:%M:%S')} cannot serve reports yet: {exc}", flush=True)
         if settings.stops:
             why = watcher.master_round() if settings.is_master else watcher.peer_round()
             if why and watcher.shut_down(why):

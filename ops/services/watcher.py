@@ -85,6 +85,8 @@ def describe(status: dict) -> str:
     if status.get("shutdown"):
         return (f"auto-stop: stopped the cluster at {clock(status['shutdown']['up'])} "
                 f"({status['shutdown']['why']})")
+    if status.get("decision"):
+        return f"auto-stop: stopping the cluster ({status['decision']})"
     if not status["stopAt"]:
         return "auto-stop: off (idleStopMinutes 0, no maxHours)"
     held = [f"{peer} ({quiet:.0f} s)" for peer, quiet in sorted(status.get("silent", {}).items())]

@@ -206,6 +206,8 @@ def test_fab_status_says_what_the_watcher_decided():
     stopped = status | {"shutdown": {"up": 10 * HOUR, "why": "idle for 60 min"}}
     assert describe(stopped) == (f"auto-stop: stopped the cluster at {clock(10 * HOUR)} "
                                  "(idle for 60 min)")
+    assert describe(status | {"decision": "idle for 60 min"}) == (
+        "auto-stop: stopping the cluster (idle for 60 min)")
     assert describe(status | {"stopAt": 0.0, "idleStopMinutes": 0.0}) == (
         "auto-stop: off (idleStopMinutes 0, no maxHours)")
 
