@@ -17,7 +17,7 @@ import pytest
 
 from e2e.fab_cli import fab, wait_until
 from ops.agent import install
-from rehearsal_cluster import POWEROFF_RECORD, render_stack
+from rehearsal_cluster import POWEROFF_RECORD, SHUTDOWN, render_stack
 
 pytestmark = pytest.mark.netns
 
@@ -58,6 +58,7 @@ def test_rehearsal_the_idle_cluster_stops_itself_and_a_silent_host_holds_it_back
     for name in hosts:  # armed by the user data, as rendered for this stack
         settings = json.loads(cluster.exec(name, f"cat {install.SETTINGS}").stdout)
         assert settings["idle_minutes"] == IDLE_MINUTES and settings["host"] == name
+        assert settings.pop("shutdown") == SHUTDOWN  # the tests' one change
         assert settings["version"] == install.version(settings)
 
     cluster.exec("master", f"kill $(cat {JOB})", check=True)  # the job ends: the cluster is idle
