@@ -82,7 +82,6 @@ class SparkCluster(pulumi.ComponentResource):
             "hdfs": pulumi.Output.from_input(args.hdfs),
             "idleStopMinutes": pulumi.Output.from_input(float(args.idle_stop_minutes)),
             "maxHours": pulumi.Output.from_input(float(args.max_hours)),
-            "ec2Endpoint": pulumi.Output.from_input(""),  # AWS EC2 itself
             "imdsEndpoint": pulumi.Output.from_input(""),  # the instances' own metadata service
             "hourlyCostUsd": pulumi.Output.from_input(plan.hourly_cost_usd),
         }
