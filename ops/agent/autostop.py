@@ -14,8 +14,10 @@ anywhere for `idleStopMinutes`, or the cluster has been up `maxHours`, the clust
 master last. It fails closed: a host the master does not hear from blocks the idle stop (it may
 be running a job), until it has been silent longer than a host waits for its master, by when it
 has stopped itself (or it is gone: an interrupted spot worker). A host that cannot reach its
-master for `idleStopMinutes` stops itself. The clocks count from the host's boot, so a restarted
-(upgraded) watcher neither forgets the idle time nor pushes `maxHours` out.
+master for `idleStopMinutes` stops itself. `maxHours` counts from the host's boot, the idle time
+from the last activity (at first from the watcher's first start in this boot, which on EC2 is the
+boot), both kept across a restart: an upgraded watcher neither forgets the idle time nor pushes
+`maxHours` out.
 
 Runs on the hosts: standard library only.
 """
@@ -234,8 +236,10 @@ class Watcher:
         started = clock()
         before = self._read("status.json")
         listens_to = settings.peers if settings.is_master else ("master",)
-        self.times = Clock(started, before.get("lastActive", 0.0) if before.get(
-            "boot") == self.boot else 0.0, {peer: started for peer in listens_to})
+        # idle since the last activity this boot noted, else since this boot's first watcher
+        # start (on EC2 the boot itself: the user data or the unit starts it)
+        self.times = Clock(started, before.get("lastActive", started) if before.get(
+            "boot") == self.boot else started, {peer: started for peer in listens_to})
         self.reports: dict[str, list[str]] = {}
         self.decision = ""
         self.decided_at = 0.0

@@ -43,8 +43,9 @@ class WatcherStep(Step):
                                 *limits, host.spot, inventory.imdsEndpoint)
 
     def running(self, cxn) -> bool:
-        return ok(cxn, f"systemctl is-active --quiet {install.UNIT} 2>/dev/null || "
-                       f"kill -0 $(cat {AUTOSTOP_STATE}/watcher.pid 2>/dev/null) 2>/dev/null")
+        # root's process: kill -0 from the login user would be refused
+        return ok(cxn, f"systemctl is-active --quiet {install.UNIT} 2>/dev/null || grep -qs "
+                       f"ops.agent.autostop /proc/$(cat {AUTOSTOP_STATE}/watcher.pid)/cmdline")
 
     @staticmethod
     def on_host(cxn) -> dict:
