@@ -34,8 +34,6 @@ A cluster is described by a JSON object whose keys are exactly the Pulumi stack 
                                               #   long idle (0: never)
       "maxHours": 0,                          # number, optional: stop it this long after it
                                               #   started, busy or not (0: no limit)
-      "ec2Endpoint": "",                      # str, optional: "" = AWS EC2; else an
-                                              #   EC2-compatible endpoint (the tests' moto)
       "imdsEndpoint": "",                     # str, optional: "" = the hosts' own metadata
                                               #   service; else where theirs is (the tests')
       "hourlyCostUsd": {"running": 0.21, "stopped": 0.01},  # optional: USD/h from the price
@@ -66,8 +64,7 @@ from pathlib import Path
 
 SCHEMA_KEYS = ("clusterName", "region", "sshUser", "sshPrivateKey", "knownHosts",
                "master", "workers", "ps", "bucket", "sparkMasterUrl", "s3Endpoint", "hdfs",
-               "idleStopMinutes", "maxHours", "ec2Endpoint", "imdsEndpoint", "hourlyCostUsd",
-               "sparkSecret")
+               "idleStopMinutes", "maxHours", "imdsEndpoint", "hourlyCostUsd", "sparkSecret")
 HOST_KEYS = ("name", "hostname", "publicIp", "privateIp", "publicDns", "instanceId", "spot")
 DEFAULT_IDLE_STOP_MINUTES = 60.0
 SPARK_MASTER_PORT = 7077
@@ -133,8 +130,6 @@ class Inventory:
     """Stop the cluster after this long with no job, Spark application or SSH login (0: never)."""
     maxHours: float = 0.0
     """Stop the cluster this long after it started, busy or not (0: no limit)."""
-    ec2Endpoint: str = ""
-    """"" for AWS EC2; else an EC2-compatible endpoint (the tests' moto server)."""
     imdsEndpoint: str = ""
     """"" for the hosts' own instance metadata service; else where theirs is (the tests')."""
     hourlyCostUsd: tuple[tuple[str, float], ...] | None = None
@@ -234,7 +229,6 @@ def parse_inventory(data: object, source: str = "inventory") -> Inventory:
         idleStopMinutes=_hours_or_minutes(data.get("idleStopMinutes"), "idleStopMinutes",
                                           DEFAULT_IDLE_STOP_MINUTES, where),
         maxHours=_hours_or_minutes(data.get("maxHours"), "maxHours", 0.0, where),
-        ec2Endpoint=_endpoint(data.get("ec2Endpoint"), where, "ec2Endpoint", "EC2"),
         imdsEndpoint=_endpoint(data.get("imdsEndpoint"), where, "imdsEndpoint", "IMDS"),
         hourlyCostUsd=_costs(data.get("hourlyCostUsd"), where),
         sparkSecret=_secret(data.get("sparkSecret"), "sparkSecret", where),

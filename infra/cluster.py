@@ -10,7 +10,7 @@ import pulumi_random as random
 
 from infra.ami import ubuntu_ami
 from infra.config import SparkClusterArgs
-from infra.host import ClusterHost, ClusterHostArgs
+from infra.host import ClusterHost, ClusterHostArgs, aws_hostname
 from infra.iam import InstanceRole, InstanceRoleArgs
 from infra.keys import LoginKey, LoginKeyArgs
 from infra.network import ClusterNetwork, ClusterNetworkArgs
@@ -19,6 +19,7 @@ from infra.security import ClusterFirewall, ClusterFirewallArgs
 from infra.storage import DataBucket, DataBucketArgs
 from infra.tags import cluster_tags
 from kindling import spark_master_url
+from ops.agent import install as watcher
 
 SSH_USER = "ubuntu"  # the login user of Ubuntu cloud images
 SPARK_SECRET_LENGTH = 48
@@ -48,11 +49,12 @@ class SparkCluster(pulumi.ComponentResource):
         login = LoginKey(f"{name}-login", LoginKeyArgs(cluster, args.ssh_public_key, args.ssh_private_key), child)
         data = DataBucket(f"{name}-data", DataBucketArgs(cluster), child)
         role = InstanceRole(f"{name}-role", InstanceRoleArgs(
-            cluster, data.arn, args.spot_workers, s3_endpoint_id=network.s3_endpoint_id), child)
+            cluster, data.arn, s3_endpoint_id=network.s3_endpoint_id), child)
         placement = aws.ec2.PlacementGroup(
             f"{name}-placement", strategy="cluster", tags=cluster_tags(cluster, "placement"),
             opts=child) if args.placement_group else None
         ami = args.ami or ubuntu_ami(pulumi.InvokeOutputOptions(parent=self))
+        others = [n for n in plan.addresses if n != "master"]  # they report to the master
 
         def host(host_name: str, role_name: str, instance_type: str, spot: bool = False) -> ClusterHost:
             is_master = role_name == "master"  # the SSH jump host: reachable from sshCidr, Elastic IP
@@ -64,7 +66,9 @@ class SparkCluster(pulumi.ComponentResource):
                 instance_profile=role.instance_profile_name, root_volume_gib=args.root_volume_gib,
                 running=args.running, hdfs=args.hdfs, elastic_ip=is_master, spot=spot,
                 spot_max_price=args.spot_max_price, placement_group=placement.name if placement else None,
-                ready=[*network.internet_route, *firewall.members_rules, *(firewall.ssh_rules if is_master else [])]),
+                ready=[*network.internet_route, *firewall.members_rules, *(firewall.ssh_rules if is_master else [])],
+                watcher=watcher.settings(host_name, aws_hostname(plan.addresses["master"]), others,
+                                         args.idle_stop_minutes, args.max_hours, spot)),
                 child)
 
         master = host("master", "master", args.master_instance_type)
@@ -88,7 +92,6 @@ class SparkCluster(pulumi.ComponentResource):
             "hdfs": pulumi.Output.from_input(args.hdfs),
             "idleStopMinutes": pulumi.Output.from_input(float(args.idle_stop_minutes)),
             "maxHours": pulumi.Output.from_input(float(args.max_hours)),
-            "ec2Endpoint": pulumi.Output.from_input(""),  # AWS EC2 itself
             "imdsEndpoint": pulumi.Output.from_input(""),  # the instances' own metadata service
             "hourlyCostUsd": pulumi.Output.from_input(plan.hourly_cost_usd),
             "sparkSecret": spark_secret(f"{name}-spark-secret", child),

@@ -56,6 +56,8 @@ class ClusterHostArgs:
     placement_group: Optional[pulumi.Input[str]] = None
     ready: list[pulumi.Resource] = field(default_factory=list)
     """What must exist before the host boots: the internet route and the security-group rules."""
+    watcher: dict = field(default_factory=dict)
+    """The settings of the host's watcher (ops.agent.install.settings), armed at first boot."""
 
 
 class ClusterHost(pulumi.ComponentResource):
@@ -73,7 +75,7 @@ class ClusterHost(pulumi.ComponentResource):
         host_key = tls.PrivateKey(f"{name}-host-key", algorithm="ED25519", opts=child)
         hostname = aws_hostname(args.private_ip)
         user_data = pulumi.Output.all(host_key.private_key_openssh, host_key.public_key_openssh).apply(
-            lambda keys: cloud_config(hostname, *keys))
+            lambda keys: cloud_config(hostname, *keys, watcher=args.watcher))
         public, network, boot_after = self._network(name, args, tags)
         instance = self._instance(name, args, tags, user_data, network, boot_after)
         instance_id = instance.id if instance else pulumi.Output.from_input("")
@@ -125,6 +127,9 @@ class ClusterHost(pulumi.ComponentResource):
                 volume_type="gp3", volume_size=args.root_volume_gib, encrypted=True,
                 delete_on_termination=True),
             instance_market_options=_spot_market(args) if args.spot else None,
+            # the watcher stops an idle host with an OS shutdown (no EC2 permission needed): an
+            # on-demand host then stops, its disk kept; a one-time spot one cannot stop.
+            instance_initiated_shutdown_behavior="terminate" if args.spot else "stop",
             credit_specification=_standard_credits(args.instance_type),
             placement_group=args.placement_group,
             user_data=user_data,

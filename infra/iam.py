@@ -1,5 +1,7 @@
-"""The instance role: hosts reach the cluster bucket (and only it) without any stored AWS keys, and
-idle auto-stop (ops/autostop.py) stops the cluster's own instances, nothing else."""
+"""The instance role: hosts reach the cluster bucket (and only it) without any stored AWS keys.
+
+It has no EC2 action: idle auto-stop is an OS shutdown on each host (ops/agent/autostop.py), which
+EC2 turns into a stop or, for a one-time spot host, a termination (infra/host.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from typing import Optional
 import pulumi
 import pulumi_aws as aws
 
-from infra.tags import CLUSTER_TAG, MARKET_TAG, cluster_tags
+from infra.tags import cluster_tags
 
 EC2_TRUST_POLICY = json.dumps({
     "Version": "2012-10-17",
@@ -49,25 +51,10 @@ def role_path(cluster_name: str) -> str:
     return f"/kindling/{cluster_name}/"
 
 
-def autostop_policy(cluster_name: str, spot_workers: bool) -> str:
-    """StopInstances on the instances tagged with this cluster, and (with spot workers, which EC2
-    cannot stop) TerminateInstances on its spot instances only."""
-    instances = "arn:aws:ec2:*:*:instance/*"
-    own = {f"aws:ResourceTag/{CLUSTER_TAG}": cluster_name}
-    statements = [{"Effect": "Allow", "Action": ["ec2:StopInstances"], "Resource": instances,
-                   "Condition": {"StringEquals": own}}]
-    if spot_workers:
-        statements.append({"Effect": "Allow", "Action": ["ec2:TerminateInstances"],
-                           "Resource": instances, "Condition": {"StringEquals": {
-                               **own, f"aws:ResourceTag/{MARKET_TAG}": "spot"}}})
-    return json.dumps({"Version": "2012-10-17", "Statement": statements})
-
-
 @dataclass(frozen=True)
 class InstanceRoleArgs:
     cluster_name: str
     bucket_arn: pulumi.Input[str]
-    spot_workers: bool = False
     s3_endpoint_id: Optional[pulumi.Input[str]] = None
     """The cluster VPC's S3 gateway endpoint: the only way the role reaches S3 (None: any way)."""
 
@@ -84,8 +71,6 @@ class InstanceRole(pulumi.ComponentResource):
                             tags=cluster_tags(args.cluster_name, "role"), opts=child)
         policy = pulumi.Output.all(args.bucket_arn, args.s3_endpoint_id).apply(lambda v: bucket_policy(*v))
         aws.iam.RolePolicy(f"{name}-bucket", role=role.id, policy=policy, opts=child)
-        aws.iam.RolePolicy(f"{name}-autostop", role=role.id,
-                           policy=autostop_policy(args.cluster_name, args.spot_workers), opts=child)
         profile = aws.iam.InstanceProfile(f"{name}-profile", path=path, role=role.name,
                                           tags=cluster_tags(args.cluster_name, "profile"), opts=child)
         self.instance_profile_name = profile.name

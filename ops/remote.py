@@ -10,6 +10,7 @@ from invoke import Context
 from invoke.exceptions import CommandTimedOut
 
 from kindling import HostError
+from ops.agent import install
 
 HOME = "/opt/kindling"
 VENV = f"{HOME}/venv"
@@ -24,8 +25,8 @@ DATA = f"{SRV}/data"
 RUNS = f"{SRV}/runs"
 SPARK_STATE = f"{SRV}/spark"
 HDFS_STATE = f"{SRV}/hdfs"
-AUTOSTOP_STATE = f"{SRV}/autostop"
-SPOT_NOTICE_FILE = f"{AUTOSTOP_STATE}/spot-notice.json"
+AUTOSTOP_STATE = install.STATE
+SPOT_NOTICE_FILE = install.SPOT_NOTICE
 """Where a spot host's watcher writes EC2's interruption notice (ops.spot)."""
 
 INSTALL_TIMEOUT = 1800

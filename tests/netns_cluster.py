@@ -301,6 +301,11 @@ class NetnsCluster:
         _ip("-n", netns, "addr", "add", f"{record['address']}/{prefix}", "dev", "eth0")
         _ip("-n", netns, "link", "set", "eth0", "up")
         _ip("-n", netns, "link", "set", "lo", "up")
+        self._start_init(record)
+
+    def _start_init(self, record: dict) -> None:
+        """Start the host's init (its PID, mount and UTS namespaces) in its network namespace."""
+        netns = record["netns"]
         # --propagation slave, not private: unmounts in the root namespace (ip netns del of another
         # cluster's /run/netns/* entry) must reach this copy, or that network namespace never dies.
         init = subprocess.Popen(

@@ -30,6 +30,7 @@ import contextlib
 import copy
 import ipaddress
 import json
+import os
 import shlex
 import signal
 import subprocess
@@ -43,15 +44,20 @@ from cryptography.hazmat.primitives import serialization
 
 import apt_proxy
 import os_image
-from netns_cluster import (SSH_PORT, ClusterError, NetnsCluster, _port_open, _wait_until,
-                           missing_prerequisites as netns_missing_prerequisites)
+from netns_cluster import (SSH_PORT, ClusterError, NetnsCluster, _kill_stragglers, _port_open,
+                           _wait_until, missing_prerequisites as netns_missing_prerequisites)
 from kindling import known_hosts_line, load_inventory, spark_master_url
+from ops.agent import install as watcher_install
 from workloads.common import run_cli
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "infra"))
 import infra_mocks  # noqa: E402 (tests/infra is not a package)
 
 INSTANCE = "aws:ec2/instance:Instance"
+POWEROFF_RECORD = "/run/kindling-rehearsal-poweroff"
+SHUTDOWN = ["sh", "-c", f"date +%s.%N >> {POWEROFF_RECORD}"]
+"""The hosts' shutdown command, set by the tests' user data: the hosts share this machine's kernel,
+so a real poweroff is only recorded (in the host's own /run, gone at its next boot)."""
 BOOT_LOG = "/var/log/kindling-rehearsal-boot.log"
 BOOT_DONE = "/run/kindling-rehearsal-boot.done"
 BOOT_SECONDS = 900
@@ -115,9 +121,10 @@ class RenderedStack:
     instance_ids: dict[str, str]
 
 
-def render_stack(workers: int = 2, ps: int = 0) -> RenderedStack:
-    """Run the Pulumi program under mocks and pair each Instance's user data with its inventory host."""
-    deployment = infra_mocks.deploy(worker_count=workers, ps_count=ps)
+def render_stack(workers: int = 2, ps: int = 0, **config) -> RenderedStack:
+    """Run the Pulumi program under mocks (config: SparkClusterArgs fields) and pair each
+    Instance's user data, with the tests' shutdown command, with its inventory host."""
+    deployment = infra_mocks.deploy(worker_count=workers, ps_count=ps, **config)
     outputs = deployment.inventory
     names = {entry["hostname"]: entry["name"] for entry in _entries(outputs)}
     user_data, instance_ids = {}, {}
@@ -127,12 +134,20 @@ def render_stack(workers: int = 2, ps: int = 0) -> RenderedStack:
         if hostname not in names:
             raise ClusterError(f"Instance {instance.name}: its user data names hostname {hostname!r}, which no "
                                "host of the stack outputs has; user data and outputs must agree on the name")
-        user_data[names[hostname]] = text
+        user_data[names[hostname]] = with_shutdown(text, SHUTDOWN)
         instance_ids[names[hostname]] = instance.id
     missing = sorted(set(names.values()) - set(user_data))
     if missing:
         raise ClusterError(f"no Instance user data for {', '.join(missing)}")
     return RenderedStack(outputs, user_data, instance_ids)
+
+
+def with_shutdown(user_data: str, command: list[str]) -> str:
+    """The user data with its watcher's shutdown command replaced (the tests' only change to it)."""
+    config = yaml.safe_load(user_data)
+    [settings] = [f for f in config["write_files"] if f["path"] == watcher_install.SETTINGS]
+    settings["content"] = json.dumps(json.loads(settings["content"]) | {"shutdown": command})
+    return "#cloud-config\n" + yaml.safe_dump(config, sort_keys=False)
 
 
 def map_addresses(outputs: dict, addresses: dict[str, str]) -> dict:
@@ -244,6 +259,23 @@ class RehearsalCluster(NetnsCluster):
                               capture_output=True, text=True, timeout=120, check=True)
         return int(used.stdout.split()[0])
 
+    def replace_hosts(self, stack: RenderedStack) -> None:
+        """Every host booted again as a new instance of `stack` (its instance ids, user data, host
+        and login keys), as `pulumi up` replacing them would, but on the same disks (so the
+        packages are already installed); the inventory becomes stack's outputs. The boots run in
+        the background, as at `up`."""
+        for record in self.state["hosts"]:
+            os.kill(record["init_pid"], signal.SIGKILL)  # the kernel kills the rest of the host
+        for record in self.state["hosts"]:
+            _wait_until(lambda: not _kill_stragglers(record["netns"]),
+                        f"the processes of {record['name']} to die")
+        self.stack = stack
+        for record in self.state["hosts"]:
+            self._write_seed(Path(record["dir"], "upper"), record)
+            self._start_init(record)
+            self._boot(record)
+        self._write_stack_inventory()
+
     def stop_sshd(self, host: str) -> None:
         record = self._record(host)
         self.exec(host, ["service", "ssh", "stop"], check=True)
@@ -273,9 +305,14 @@ class RehearsalCluster(NetnsCluster):
             self._start_host(record)
         self._write_stack_inventory()
         for record in self.state["hosts"]:
-            self.boot_started[record["name"]] = time.monotonic()
-            self.exec(record["name"], f"setsid -f sh -c {shlex.quote(BOOT_SCRIPT)} >/dev/null 2>&1 </dev/null",
-                      check=True)
+            self._boot(record)
+
+    def _boot(self, record: dict) -> None:
+        """Start the host's boot (cloud-init's stages, sshd) in the background."""
+        self.boot_started[record["name"]] = time.monotonic()
+        self.boot_seconds.pop(record["name"], None)
+        self.exec(record["name"], f"setsid -f sh -c {shlex.quote(BOOT_SCRIPT)} >/dev/null 2>&1 </dev/null",
+                  check=True)
 
     def _write_layer(self, record: dict) -> None:
         """The host's private upper layer, holding at first boot what EC2 and the VPC would provide."""
@@ -283,8 +320,17 @@ class RehearsalCluster(NetnsCluster):
         for sub in ("upper", "work", "root"):
             (host_dir / sub).mkdir(parents=True)
         upper = host_dir / "upper"
+        self._write_seed(upper, record)
+        (upper / "etc/apt/apt.conf.d").mkdir(parents=True)
+        (upper / "etc/apt/apt.conf.d/00kindling-rehearsal-proxy").write_text(self.proxy.apt_conf())
+        (upper / "etc/hosts").write_text(
+            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+            + "".join(f"{h['address']}\t{h['hostname']}\n" for h in self.state["hosts"]))
+
+    def _write_seed(self, upper: Path, record: dict) -> None:
+        """The NoCloud seed: the host's user data, and as meta-data what EC2's metadata gives."""
         seed = upper / "var/lib/cloud/seed/nocloud"
-        seed.mkdir(parents=True)
+        seed.mkdir(parents=True, exist_ok=True)
         (seed / "user-data").write_text(self.stack.user_data[record["name"]])
         (seed / "meta-data").write_text(yaml.safe_dump({
             "instance-id": self.stack.instance_ids[record["name"]],
@@ -292,11 +338,6 @@ class RehearsalCluster(NetnsCluster):
             "public-keys": [self._login_public_key()]}, sort_keys=False))
         for path in (seed / "user-data", seed / "meta-data"):
             path.chmod(0o600)
-        (upper / "etc/apt/apt.conf.d").mkdir(parents=True)
-        (upper / "etc/apt/apt.conf.d/00kindling-rehearsal-proxy").write_text(self.proxy.apt_conf())
-        (upper / "etc/hosts").write_text(
-            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
-            + "".join(f"{h['address']}\t{h['hostname']}\n" for h in self.state["hosts"]))
 
     def _prepare_host(self, record: dict) -> None:
         """Make the image (plus the host's layer) the root of the host's mount namespace."""

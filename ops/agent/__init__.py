@@ -1,3 +1,3 @@
 """What runs on the cluster hosts, apart from the control side: the watcher (idle auto-stop,
-spot interruption notices). Standard library only (boto3 imported for the stop call).
+spot interruption notices) and how it is laid out on a host. Standard library only.
 """

@@ -1,103 +1,120 @@
-"""The watcher on every host (ops.agent.autostop: idle auto-stop, spot notices): its deploy
-step, the spot notices and auto-stop lines of `fab status`, the cost line, and what a run
-stopped by a spot interruption says.
+"""The watcher on every host (ops.agent.autostop: idle auto-stop, spot notices): its upgrade step,
+the spot notices and auto-stop lines of `fab status`, the cost line, and what a run stopped by a
+spot interruption says.
+
+The user data arms the watcher at first boot (infra/cloud_init.py); `fab deploy` upgrades it to
+this checkout's code and the inventory's settings (and installs it on hosts no user data booted).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shlex
+import time
 
 from kindling import Host, Inventory, KindlingError
-from ops.agent import autostop
+from ops.agent import install
 from ops.cluster import LOST_CONNECTION
-from ops.remote import (AUTOSTOP_STATE, HOME, PYTHON, RUNS, SPARK_STATE, SPOT_NOTICE_FILE,
-                        daemon_alive, ok, read_stamp, sh, start_daemon, stop_daemon,
-                        write_files_command, write_stamp)
+from ops.remote import AUTOSTOP_STATE, SPOT_NOTICE_FILE, ok, sh
 from ops.services.base import DeployContext, Service, Step
-from ops.services.spark import MASTER_WEBUI_PORT, worker_pid_file
 from workloads.common import describe_notice
 
 NOTICE_TIMEOUT = 15
 
 
 def stops(inventory: Inventory) -> bool:
-    """The master's watcher stops the cluster: it knows the instances and has a limit."""
+    """The cluster stops itself: its hosts are EC2 instances (the inventory names them) and a
+    limit is set. Hosts of an inventory without instance ids are never shut down."""
     return any(host.instanceId for host in inventory.hosts) and bool(
         inventory.idleStopMinutes or inventory.maxHours)
 
 
 class WatcherStep(Step):
-    """The watcher (ops.agent.autostop: idle auto-stop, spot notices) on every host, as a systemd
-    service where systemd runs the host, else a detached process with the same code; restarted
-    when its settings change."""
+    """The watcher (ops.agent.autostop) on every host, upgraded to this checkout's code and the
+    inventory's settings when they differ from the host's; restarted then."""
 
     name = "watcher"
-    unit = "kindling-autostop"
-    pid = f"{AUTOSTOP_STATE}/watcher.pid"
 
     def settings(self, host: Host, ctx: DeployContext) -> dict:
         inventory = ctx.inventory
-        is_master = host == inventory.master
-        idle_seconds = inventory.idleStopMinutes * 60 or inventory.maxHours * 3600
-        others = [h for h in inventory.hosts if h != inventory.master]
-        stoppable = [h for h in inventory.hosts if h.instanceId] if is_master and stops(
-            inventory) else []
-        return {
-            "host": host.name, "address": host.privateIp, "runs": RUNS, "state": AUTOSTOP_STATE,
-            "idle_minutes": inventory.idleStopMinutes, "max_hours": inventory.maxHours,
-            "interval": max(1.0, min(30.0, idle_seconds / 10)),
-            "spark_master": (f"http://{host.privateIp}:{MASTER_WEBUI_PORT}/json/"
-                             if is_master else ""),
-            "peers": [h.privateIp for h in others] if is_master else [],
-            "instance_ids": [h.instanceId for h in stoppable if not h.spot],
-            "spot_ids": [h.instanceId for h in stoppable if h.spot],
-            "region": inventory.region, "ec2_endpoint": inventory.ec2Endpoint,
-            "imds_endpoint": inventory.imdsEndpoint,
-            "spot_notice": SPOT_NOTICE_FILE if host.spot else "",
-            "spark_worker_pid": worker_pid_file(SPARK_STATE, 1),
-        }
-
-    def version(self, host: Host, ctx: DeployContext) -> str:
-        text = json.dumps(self.settings(host, ctx), sort_keys=True) + ctx.project_wheel.name
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        limits = (inventory.idleStopMinutes, inventory.maxHours) if stops(inventory) else (0, 0)
+        return install.settings(host.name, inventory.master.hostname,
+                                [h.name for h in inventory.hosts if h != inventory.master],
+                                *limits, host.spot, inventory.imdsEndpoint)
 
     def running(self, cxn) -> bool:
-        return ok(cxn, f"systemctl is-active --quiet {self.unit} 2>/dev/null || "
-                       + daemon_alive(self.pid))
+        # root's process: kill -0 from the login user would be refused
+        return ok(cxn, f"systemctl is-active --quiet {install.UNIT} 2>/dev/null || grep -qs "
+                       f"ops.agent.autostop /proc/$(cat {AUTOSTOP_STATE}/watcher.pid)/cmdline")
+
+    @staticmethod
+    def on_host(cxn) -> dict:
+        """The host's settings file, as the user data or the last deploy wrote it ({} if none)."""
+        try:
+            return json.loads(sh(cxn, f"cat {install.SETTINGS} 2>/dev/null || true") or "{}")
+        except ValueError:
+            return {}
 
     def is_current(self, cxn, host, ctx):
-        return read_stamp(cxn, "autostop") == self.version(host, ctx) and self.running(cxn)
+        return (self.on_host(cxn).get("version") == self.settings(host, ctx)["version"]
+                and self.running(cxn))
 
     def install(self, cxn, host, ctx):
-        settings = f"{HOME}/autostop.json"
+        # settings the host got at boot that the inventory does not give (the tests' shutdown
+        # command) are kept
+        values = self.on_host(cxn) | self.settings(host, ctx)
+        systemd = ok(cxn, "test -d /run/systemd/system")
+        writes = [f"sudo -n mkdir -p {shlex.quote(path.rsplit('/', 1)[0])} && printf %s "
+                  f"{shlex.quote(text)} | sudo -n tee {shlex.quote(path)} > /dev/null"
+                  for path, text in install.files(values).items()
+                  if systemd or path != install.UNIT_FILE]
         # a notice from before (this host was spot then) is not this host's to act on
-        sh(cxn, f"mkdir -p {AUTOSTOP_STATE} && rm -f {SPOT_NOTICE_FILE} && " + write_files_command(HOME, {
-            "autostop.json": json.dumps(self.settings(host, ctx), indent=1)}),
-           what="writing the auto-stop settings")
-        command = f"{PYTHON} -m ops.agent.autostop {settings}"
-        if ok(cxn, "test -d /run/systemd/system"):
-            unit = (f"[Unit]\nDescription=kindling idle auto-stop\nAfter=network-online.target\n"
-                    f"[Service]\nExecStart={command}\nRestart=always\nRestartSec=10\n"
-                    f"[Install]\nWantedBy=multi-user.target\n")
-            sh(cxn, f"printf %s {shlex.quote(unit)} | sudo tee /etc/systemd/system/{self.unit}.service"
-                    f" > /dev/null && sudo systemctl daemon-reload && sudo systemctl enable "
-                    f"--quiet {self.unit} && sudo systemctl restart {self.unit}",
-               what="starting the auto-stop service")
-        else:
-            sh(cxn, stop_daemon(self.pid) + "; "
-                    + start_daemon(command, f"{AUTOSTOP_STATE}/watcher.log", self.pid),
-               what="starting the auto-stop watcher")
-        write_stamp(cxn, "autostop", self.version(host, ctx))
+        sh(cxn, " && ".join([f"sudo -n rm -f {SPOT_NOTICE_FILE}", *writes]),
+           what="writing the watcher")
+        sh(cxn, f"sudo -n sh -c {shlex.quote(install.restart_command())}",
+           what="starting the watcher")
+
+
+def describe(status: dict) -> str:
+    """`fab status`'s line for the master's status.json: busy, held back by a silent host, when
+    the cluster stops, or that it was stopped."""
+    booted = status["checked"] - status["up"]
+
+    def clock(since_boot: float) -> str:
+        return time.strftime("%H:%M:%S", time.localtime(booted + since_boot))
+
+    if status.get("shutdown"):
+        return (f"auto-stop: stopped the cluster at {clock(status['shutdown']['up'])} "
+                f"({status['shutdown']['why']})")
+    if status.get("decision"):
+        return f"auto-stop: stopping the cluster ({status['decision']})"
+    if not status["stopAt"]:
+        return "auto-stop: off (idleStopMinutes 0, no maxHours)"
+    held = [f"{peer} ({quiet:.0f} s)" for peer, quiet in sorted(status.get("silent", {}).items())]
+    if held:
+        return (f"auto-stop: blocked: no answer from {', '.join(held)}; the cluster does not stop "
+                "while a host may be busy (a host that cannot reach the master stops itself "
+                f"after {status['idleStopMinutes']:g} min)")
+    if status["active"]:
+        limits = [f"after {status['idleStopMinutes']:g} idle minutes"] if status[
+            "idleStopMinutes"] else []
+        if status["maxHours"]:
+            limits.append(f"at {clock(status['maxHours'] * 3600)} however busy "
+                          f"(maxHours {status['maxHours']:g})")
+        return (f"auto-stop: busy ({'; '.join(status['active'])}); the cluster stops "
+                + ", or ".join(limits))
+    left = max(0.0, status["stopAt"] - status["up"])
+    return (f"auto-stop: idle since {clock(status['lastActive'])}; the cluster stops in "
+            f"{left / 60:.1f} min (at {clock(status['stopAt'])})")
+
 
 
 class Watcher(Service):
-    """The watcher on every host, when there is something to watch: instances to stop when idle
-    (the inventory names them and a limit is set), or spot hosts to take back."""
+    """The watcher on every host of a cluster of EC2 instances (the user data armed it: its
+    settings follow the inventory's), or with spot hosts to watch for notices."""
 
     def wanted(self, inventory, job):
-        return stops(inventory) or any(host.spot for host in inventory.hosts)
+        return any(host.instanceId or host.spot for host in inventory.hosts)
 
     def plan(self, ctx):
         return [((WatcherStep(),), ctx.inventory.hosts)]
@@ -147,22 +164,23 @@ class Watcher(Service):
         text = sh(cluster.connection(inventory.master),
                   f"cat {AUTOSTOP_STATE}/status.json 2>/dev/null || true")
         if not text:
-            lines.append("auto-stop: not running (`fab deploy JOB` starts it)")
+            lines.append("auto-stop: the master's watcher has decided nothing yet (the first "
+                         "boot starts it once cloud-init is done; `fab deploy JOB` restarts it)")
             return None
         state = json.loads(text)
-        lines.append(autostop.describe(state))
+        lines.append(describe(state))
         return state
 
     @staticmethod
     def cost_status(cluster, watcher: dict | None) -> list[str]:
         """Cost per hour from the price table `pulumi up` used, and the spend since the cluster
-        last started (the master's watcher start, else the master's uptime)."""
+        last started (the master's boot, as its watcher counts it, else its uptime)."""
         inventory = cluster.inventory
         if not inventory.hourlyCostUsd:
             return []
         costs = dict(inventory.hourlyCostUsd)
         if watcher:
-            up = watcher["checked"] - watcher["started"]
+            up = watcher["up"]
         else:
             up = float(sh(cluster.connection(inventory.master), "cut -d' ' -f1 /proc/uptime"))
         return [f"cost: ${costs['running']:.4f}/h running (${costs['stopped']:.4f}/h "

@@ -75,11 +75,12 @@ def pytest_runtest_teardown(item, nextitem):
 
 
 MODULE_ORDER = ("test_netns_cluster", "test_fab_deploy", "test_fab_failures", "test_fab_spot_autostop",
-                "test_fab_hdfs", "test_rehearsal_deploy", "test_rehearsal")
+                "test_fab_hdfs", "test_rehearsal_deploy", "test_rehearsal", "test_rehearsal_autostop")
 """The order of a cluster's life, whatever pytest's (alphabetical) one: the netns cluster's own
 checks on the fresh hosts; the refused deploy before the first install, then that install
 (`deployed`) and what it serves; HDFS last (its daemons stay up). The rehearsal's first deploy
-races cloud-init, so it comes before the checks that wait for the boot to end."""
+races cloud-init, so it comes before the checks that wait for the boot to end; the auto-stop
+rehearsal replaces the hosts, so it comes last."""
 
 
 @pytest.hookimpl(trylast=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -118,9 +119,25 @@ WATCHER_PROCESS = r"[o]ps[.](agent[.])?autostop"
 """`pkill -f` pattern of the hosts' watcher (ops.agent.autostop; ops.autostop before)."""
 
 
+SHUTDOWN_RECORD = "/srv/kindling/autostop/powered-off"
+
+
+def record_shutdowns(cluster) -> None:
+    """Give each host's watcher, before fab installs it, a shutdown command that records (the
+    hosts share this machine's kernel), as the rehearsal's user data does; fab keeps it."""
+    command = ["sh", "-c", f"date +%s.%N >> {SHUTDOWN_RECORD}"]
+    for host in cluster.hosts:
+        cluster.exec(host, f"mkdir -p /opt/kindling/agent && echo '{json.dumps({'shutdown': command})}'"
+                           " > /opt/kindling/agent/autostop.json", check=True)
+
+
+def shutdown_recorded(cluster, host) -> bool:
+    return cluster.exec(host, ["test", "-s", SHUTDOWN_RECORD]).returncode == 0
+
+
 def remove_watchers(cluster) -> None:
     """Undo a deploy that started the hosts' watcher (auto-stop, spot notices) with a test's
-    endpoints: its process, stamp and any notice it wrote."""
+    endpoints: its process, settings, any notice and shutdown it recorded."""
     for host in cluster.hosts:
-        cluster.exec(host, f"pkill -f '{WATCHER_PROCESS}'; rm -f /opt/kindling/stamps/autostop "
-                           "/srv/kindling/autostop/spot-notice.json")
+        cluster.exec(host, f"pkill -f '{WATCHER_PROCESS}'; rm -f /opt/kindling/agent/autostop.json "
+                           f"/srv/kindling/autostop/spot-notice.json {SHUTDOWN_RECORD}")

@@ -51,6 +51,10 @@ def test_rehearsal_first_deploy_waits_for_cloud_init(first_deploy, hosts):
     assert "running" in states.values(), f"cloud-init had finished before the deploy: {states}"
     results_of(done)
     assert re.search(r"^master +cloud-init +", done.stdout, re.M), done.stdout
+    # the user data armed each host's watcher with the settings the inventory gives: no upgrade
+    watcher = re.findall(r"^(\S+) +watcher +(\S+)", done.stdout, re.M)
+    assert sorted(watcher) == [(n, "skipped") for n in ("master", "worker-0", "worker-1")], \
+        done.stdout
     for name in ("master", "worker-0", "worker-1"):
         assert hosts.cloud_init_status(name)["status"] == "done", hosts.boot_log(name)
         venv = hosts.exec(name, "/opt/kindling/venv/bin/python -V").stdout.strip()

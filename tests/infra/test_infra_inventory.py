@@ -3,6 +3,8 @@ match what cloud-init installs."""
 
 from __future__ import annotations
 
+import base64
+import gzip
 import json
 import shutil
 import subprocess
@@ -11,9 +13,10 @@ import pytest
 import yaml
 from cryptography.hazmat.primitives import serialization
 
-from infra.cloud_init import HOST_KEY_FILE
+from infra.cloud_init import HOST_KEY_FILE, USER_DATA_LIMIT
 from infra_mocks import Deployment, MockedStack, deploy
 from kindling import SCHEMA_KEYS, load_inventory, parse_inventory
+from ops.agent import install
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:pulumi_aws.*")
 
@@ -105,7 +108,8 @@ def test_user_data_is_small_cloud_config_with_packages_both_distributions_name(c
     for instance in cluster.of_type(INSTANCE):
         config = user_data(instance)
         assert set(config) == {"hostname", "preserve_hostname", "ssh_deletekeys", "ssh_keys", "write_files",
-                               "package_update", "packages"}
+                               "package_update", "packages", "runcmd"}
+        assert len(instance.inputs["userData"].encode()) <= USER_DATA_LIMIT, instance.name
         assert config["ssh_deletekeys"] is True
         # Ubuntu 24.04 and Debian 13 both have these (OpenJDK 21 behind default-jre-headless).
         assert config["packages"] == ["python3-venv", "default-jre-headless"]
@@ -115,10 +119,40 @@ def test_sshd_offers_only_the_pinned_key_even_after_an_openssh_upgrade(cluster):
     """A drop-in naming the pinned key: once sshd_config names a HostKey, sshd loads no other key,
     whatever key files an openssh-server upgrade creates."""
     for instance in cluster.of_type(INSTANCE):
-        [drop_in] = user_data(instance)["write_files"]
+        [drop_in] = [f for f in user_data(instance)["write_files"] if f["path"].startswith("/etc/ssh/")]
         assert drop_in["path"].startswith("/etc/ssh/sshd_config.d/") and drop_in["path"].endswith(".conf")
         assert drop_in["content"].splitlines() == [f"HostKey {HOST_KEY_FILE}"]
         assert drop_in["permissions"] == "0644"
+
+
+def test_every_host_boots_with_its_watcher_armed_knowing_its_master_and_limits():
+    """No fab needed for auto-stop: the user data writes the watcher's code, its settings (the
+    master's hostname; on the master, every other host; the config's limits; spot hosts watch for
+    notices) and systemd unit, and starts it. Each host stops itself with an OS shutdown, which
+    EC2 turns into a stop (on-demand) or a termination (one-time spot)."""
+    deployment = deploy(worker_count=2, ps_count=1, idle_stop_minutes=45.0, max_hours=8.0)
+    inventory = parse_inventory(deployment.inventory)
+    by_hostname = {h.hostname: h for h in inventory.hosts}
+    for instance in deployment.of_type(INSTANCE):
+        config = user_data(instance)
+        host = by_hostname[config["hostname"]]
+        files = {f["path"]: f for f in config["write_files"]}
+        for path, text in install.code().items():  # the code as it is in this checkout
+            assert gzip.decompress(base64.b64decode(files[path]["content"])).decode() == text
+            assert files[path]["encoding"] == "gz+b64"
+        settings = json.loads(files[install.SETTINGS]["content"])
+        assert settings["host"] == host.name and settings["master"] == inventory.master.hostname
+        assert settings["peers"] == (sorted(h.name for h in inventory.hosts if h.name != "master")
+                                     if host.name == "master" else [])
+        assert (settings["idle_minutes"], settings["max_hours"]) == (45.0, 8.0)
+        assert bool(settings["spot_notice"]) == host.spot
+        assert settings["version"] == install.version(settings)
+        assert "ExecStart=/usr/bin/python3 -m ops.agent.autostop " + install.SETTINGS in \
+            files[install.UNIT_FILE]["content"]
+        assert config["runcmd"] == [["sh", "-c", install.restart_command()]]
+        assert instance.inputs["instanceInitiatedShutdownBehavior"] == (
+            "terminate" if host.spot else "stop"), instance.name
+    assert any(h.spot for h in inventory.hosts) and not inventory.master.spot
 
 
 def test_the_drop_in_names_the_file_cloud_init_writes_the_pinned_key_to():

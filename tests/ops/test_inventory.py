@@ -35,7 +35,7 @@ def outputs() -> dict:
         "knownHosts": "\n".join(known_hosts_line([h["publicIp"], h["hostname"]], public) for h in hosts),
         "master": hosts[0], "workers": hosts[1:], "ps": [], "bucket": "",
         "sparkMasterUrl": "spark://10.77.0.2:7077", "s3Endpoint": "", "hdfs": False,
-        "idleStopMinutes": 60.0, "maxHours": 0.0, "ec2Endpoint": "", "imdsEndpoint": "",
+        "idleStopMinutes": 60.0, "maxHours": 0.0, "imdsEndpoint": "",
         "hourlyCostUsd": {"running": 0.6, "stopped": 0.01}, "sparkSecret": "s3cretLettersAndDigits42",
     }
 
@@ -62,7 +62,7 @@ def test_round_trip(outputs, tmp_path):
     (lambda o: o.update(hdfs="yes"), "field 'hdfs' must be true or false"),
     (lambda o: o.update(idleStopMinutes=-5), "field 'idleStopMinutes' must be a number >= 0"),
     (lambda o: o.update(maxHours="8h"), "field 'maxHours' must be a number >= 0"),
-    (lambda o: o.update(ec2Endpoint="moto"), "'ec2Endpoint' must be an http"),
+    (lambda o: o.update(imdsEndpoint="moto"), "'imdsEndpoint' must be an http"),
     (lambda o: o["workers"][0].update(spot="yes"), "field 'spot' must be true or false"),
     (lambda o: o.update(hourlyCostUsd={"running": "cheap"}), "field 'hourlyCostUsd' must be"),
     (lambda o: o.update(sparkSecret="[secret]"), "not the secret itself; export it with `pulumi stack output --json --show-secrets`"),

@@ -13,6 +13,7 @@ from invoke import Context
 from kindling import Host, Inventory
 from ops.services import DeployContext
 from ops.services.host import BasePackages, CloudInit
+from ops.agent import install
 from ops.services.watcher import WatcherStep
 from kindling import HostError
 
@@ -177,13 +178,15 @@ def test_hosts_waiting_for_the_masters_wheelhouse_learn_when_it_failed(tmp_path)
 
 @pytest.mark.parametrize("idle_minutes, instance_ids, stopped", [
     (60, True, True), (0, True, False), (60, False, False)])
-def test_the_watchers_poll_spot_notices_on_spot_hosts_and_stop_only_known_instances(
+def test_fab_gives_the_watchers_the_settings_the_user_data_gives_and_stops_only_ec2_hosts(
         idle_minutes, instance_ids, stopped):
-    """Only spot hosts watch for notices; the master stops instances only when it knows them
-    and a limit is set (a spot-only watcher never calls EC2)."""
+    """Only spot hosts watch for notices; the master hears from every other host; hosts stop
+    themselves only when the inventory names EC2 instances and a limit is set. On an EC2
+    cluster the settings are those infra's user data armed the watcher with (so a deploy leaves
+    an armed watcher alone until something changed)."""
     def host(name, address, spot=False):
-        return Host(name=name, hostname=name, privateIp=address, spot=spot,
-                    instanceId=f"i-{name}" if instance_ids else "")
+        return Host(name=name, hostname=f"ip-{address.replace('.', '-')}", privateIp=address,
+                    spot=spot, instanceId=f"i-{name}" if instance_ids else "")
 
     master, steady, spot = host("master", "10.0.0.2"), host("worker-0", "10.0.0.3"), host(
         "worker-1", "10.0.0.4", spot=True)
@@ -192,6 +195,12 @@ def test_the_watchers_poll_spot_notices_on_spot_hosts_and_stop_only_known_instan
     ctx = DeployContext(inventory, Path("constraints.txt"), None)
     settings = {h.name: WatcherStep().settings(h, ctx) for h in inventory.hosts}
     assert [name for name, s in settings.items() if s["spot_notice"]] == ["worker-1"]
-    assert settings["master"]["instance_ids"] == (["i-master", "i-worker-0"] if stopped else [])
-    assert settings["master"]["spot_ids"] == (["i-worker-1"] if stopped else [])
-    assert all(not s["instance_ids"] for name, s in settings.items() if name != "master")
+    assert settings["master"]["peers"] == ["worker-0", "worker-1"]
+    assert all(s["master"] == "ip-10-0-0-2" and (s["peers"] == []) == (name != "master")
+               for name, s in settings.items())
+    assert {s["idle_minutes"] for s in settings.values()} == {60.0 if stopped else 0.0}
+    if instance_ids:
+        for h in inventory.hosts:
+            assert settings[h.name] == install.settings(
+                h.name, master.hostname, [n for n in settings if n != h.name and h == master],
+                idle_minutes, 0.0, h.spot)
