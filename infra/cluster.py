@@ -6,6 +6,7 @@ from typing import Optional
 
 import pulumi
 import pulumi_aws as aws
+import pulumi_random as random
 
 from infra.ami import ubuntu_ami
 from infra.config import SparkClusterArgs
@@ -20,11 +21,20 @@ from infra.tags import cluster_tags
 from kindling import spark_master_url
 
 SSH_USER = "ubuntu"  # the login user of Ubuntu cloud images
+SPARK_SECRET_LENGTH = 48
+"""Letters and digits only (no quoting in spark-defaults.conf or a shell): 48 of them are ~285 bits."""
+
+
+def spark_secret(name: str, opts: pulumi.ResourceOptions) -> pulumi.Output[str]:
+    """The cluster's spark.authenticate secret: generated once and kept in the stack's state
+    (encrypted), so every deploy agrees on it; it leaves the program only as a secret output."""
+    password = random.RandomPassword(name, length=SPARK_SECRET_LENGTH, special=False, opts=opts)
+    return pulumi.Output.secret(password.result)
 
 
 class SparkCluster(pulumi.ComponentResource):
     inventory: dict[str, pulumi.Output]
-    """One output per kindling.SCHEMA_KEYS key; sshPrivateKey is a secret."""
+    """One output per kindling.SCHEMA_KEYS key; sshPrivateKey and sparkSecret are secrets."""
 
     def __init__(self, name: str, args: SparkClusterArgs, opts: Optional[pulumi.ResourceOptions] = None):
         plan = plan_cluster(args)  # may refuse the config: before any resource, even this component
@@ -81,5 +91,6 @@ class SparkCluster(pulumi.ComponentResource):
             "ec2Endpoint": pulumi.Output.from_input(""),  # AWS EC2 itself
             "imdsEndpoint": pulumi.Output.from_input(""),  # the instances' own metadata service
             "hourlyCostUsd": pulumi.Output.from_input(plan.hourly_cost_usd),
+            "sparkSecret": spark_secret(f"{name}-spark-secret", child),
         }
         self.register_outputs(self.inventory)

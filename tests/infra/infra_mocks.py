@@ -15,6 +15,8 @@ import itertools
 import logging
 import re
 import runpy
+import secrets
+import string
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable
@@ -131,6 +133,8 @@ class AwsMocks(pulumi.runtime.Mocks):
             "aws:iam/role:Role": self._iam("role"),
             "aws:iam/instanceProfile:InstanceProfile": self._iam("instance-profile"),
             "aws:iam/rolePolicy:RolePolicy": lambda i, name, n: (f"{i['role']}:{name}", {"name": name}),
+            "random:index/randomPassword:RandomPassword": lambda i, name, n: ("none", {
+                "result": _random_password(i["length"], i.get("special", True))}),
         }
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs):
@@ -217,6 +221,13 @@ class AwsMocks(pulumi.runtime.Mocks):
             return physical, {"name": physical, "arn": f"arn:aws:iam::{ACCOUNT}:{kind}/{physical}",
                               "uniqueId": f"AROA{n:016X}"}
         return computed
+
+
+def _random_password(length: int, special: bool) -> str:
+    """What pulumi_random's RandomPassword gives: `length` characters, letters and digits (and
+    its default specials unless special=false); its id is always "none"."""
+    alphabet = string.ascii_letters + string.digits + ("!@#$%&*()-_=+[]{}<>:?" if special else "")
+    return "".join(secrets.choice(alphabet) for _ in range(int(length)))
 
 
 def _vcpus(instance_type: str) -> int:

@@ -21,6 +21,7 @@ INSTANCE = "aws:ec2/instance:Instance"
 ENI = "aws:ec2/networkInterface:NetworkInterface"
 EIP = "aws:ec2/eip:Eip"
 TLS_KEY = "tls:index/privateKey:PrivateKey"
+RANDOM_PASSWORD = "random:index/randomPassword:RandomPassword"
 
 
 @pytest.fixture(scope="module")
@@ -160,10 +161,24 @@ def test_main_exports_the_inventory_from_stack_config():
                       "kindling:workerCount": "3", "kindling:psCount": "1"})
     program = stack.run_main()
     assert tuple(program.inventory) == SCHEMA_KEYS
-    assert program.secret_outputs == {"sshPrivateKey"}
+    assert program.secret_outputs == {"sshPrivateKey", "sparkSecret"}
     assert set(program.inventory["hourlyCostUsd"]) == {"running", "stopped"}
     inventory = parse_inventory(program.inventory)
     assert inventory.clusterName == "kindling-dev" and inventory.region == "us-west-2"
     assert (len(inventory.workers), len(inventory.ps)) == (3, 1)
     assert inventory.to_outputs() == program.inventory
     assert dict(inventory.hourlyCostUsd) == program.inventory["hourlyCostUsd"]
+
+
+def test_spark_secret_is_generated_once_per_cluster_and_exported_only_as_a_secret(cluster):
+    """spark.authenticate's shared secret: a RandomPassword kept in the stack's state (so every
+    deploy agrees), letters and digits only (no quoting in a conf file), a secret output."""
+    [password] = cluster.of_type(RANDOM_PASSWORD)
+    assert password.inputs["special"] is False and password.inputs["length"] >= 32
+    secret = cluster.inventory["sparkSecret"]
+    assert secret == password.outputs["result"] and secret.isalnum()
+    assert "sparkSecret" in cluster.secret_outputs
+    assert parse_inventory(cluster.inventory).sparkSecret == secret
+    assert secret not in repr(parse_inventory(cluster.inventory))
+    other = deploy(cluster_name="kindling-other")
+    assert other.inventory["sparkSecret"] != secret  # per cluster, not a constant

@@ -35,7 +35,9 @@ KEY_PAIR = "aws:ec2/keyPair:KeyPair"
 TLS_KEY = "tls:index/privateKey:PrivateKey"
 PLACEMENT_GROUP = "aws:ec2/placementGroup:PlacementGroup"
 # Types whose AWS API takes no tags; everything else must carry the cluster tags.
-UNTAGGABLE = {ROUTE_ASSOCIATION, PUBLIC_ACCESS_BLOCK, ENCRYPTION, ROLE_POLICY, INSTANCE_STATE, TLS_KEY}
+RANDOM_PASSWORD = "random:index/randomPassword:RandomPassword"
+UNTAGGABLE = {ROUTE_ASSOCIATION, PUBLIC_ACCESS_BLOCK, ENCRYPTION, ROLE_POLICY, INSTANCE_STATE, TLS_KEY,
+              RANDOM_PASSWORD}
 
 
 def host_of(instance) -> str:
@@ -450,7 +452,7 @@ def test_generated_login_key_is_ed25519_registered_and_secret(defaults):
     assert pair.inputs["publicKey"] == login.outputs["publicKeyOpenssh"]
     assert pair.inputs["keyNamePrefix"] == "kindling-test-"
     assert defaults.inventory["sshPrivateKey"] == login.outputs["privateKeyOpenssh"]
-    assert defaults.secret_outputs == {"sshPrivateKey"}
+    assert defaults.secret_outputs == {"sshPrivateKey", "sparkSecret"}
     assert {i.inputs["keyName"] for i in defaults.of_type(INSTANCE)} == {pair.outputs["keyName"]}
 
 
@@ -459,4 +461,4 @@ def test_own_login_key_is_registered_and_its_private_half_exported_as_secret(var
     [pair] = variant.of_type(KEY_PAIR)
     assert pair.inputs["publicKey"] == OWN_PUBLIC_KEY
     assert variant.inventory["sshPrivateKey"] == OWN_PRIVATE_KEY
-    assert variant.secret_outputs == {"sshPrivateKey"}
+    assert variant.secret_outputs == {"sshPrivateKey", "sparkSecret"}

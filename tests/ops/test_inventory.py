@@ -36,7 +36,7 @@ def outputs() -> dict:
         "master": hosts[0], "workers": hosts[1:], "ps": [], "bucket": "",
         "sparkMasterUrl": "spark://10.77.0.2:7077", "s3Endpoint": "", "hdfs": False,
         "idleStopMinutes": 60.0, "maxHours": 0.0, "ec2Endpoint": "", "imdsEndpoint": "",
-        "hourlyCostUsd": {"running": 0.6, "stopped": 0.01},
+        "hourlyCostUsd": {"running": 0.6, "stopped": 0.01}, "sparkSecret": "s3cretLettersAndDigits42",
     }
 
 
@@ -65,6 +65,8 @@ def test_round_trip(outputs, tmp_path):
     (lambda o: o.update(ec2Endpoint="moto"), "'ec2Endpoint' must be an http"),
     (lambda o: o["workers"][0].update(spot="yes"), "field 'spot' must be true or false"),
     (lambda o: o.update(hourlyCostUsd={"running": "cheap"}), "field 'hourlyCostUsd' must be"),
+    (lambda o: o.update(sparkSecret="[secret]"), "not the secret itself; export it with `pulumi stack output --json --show-secrets`"),
+    (lambda o: o.update(sparkSecret=42), "'sparkSecret' is 42, not the secret itself"),
 ])
 def test_each_problem_names_the_field(outputs, mutate, message):
     mutate(outputs)
@@ -77,6 +79,14 @@ def test_s3_endpoint_is_optional_and_kept(outputs):
     assert parse_inventory(outputs).s3Endpoint == ""
     outputs["s3Endpoint"] = "http://10.77.0.1:9000/"
     assert parse_inventory(outputs).s3Endpoint == "http://10.77.0.1:9000"
+
+
+def test_spark_secret_is_optional_for_inventories_written_before_it(outputs):
+    assert parse_inventory(outputs).sparkSecret == "s3cretLettersAndDigits42"
+    outputs.pop("sparkSecret")
+    older = parse_inventory(outputs)
+    assert older.sparkSecret == ""
+    assert older.to_outputs()["sparkSecret"] == ""
 
 
 def test_file_errors(tmp_path):
