@@ -52,6 +52,11 @@ def test_bad_input_is_one_line_and_changes_nothing(netns_cluster, env, tmp_path)
     assert "--epochs must be at least 1" in one_error_line(fab(env, "run", "train-mnist",
                                                                "--target", inventory,
                                                                "--epochs", "-1"))
+    no_secret = tmp_path / "no-secret.json"  # a stack from before Spark authenticated
+    no_secret.write_text(json.dumps(json.loads(netns_cluster.inventory_path.read_text())
+                                    | {"sparkSecret": None}))
+    assert "has no sparkSecret, the secret Spark authenticates with" in one_error_line(
+        fab(env, "deploy", "classify", "--target", str(no_secret)))
     assert host_state(netns_cluster) == before
 
 
