@@ -23,7 +23,7 @@ import time
 
 from kindling import Host, Inventory, KindlingError, UserError
 from ops.remote import (COMMAND_TIMEOUT, PYTHON, SPARK_CONF, SPARK_STATE, SPOT_NOTICE_FILE,
-                        STAMPS, daemon_alive, fetch_json, read_stamp, sh, write_private,
+                        STAMPS, daemon_alive, fetch_json, ok, read_stamp, sh, write_private,
                         write_stamp)
 from ops.services.base import Service, Step
 from workloads.common import SPOT_NOTICE_ENV
@@ -157,7 +157,8 @@ class SparkDefaults(Step):
     name = "spark secret"
 
     def is_current(self, cxn, host, ctx):
-        return read_stamp(cxn, "spark-defaults") == defaults_version(ctx.inventory)
+        return (read_stamp(cxn, "spark-defaults") == defaults_version(ctx.inventory)
+                and ok(cxn, f"test -s {SPARK_CONF}/{DEFAULTS}"))
 
     def install(self, cxn, host, ctx):
         write_private(cxn, f"{SPARK_CONF}/{DEFAULTS}", spark_defaults(ctx.inventory.sparkSecret),
