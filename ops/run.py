@@ -92,6 +92,7 @@ def launch(target: "Target", prepared: RunRequest) -> Run:
     its storage needs (its private files written on every host first), started."""
     job = prepared.job
     access = target.storage.access(prepared.locations, target.storage.run_location(prepared.run_id))
+
     def write_files(host, cxn) -> None:
         for path, text in access.private.items():
             write_private(cxn, path, text, what=f"writing {path}")

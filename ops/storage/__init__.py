@@ -5,8 +5,9 @@ branches on a scheme.
 
 A `Store` checks a location from the control machine before anything starts, puts a local
 folder there once (content-addressed), and says how Spark (confs, jars) and the job's own
-processes (environment, private files such as credentials) reach it. A target's `Storage` is its stores plus its root: where the
-cluster keeps uploaded data and runs ("" when it has no storage of its own).
+processes (environment, private files such as credentials) reach it. A target's `Storage` is
+its stores plus its root: where the cluster keeps uploaded data and runs ("" when it has no
+storage of its own).
 """
 
 from __future__ import annotations
