@@ -158,8 +158,10 @@ def test_the_first_install_trains_train_mnist_on_both_workers(netns_cluster, env
 
 UNAUTHENTICATED = ("printf 'from pyspark.sql import SparkSession\\n"
                    "SparkSession.builder.getOrCreate().range(9).count()\\n' > /tmp/unauthenticated.py"
-                   " && cd /tmp && (setsid /opt/kindling/venv/bin/spark-submit --master {url} --name "
-                   "unauthenticated /tmp/unauthenticated.py > /tmp/unauthenticated.log 2>&1 &)")
+                   " && cd /tmp && export PYSPARK_PYTHON=/opt/kindling/venv/bin/python SPARK_HOME=$("
+                   "/opt/kindling/venv/bin/python -c 'import os, pyspark; print(os.path.dirname("
+                   "pyspark.__file__))') && (setsid /opt/kindling/venv/bin/spark-submit --master {url}"
+                   " --name unauthenticated /tmp/unauthenticated.py > /tmp/unauthenticated.log 2>&1 &)")
 """A spark-submit on the master that does not have the cluster's secret (no SPARK_CONF_DIR)."""
 
 
