@@ -58,7 +58,8 @@ def tfos_epochs(data: str, nodes: int, batch_size: int, epochs: int, scratch: st
     with LocalSparkCluster(workers=nodes, host=HOST, base_dir=str(Path(scratch, "spark")),
                            port=free_port(), webui_port=free_port()) as cluster:
         placement = Placement(Host(name="master", hostname=HOST, privateIp=HOST), hosts, (),
-                              sys.executable, cluster.master_url, cluster.spark_home)
+                              sys.executable, cluster.master_url, cluster.spark_home,
+                              spark_conf_dir=cluster.conf_dir)
         job = JOBS["train-mnist"]
         [driver] = job.plan(job, placement, ["--data", data, "--input-mode", "tensorflow",
                                              "--epochs", str(epochs), "--batch-size",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -20,8 +21,9 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from kindling import Host, UserError
-from ops.services.spark import (MASTER_PORT, MASTER_WEBUI_PORT, alive_workers, master_start_command,
-                       master_stop_command, worker_start_command, worker_stop_command)
+from ops.services.spark import (DEFAULTS, MASTER_PORT, MASTER_WEBUI_PORT, alive_workers,
+                                master_start_command, master_stop_command, spark_defaults,
+                                worker_start_command, worker_stop_command)
 
 LOCAL_HOST = Host(name="local", hostname=socket.gethostname(), privateIp="127.0.0.1")
 SPARK_WORKERS = 2
@@ -67,8 +69,12 @@ def master_json(host: str, webui_port: int = MASTER_WEBUI_PORT, timeout: float =
 class LocalSparkCluster:
     """A master and N workers on this machine, for the local target, tests and benchmarks.
 
+    Each start makes a new authentication secret, in conf_dir/spark-defaults.conf (0600): any
+    user of this machine can reach its ports, only this one can submit an application.
+
     with LocalSparkCluster(workers=2) as cluster:
-        subprocess.run(["spark-submit", "--master", cluster.master_url, job])
+        subprocess.run(["spark-submit", "--master", cluster.master_url, job],
+                       env=os.environ | {"SPARK_CONF_DIR": cluster.conf_dir})
     """
 
     def __init__(self, workers: int = 2, cores: int = 1, memory: str = "2g",
@@ -83,6 +89,11 @@ class LocalSparkCluster:
     @property
     def master_url(self) -> str:
         return f"spark://{self.host}:{self.port}"
+
+    @property
+    def conf_dir(self) -> str:
+        """SPARK_CONF_DIR of the daemons and of every spark-submit to them."""
+        return str(Path(self.base_dir) / "conf")
 
     @property
     def log_dir(self) -> Path:
@@ -120,13 +131,25 @@ class LocalSparkCluster:
             raise
         return self
 
+    def _write_secret(self) -> None:
+        """A new secret in conf_dir/spark-defaults.conf, readable by this user only."""
+        Path(self.conf_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.conf_dir, 0o700)
+        defaults = Path(self.conf_dir, DEFAULTS)
+        defaults.unlink(missing_ok=True)
+        descriptor = os.open(defaults, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as file:
+            file.write(spark_defaults(secrets.token_hex(32)))
+
     def _launch_daemons(self) -> None:
         # All at once: workers keep retrying until the master listens, and spark-daemon.sh
         # spends seconds per daemon checking that its JVM came up.
+        self._write_secret()
         starts = [master_start_command(self.spark_home, self.host, self.base_dir, self.port,
-                                       self.webui_port, self.python)]
+                                       self.webui_port, self.python, conf_dir=self.conf_dir)]
         starts += [worker_start_command(self.spark_home, self.host, self.master_url, instance,
-                                        self.cores, self.memory, self.base_dir, self.python)
+                                        self.cores, self.memory, self.base_dir, self.python,
+                                        conf_dir=self.conf_dir)
                    for instance in self._worker_instances]
         launches = [subprocess.Popen(command, shell=True, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL) for command in starts]

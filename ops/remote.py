@@ -3,6 +3,7 @@ shell helpers every service uses (did it exit 0, fetch a JSON page, start/stop a
 
 from __future__ import annotations
 
+import io
 import json
 import shlex
 
@@ -20,6 +21,11 @@ WHEELHOUSE_SERVER_PID = f"{HOME}/wheelhouse-server.pid"
 HADOOP_CONF = f"{HOME}/hadoop/conf"
 BIN = f"{HOME}/bin"
 STAMPS = f"{HOME}/stamps"
+SECRETS = f"{HOME}/secrets"
+"""Mode 0700: what only the SSH user (who runs Spark, HDFS and the jobs) may read: Spark's
+configuration with the cluster's authentication secret, a non-AWS store's credentials."""
+SPARK_CONF = f"{SECRETS}/spark"
+"""SPARK_CONF_DIR of the daemons and of spark-submit: its spark-defaults.conf holds the secret."""
 SRV = "/srv/kindling"
 DATA = f"{SRV}/data"
 RUNS = f"{SRV}/runs"
@@ -43,10 +49,13 @@ def where(cxn: Context) -> tuple[str, str]:
     return getattr(cxn, "where", (getattr(cxn, "host", "local"), "host"))
 
 
-def sh(cxn: Context, command: str, timeout: int = COMMAND_TIMEOUT, what: str = "") -> str:
-    """Run a command on a host; a failure is a HostError naming host, role and step."""
+def sh(cxn: Context, command: str, timeout: int = COMMAND_TIMEOUT, what: str = "",
+       stdin: str | None = None) -> str:
+    """Run a command on a host (stdin: text fed to it); a failure is a HostError naming host,
+    role and step."""
     try:
-        result = cxn.run(command, hide=True, warn=True, timeout=timeout, in_stream=False)
+        result = cxn.run(command, hide=True, warn=True, timeout=timeout,
+                         in_stream=io.StringIO(stdin) if stdin is not None else False)
     except CommandTimedOut:
         raise HostError(*where(cxn), what or command.split()[0],
                         f"no answer within {timeout}s") from None
@@ -87,6 +96,14 @@ def write_files_command(folder: str, files: dict[str, str]) -> str:
     writes = " && ".join(f"printf %s {shlex.quote(text)} > {shlex.quote(name)}"
                          for name, text in files.items())
     return f"mkdir -p {shlex.quote(folder)} && cd {shlex.quote(folder)} && {writes or 'true'}"
+
+
+def write_private(cxn: Context, path: str, text: str, what: str) -> None:
+    """text into path, readable by this user only (file 0600, its folder 0700), handed over on
+    the command's stdin: a secret never on a command line (world-readable in /proc)."""
+    folder, file = shlex.quote(path.rsplit("/", 1)[0]), shlex.quote(path)
+    sh(cxn, f"umask 077 && mkdir -p {folder} && chmod 700 {folder} && rm -f {file}.new && "
+            f"cat > {file}.new && mv -f {file}.new {file}", stdin=text, what=what)
 
 
 def start_daemon(command: str, log: str, pid: str) -> str:

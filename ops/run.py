@@ -22,6 +22,7 @@ from kindling import KindlingError, UserError
 from ops import runs
 from ops.cluster import console
 from ops.launch import Run
+from ops.remote import write_private
 from workloads.common import describe_notice, new_run_id
 from workloads.jobs import Download, Job, split_output
 
@@ -88,13 +89,19 @@ def run(target: "Target", job: Job, args: list[str], timeout: float, detach: boo
 
 def launch(target: "Target", prepared: RunRequest) -> Run:
     """The job's plan for the target's placement (the request as the hosts see it), with what
-    its storage needs, started."""
+    its storage needs (its private files written on every host first), started."""
     job = prepared.job
-    conf, env = target.storage.access(prepared.locations,
-                                      target.storage.run_location(prepared.run_id))
+    access = target.storage.access(prepared.locations, target.storage.run_location(prepared.run_id))
+
+    def write_files(host, cxn) -> None:
+        for path, text in access.private.items():
+            write_private(cxn, path, text, what=f"writing {path}")
+
+    if access.private:
+        target.cluster.parallel(write_files)
     placement = target.placement(job)
-    placement = replace(placement, spark_conf=tuple(conf.items()),
-                        process_env=placement.process_env + tuple(env.items()))
+    placement = replace(placement, spark_conf=tuple(access.conf.items()),
+                        process_env=placement.process_env + tuple(access.env.items()))
     plan = job.plan(job, placement, prepared.args, prepared.run_dir)
     started = Run(prepared.run_id, prepared.run_dir, plan.processes, target.cluster,
                   files=plan.files, noise=plan.noise)

@@ -24,10 +24,10 @@ from ops import local, results, runs, ssh, storage
 from ops.cluster import Cluster, console
 from ops.deploy import check_deployed, deploy, deploy_context
 from ops.launch import Run
-from ops.remote import PYTHON, RUNS, SPOT_NOTICE_FILE, sh
+from ops.remote import PYTHON, RUNS, SPARK_CONF, SPOT_NOTICE_FILE, sh
 from ops.services import SERVICES, Service
 from ops.services.host import ship_jars
-from ops.services.spark import Spark, master_status, remote_spark_home
+from ops.services.spark import Spark, master_status, remote_spark_home, require_secret
 from ops.services.watcher import Watcher
 from ops.storage.staging import remote_path, stage
 from workloads.common import SPOT_NOTICE_ENV
@@ -172,7 +172,8 @@ class LocalTarget(Target):
         ps, chief, *worker_ports = local.free_ports(2 + len(workers))
         return Placement(local.LOCAL_HOST, workers, (), sys.executable, self.spark.master_url,
                          self.spark.spark_home,
-                         ports={"ps": [ps], "worker": worker_ports, "chief": [chief]})
+                         ports={"ps": [ps], "worker": worker_ports, "chief": [chief]},
+                         spark_conf_dir=self.spark.conf_dir)
 
     def explain(self, job, error, results, notices):
         return str(error)  # one host: the message names the process, and so the host
@@ -205,6 +206,11 @@ class ClusterTarget(Target):
                                            lambda: self.cluster.connection(inventory.master))
         self.services = SERVICES
         self.cluster.connect_all()
+
+    def check(self, job):
+        """Its Spark needs the inventory's secret."""
+        if job.uses_spark:
+            require_secret(self.inventory)
 
     def deploy(self, request, wheelhouse):
         staged = {str(local): remote for local, remote in self.staged(request).values()}
@@ -266,7 +272,8 @@ class ClusterTarget(Target):
         spark_home = remote_spark_home(self.cluster.connection(inventory.master))
         return Placement(inventory.master, inventory.workers, inventory.ps, PYTHON,
                          inventory.sparkMasterUrl, spark_home, spark_home.rsplit("/", 1)[0],
-                         min(cores.values()), process_env=((SPOT_NOTICE_ENV, SPOT_NOTICE_FILE),))
+                         min(cores.values()), process_env=((SPOT_NOTICE_ENV, SPOT_NOTICE_FILE),),
+                         spark_conf_dir=SPARK_CONF)
 
     def results(self, run, since):
         return results.collect(self.cluster, self.storage, run.run_id, run.run_dir, since)

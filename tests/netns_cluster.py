@@ -32,6 +32,7 @@ import fcntl
 import ipaddress
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -377,7 +378,8 @@ class NetnsCluster:
         inventory = Inventory(
             clusterName=self.name, region="local", sshUser=self.user, sshPrivateKey=private_key,
             knownHosts="\n".join(known_hosts) + "\n", master=hosts[0], workers=workers,
-            ps=tuple(hosts[1 + len(workers):]), bucket="", sparkMasterUrl=spark_master_url(hosts[0].privateIp))
+            ps=tuple(hosts[1 + len(workers):]), bucket="", sparkMasterUrl=spark_master_url(hosts[0].privateIp),
+            sparkSecret=secrets.token_hex(24))  # as `pulumi up` makes one: a secret of the cluster's
         Path(self.state["workdir"], "known_hosts").write_text(inventory.knownHosts)
         path = self.inventory_path
         path.parent.mkdir(parents=True, exist_ok=True)

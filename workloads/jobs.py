@@ -138,8 +138,11 @@ class Placement:
     """Confs the target adds to every spark-submit (the storage's classpath and settings)."""
     process_env: tuple[tuple[str, str], ...] = ()
     """Environment the target gives the job's own processes (the driver, TF's roles): how to
-    reach the cluster's storage (endpoint, region, credentials, the run's folder there), where
+    reach the cluster's storage (endpoint, region, its credentials file, the run's folder there), where
     a spot interruption notice for their host appears."""
+    spark_conf_dir: str = ""
+    """SPARK_CONF_DIR on the master: its spark-defaults.conf has the secret the cluster's Spark
+    authenticates with (a driver without it is refused)."""
 
     def script(self, module: str) -> str:
         """A job module's file on the hosts, as spark-submit wants it."""
@@ -349,8 +352,10 @@ def spark_submit(job: Job, placement: Placement, args: list[str], run_dir: str,
     for key, value in conf.items():
         argv += ["--conf", f"{key}={value}"]
     argv += [placement.script(job.module), *args, OUTPUT_FLAG, run_dir]
-    env = (("SPARK_HOME", placement.spark_home), ("SPARK_LOCAL_IP", placement.master.privateIp),
-           ("PYTHONUNBUFFERED", "1"), *placement.process_env)
+    conf_dir = (("SPARK_CONF_DIR", placement.spark_conf_dir),) if placement.spark_conf_dir else ()
+    env = (("SPARK_HOME", placement.spark_home), *conf_dir,
+           ("SPARK_LOCAL_IP", placement.master.privateIp), ("PYTHONUNBUFFERED", "1"),
+           *placement.process_env)
     return Launch([Process("driver", placement.master, tuple(argv), env, main=True)])
 
 

@@ -12,6 +12,7 @@ S3-compatible store, AWS_REGION, credentials from the environment or the instanc
 
 from __future__ import annotations
 
+import getpass
 import os
 import re
 import shutil
@@ -47,6 +48,12 @@ def run_store() -> str:
     return os.environ.get(RUN_STORE_ENV, "")
 
 
+def hdfs_user() -> str:
+    """Who this process is to HDFS, as Hadoop's own clients decide: $HADOOP_USER_NAME, else
+    the login user (HDFS checks permissions; without a user WebHDFS would act as nobody)."""
+    return os.environ.get("HADOOP_USER_NAME") or getpass.getuser()
+
+
 def filesystem(location: str):
     """(pyarrow FileSystem, path in it) of a URI or a local path."""
     from pyarrow import fs
@@ -66,7 +73,7 @@ def filesystem(location: str):
                             "(fab fills it in for hdfs:///path on a cluster)")
         from fsspec.implementations.webhdfs import WebHDFS
 
-        webhdfs = WebHDFS(parsed.hostname, port=WEBHDFS_PORT, timeout=60)
+        webhdfs = WebHDFS(parsed.hostname, port=WEBHDFS_PORT, timeout=60, user=hdfs_user())
         return fs.PyFileSystem(fs.FSSpecHandler(webhdfs)), parsed.path.rstrip("/") or "/"
     if parsed.scheme:
         raise UserError(f"{location}: kindling reads s3:// and hdfs:// locations, or local paths")

@@ -58,7 +58,9 @@ def config_files(master_ip: str, host_ip: str, state: str, replication: int) -> 
         # the hosts' private names may not resolve; addresses are what the members know
         "dfs.namenode.datanode.registration.ip-hostname-check": "false",
         "dfs.datanode.hostname": host_ip,  # WebHDFS redirects clients to this name
-        "dfs.permissions.enabled": "false",
+        # owners and modes checked: the jobs' user (who runs the daemons, so HDFS's superuser)
+        # owns kindling's folders, and no other user may change them
+        "dfs.permissions.enabled": "true",
         **{key: f"{host_ip}:{port}" for key, port in DATANODE_PORTS.items()},
     }
     log4j = ("log4j.rootLogger=INFO,console\n"

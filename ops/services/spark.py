@@ -4,6 +4,12 @@
 The pip package has no start-master.sh / start-worker.sh, but its sbin/spark-daemon.sh starts
 the Master and Worker classes just as well. The command builders below return one shell string
 each, so ops runs them over SSH on cluster hosts and ops.local runs them on this machine.
+
+Every daemon, driver and executor authenticates (spark.authenticate) with the cluster's own
+secret, the inventory's `sparkSecret`: it is in spark-defaults.conf in SPARK_CONF_DIR (0600, read
+by the daemons and spark-submit), never on a command line. The standalone Worker hands it to its
+executors in their environment (`_SPARK_AUTH_SECRET`, Spark's own way; /proc/PID/environ is
+readable by the same user only). An application without it is refused by the master.
 """
 
 from __future__ import annotations
@@ -15,9 +21,10 @@ import shlex
 import sys
 import time
 
-from kindling import Host, KindlingError
-from ops.remote import (COMMAND_TIMEOUT, PYTHON, SPARK_STATE, SPOT_NOTICE_FILE, STAMPS,
-                        daemon_alive, fetch_json, sh, write_stamp)
+from kindling import Host, Inventory, KindlingError, UserError
+from ops.remote import (COMMAND_TIMEOUT, PYTHON, SPARK_CONF, SPARK_STATE, SPOT_NOTICE_FILE,
+                        STAMPS, daemon_alive, fetch_json, ok, read_stamp, sh, write_private,
+                        write_stamp)
 from ops.services.base import Service, Step
 from workloads.common import SPOT_NOTICE_ENV
 
@@ -28,10 +35,20 @@ MASTER_WEBUI_PORT = 8080
 WORKER_WEBUI_PORT = 8081
 IDENT = "kindling"
 """SPARK_IDENT_STRING: names the pid and log files, the same for start and stop."""
+DEFAULTS = "spark-defaults.conf"
 
 
-def daemon_env(base_dir: str, host: str | None = None, python: str | None = None) -> dict[str, str]:
-    """Where a daemon keeps logs, pids and executor folders, and which address it binds.
+def spark_defaults(secret: str) -> str:
+    """spark-defaults.conf: authentication on, with this secret (in a Java properties file,
+    where a backslash escapes)."""
+    escaped = secret.replace("\\", "\\\\")
+    return f"spark.authenticate true\nspark.authenticate.secret {escaped}\n"
+
+
+def daemon_env(base_dir: str, host: str | None = None, python: str | None = None,
+               conf_dir: str | None = None) -> dict[str, str]:
+    """Where a daemon keeps logs, pids and executor folders, which address it binds, and where
+    its spark-defaults.conf (the authentication secret) is.
 
     SPARK_LOCAL_IP also reaches every executor (they inherit the Worker's environment), which
     is how kindling's TensorFlowOnSpark nodes learn the address to advertise.
@@ -46,6 +63,8 @@ def daemon_env(base_dir: str, host: str | None = None, python: str | None = None
         env["SPARK_LOCAL_IP"] = host
     if python:
         env["PYSPARK_PYTHON"] = python
+    if conf_dir:
+        env["SPARK_CONF_DIR"] = conf_dir
     return env
 
 
@@ -57,16 +76,19 @@ def _daemon_command(spark_home: str, env: dict[str, str], action: str, daemon_cl
 
 
 def master_start_command(spark_home: str, host: str, base_dir: str, port: int = MASTER_PORT,
-                         webui_port: int = MASTER_WEBUI_PORT, python: str = sys.executable) -> str:
-    return _daemon_command(spark_home, daemon_env(base_dir, host, python), "start", MASTER_CLASS, 1,
-                           "--host", host, "--port", str(port), "--webui-port", str(webui_port))
+                         webui_port: int = MASTER_WEBUI_PORT, python: str = sys.executable,
+                         conf_dir: str | None = None) -> str:
+    return _daemon_command(spark_home, daemon_env(base_dir, host, python, conf_dir), "start",
+                           MASTER_CLASS, 1, "--host", host, "--port", str(port), "--webui-port",
+                           str(webui_port))
 
 
 def worker_start_command(spark_home: str, host: str, master_url: str, instance: int, cores: int,
                          memory: str, base_dir: str, python: str = sys.executable,
-                         extra_env: dict[str, str] | None = None) -> str:
+                         extra_env: dict[str, str] | None = None,
+                         conf_dir: str | None = None) -> str:
     """Worker number `instance` (1, 2, ...) of this host; its web UI port is 8080 + instance."""
-    env = daemon_env(base_dir, host, python) | (extra_env or {})
+    env = daemon_env(base_dir, host, python, conf_dir) | (extra_env or {})
     return _daemon_command(spark_home, env, "start", WORKER_CLASS,
                            instance, "--host", host, "--cores", str(cores), "--memory", memory,
                            "--webui-port", str(WORKER_WEBUI_PORT + instance - 1), master_url)
@@ -109,18 +131,58 @@ def remote_spark_home(cxn) -> str:
               what="locating pyspark in the venv")
 
 
+def require_secret(inventory: Inventory) -> None:
+    """A cluster's Spark authenticates with the inventory's sparkSecret: refuse one without it
+    (a stack from before it existed) in one line naming the fix."""
+    if any(c.isspace() for c in inventory.sparkSecret):
+        raise UserError(f"inventory {inventory.source or inventory.clusterName}: field "
+                        "'sparkSecret' has a space or line break; use the one `pulumi up` "
+                        "generates (letters and digits)")
+    if not inventory.sparkSecret:
+        raise UserError(f"inventory {inventory.source or inventory.clusterName} has no "
+                        "sparkSecret, the secret Spark authenticates with (a stack created before "
+                        "it existed): run `pulumi up` (it only adds the secret), then export the "
+                        "outputs again (`pulumi stack output --json --show-secrets`)")
+
+
+def defaults_version(inventory: Inventory) -> str:
+    return hashlib.sha256(spark_defaults(inventory.sparkSecret).encode()).hexdigest()[:16]
+
+
+class SparkDefaults(Step):
+    """spark-defaults.conf with the cluster's secret in SPARK_CONF on the master and each worker:
+    0600 in a 0700 folder (only the SSH user, who runs Spark and the jobs, reads it), written
+    through stdin."""
+
+    name = "spark secret"
+
+    def is_current(self, cxn, host, ctx):
+        return (read_stamp(cxn, "spark-defaults") == defaults_version(ctx.inventory)
+                and ok(cxn, f"test -s {SPARK_CONF}/{DEFAULTS}"))
+
+    def install(self, cxn, host, ctx):
+        write_private(cxn, f"{SPARK_CONF}/{DEFAULTS}", spark_defaults(ctx.inventory.sparkSecret),
+                      what="writing spark-defaults.conf")
+        write_stamp(cxn, "spark-defaults", defaults_version(ctx.inventory))
+
+
 class SparkMaster(Step):
-    """The standalone master on the master host, bound to its private address."""
+    """The standalone master on the master host, bound to its private address, started with
+    the current spark-defaults.conf."""
 
     name = "spark master"
     installed, current = "started", "running"
 
     def is_current(self, cxn, host, ctx):
-        return master_status(cxn, host) is not None
+        return (read_stamp(cxn, "spark-master") == defaults_version(ctx.inventory)
+                and master_status(cxn, host) is not None)
 
     def install(self, cxn, host, ctx):
-        sh(cxn, master_start_command(remote_spark_home(cxn), host.privateIp, SPARK_STATE,
-                                     python=PYTHON), what="starting the Spark master")
+        home = remote_spark_home(cxn)
+        sh(cxn, f"bash -c {shlex.quote(master_stop_command(home, SPARK_STATE))} || true")
+        sh(cxn, master_start_command(home, host.privateIp, SPARK_STATE, python=PYTHON,
+                                     conf_dir=SPARK_CONF), what="starting the Spark master")
+        write_stamp(cxn, "spark-master", defaults_version(ctx.inventory))
 
 
 class SparkWorker(Step):
@@ -136,7 +198,8 @@ class SparkWorker(Step):
                SPOT_NOTICE_ENV: SPOT_NOTICE_FILE}
 
     def version(self, ctx) -> str:
-        return hashlib.sha256(json.dumps([self.options, ctx.inventory.sparkMasterUrl],
+        return hashlib.sha256(json.dumps([self.options, ctx.inventory.sparkMasterUrl,
+                                          defaults_version(ctx.inventory)],
                                          sort_keys=True).encode()).hexdigest()[:16]
 
     def is_current(self, cxn, host, ctx):
@@ -157,7 +220,7 @@ class SparkWorker(Step):
         sh(cxn, f"bash -c {shlex.quote(worker_stop_command(home, 1, SPARK_STATE))} || true")
         sh(cxn, worker_start_command(home, host.privateIp, ctx.inventory.sparkMasterUrl, 1,
                                      int(cores), memory, SPARK_STATE, python=PYTHON,
-                                     extra_env=self.options),
+                                     extra_env=self.options, conf_dir=SPARK_CONF),
            what="starting the Spark worker")
         write_stamp(cxn, "spark-worker", self.version(ctx))
 
@@ -170,9 +233,13 @@ class Spark(Service):
     def wanted(self, inventory, job):
         return job.uses_spark
 
+    def preflight(self, cluster):
+        require_secret(cluster.inventory)
+
     def plan(self, ctx):
         inventory = ctx.inventory
-        return [((SparkMaster(),), (inventory.master,)), ((SparkWorker(),), inventory.workers)]
+        return [((SparkDefaults(), SparkMaster()), (inventory.master,)),
+                ((SparkDefaults(), SparkWorker()), inventory.workers)]
 
     def health_check(self, cluster, ctx):
         """Every worker host registered ALIVE, within a deadline."""

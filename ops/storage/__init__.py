@@ -5,8 +5,9 @@ branches on a scheme.
 
 A `Store` checks a location from the control machine before anything starts, puts a local
 folder there once (content-addressed), and says how Spark (confs, jars) and the job's own
-processes (environment) reach it. A target's `Storage` is its stores plus its root: where the
-cluster keeps uploaded data and runs ("" when it has no storage of its own).
+processes (environment, private files such as credentials) reach it. A target's `Storage` is
+its stores plus its root: where the cluster keeps uploaded data and runs ("" when it has no
+storage of its own).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import NamedTuple
 from urllib.parse import urlparse
 
 from kindling import KindlingError, UserError
@@ -25,6 +27,21 @@ DATA = "data"
 """Below the storage root: data uploaded from the control machine, by content hash."""
 RUNS = "runs"
 """Below the storage root: each run's folder (results, checkpoints), where it outlives the cluster."""
+
+
+class Access(NamedTuple):
+    """What lets a run's processes reach its storage. Confs and environment are listed in
+    /proc on the hosts (spark-submit's argv, the processes' environment): never a secret there;
+    a secret goes into a private file the confs and environment name."""
+    conf: dict[str, str]
+    """spark-submit confs."""
+    env: dict[str, str]
+    """The job processes' environment."""
+    private: dict[str, str] = {}
+    """Path on every host -> its text, written readable by the SSH user only before the run."""
+
+    def __or__(self, other: "Access") -> "Access":
+        return Access(self.conf | other.conf, self.env | other.env, self.private | other.private)
 
 
 class Store:
@@ -51,9 +68,9 @@ class Store:
         """uri as the job's processes must be given it."""
         return uri
 
-    def access(self, uris: list[str]) -> tuple[dict[str, str], dict[str, str]]:
-        """(spark-submit confs, the job processes' environment) that reach uris."""
-        return {}, {}
+    def access(self, uris: list[str]) -> Access:
+        """What reaches uris."""
+        return Access({}, {})
 
     def keep(self, local_dir: Path, location: str) -> int:
         """Copy a results folder to location; the number of files."""
@@ -91,17 +108,15 @@ class Storage:
         """The run's folder in the cluster's storage ("" when it has none)."""
         return stored.join(self.root, RUNS, run_id) if self.root else ""
 
-    def access(self, uris: list[str], run_store: str) -> tuple[dict[str, str], dict[str, str]]:
-        """The spark-submit confs and the environment that let the job's processes read uris and
-        write the run's folder in the cluster's storage."""
-        conf: dict[str, str] = {}
-        env = {stored.RUN_STORE_ENV: run_store} if run_store else {}
+    def access(self, uris: list[str], run_store: str) -> Access:
+        """What lets the job's processes read uris and write the run's folder in the cluster's
+        storage."""
+        access = Access({}, {stored.RUN_STORE_ENV: run_store} if run_store else {})
         for store in self.stores:
             mine = [uri for uri in [*uris, run_store] if uri and store.handles(uri)]
             if mine:
-                store_conf, store_env = store.access(mine)
-                conf, env = conf | store_conf, env | store_env
-        return conf, env
+                access |= store.access(mine)
+        return access
 
     def jars(self, uris: list[str]) -> set[str]:
         """The JVM jar features Spark needs on the hosts to read uris."""
@@ -126,14 +141,14 @@ def for_cluster(inventory, connect_master) -> Storage:
     """A cluster's storage: S3 (its bucket, or any the user names) and its HDFS when it runs one.
     Runs are kept in the bucket, where they outlive the cluster, else in HDFS; local data goes
     into HDFS when the cluster runs it (the hosts read it there, close by), else the bucket."""
-    from ops.remote import jar_folder
+    from ops.remote import SECRETS, jar_folder
     from ops.services.hdfs import default_fs
     from ops.storage.hdfs import HdfsStore
     from ops.storage.s3 import ObjectStore
 
     hdfs_root = default_fs(inventory.master.privateIp) if inventory.hdfs else ""
     kindling_in_hdfs = stored.join(hdfs_root, "kindling") if hdfs_root else ""
-    s3 = ObjectStore(inventory.s3Endpoint, inventory.region, lambda: jar_folder("s3a"))
+    s3 = ObjectStore(inventory.s3Endpoint, inventory.region, lambda: jar_folder("s3a"), SECRETS)
     hdfs = HdfsStore(hdfs_root, inventory.master, connect_master, inventory.clusterName)
     bucket = f"s3://{inventory.bucket}" if inventory.bucket else ""
     return Storage((s3, hdfs), bucket or kindling_in_hdfs, kindling_in_hdfs or bucket)
@@ -143,11 +158,12 @@ def for_local() -> Storage:
     """This machine's view: S3 at the endpoint the AWS SDKs would use, an HDFS named by its
     NameNode; no storage of its own (results stay in runs/)."""
     from ops import jvm
-    from ops.local import local_spark_home
+    from ops.local import STATE_DIR, local_spark_home
     from ops.storage.hdfs import HdfsStore
     from ops.storage.s3 import ObjectStore, local_endpoint
 
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION", "")
     s3 = ObjectStore(local_endpoint(), region,
-                     lambda: str(jvm.resolve("s3a", Path(local_spark_home()))))
+                     lambda: str(jvm.resolve("s3a", Path(local_spark_home()))),
+                     str((STATE_DIR / "secrets").resolve()))
     return Storage((s3, HdfsStore()))

@@ -20,7 +20,7 @@ from kindling import Host, UserError
 from ops.cluster import console
 from ops.remote import BIN, COMMAND_TIMEOUT, PYTHON, fetch_json, ok, sh
 from ops.services.hdfs import NAMENODE_HTTP_PORT, namenode_info
-from ops.storage import Store
+from ops.storage import Access, Store
 from ops.storage.staging import TRANSFER_TIMEOUT, push_path, remote_path, staged_check
 from workloads import stored
 
@@ -78,7 +78,7 @@ class HdfsStore(Store):
         return self.default_fs + parsed.path
 
     def access(self, uris):
-        return ({"spark.hadoop.fs.defaultFS": self.default_fs} if self.default_fs else {}), {}
+        return Access({"spark.hadoop.fs.defaultFS": self.default_fs} if self.default_fs else {}, {})
 
     def put(self, local, folder):
         """local in HDFS as folder/<name>: pushed to the master (once), then written into HDFS

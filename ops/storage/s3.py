@@ -9,7 +9,11 @@ Where the store is: AWS S3 by default (on EC2, the hosts' instance role supplies
 any S3-compatible store (MinIO, Ceph, moto) through the inventory's `s3Endpoint`, or
 AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL on the local target, as the AWS SDKs and CLI read them.
 Only with such an endpoint does fab hand the control machine's credentials to the job (there
-is no instance role); on AWS no key ever leaves this machine.
+is no instance role); on AWS no key ever leaves this machine. They go into an AWS shared
+credentials file on every host (0600, written through stdin), which every client of the run
+reads natively: boto3 and pyarrow through AWS_SHARED_CREDENTIALS_FILE and AWS_PROFILE, S3A
+through its ProfileAWSCredentialsProvider. The keys are never on a command line or in a
+process's environment.
 """
 
 from __future__ import annotations
@@ -23,12 +27,14 @@ from urllib.parse import urlparse
 
 from kindling import KindlingError, UserError
 from ops.cluster import console
-from ops.storage import Store
+from ops.storage import Access, Store
 
 CHECK_TIMEOUT = 10
 MARKER = "_COMPLETE"
 """Written after an upload: a later run finding it skips the upload."""
-CREDENTIAL_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+PROFILE = "kindling"
+"""The profile of the run's credentials file (a user's own AWS_PROFILE does not apply there)."""
+CREDENTIALS_FILE = "aws-credentials"
 
 
 def local_endpoint() -> str:
@@ -44,6 +50,8 @@ class ObjectStore(Store):
     region: str = ""
     jar_folder: Callable[[], str] = field(default=lambda: "", compare=False)
     """The folder of the S3A jars as the Spark driver and executors see it (resolved on use)."""
+    secrets: str = ""
+    """The private folder on the hosts where a run's credentials file goes."""
 
     schemes = ("s3", "s3a")
     jars = "s3a"
@@ -110,38 +118,41 @@ class ObjectStore(Store):
                             "`aws configure`, or export AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
         return credentials.get_frozen_credentials()
 
-    def job_env(self, uri: str) -> dict[str, str]:
-        """What the job's processes need to reach this store, as the AWS SDKs read it: on AWS
-        the region only (the instance role supplies credentials); with an explicit endpoint,
-        the endpoint and this machine's credentials."""
-        env = {"AWS_REGION": self.region} if self.region else {}
-        if not self.endpoint:
-            return env
+    def credentials_file(self, uri: str) -> str:
+        """This machine's credentials as an AWS shared credentials file."""
         frozen = self.credentials(uri)
-        given = dict(zip(CREDENTIAL_VARIABLES, (frozen.access_key, frozen.secret_key,
-                                                frozen.token)))
-        return env | {"AWS_REGION": self.region or "us-east-1", "AWS_ENDPOINT_URL_S3": self.endpoint,
-                      **{name: value for name, value in given.items() if value}}
+        lines = [f"[{PROFILE}]", f"aws_access_key_id = {frozen.access_key}",
+                 f"aws_secret_access_key = {frozen.secret_key}"]
+        if frozen.token:
+            lines.append(f"aws_session_token = {frozen.token}")
+        return "\n".join(lines) + "\n"
 
-    def spark_conf(self, jars: str, env: dict[str, str]) -> dict[str, str]:
-        """spark-submit confs: S3A on every classpath, s3:// mapped to it, the endpoint, and
-        the job environment handed to the executors (Spark redacts secrets in its UI and logs)."""
-        classpath = f"{jars}/*"
+    def access(self, uris):
+        """S3A on every classpath, s3:// mapped to it, the region; with an explicit endpoint,
+        the endpoint and this machine's credentials in a private file on every host, named
+        to the AWS SDKs (environment, also the executors') and to S3A (confs)."""
+        classpath = f"{self.jar_folder()}/*"
         conf = {"spark.driver.extraClassPath": classpath,
                 "spark.executor.extraClassPath": classpath,
                 "spark.hadoop.fs.s3.impl": "org.apache.hadoop.fs.s3a.S3AFileSystem"}
+        env = {"AWS_REGION": self.region} if self.region else {}
+        private = {}
         if self.endpoint:
+            path = f"{self.secrets}/{CREDENTIALS_FILE}"
+            private = {path: self.credentials_file(uris[0])}
+            env = {"AWS_REGION": self.region or "us-east-1", "AWS_ENDPOINT_URL_S3": self.endpoint,
+                   "AWS_SHARED_CREDENTIALS_FILE": path, "AWS_PROFILE": PROFILE}
             conf |= {"spark.hadoop.fs.s3a.endpoint": self.endpoint,
                      "spark.hadoop.fs.s3a.path.style.access": "true",
-                     "spark.hadoop.fs.s3a.endpoint.region": self.region or "us-east-1",
+                     "spark.hadoop.fs.s3a.endpoint.region": env["AWS_REGION"],
                      "spark.hadoop.fs.s3a.connection.ssl.enabled":
-                         str(self.endpoint.startswith("https:")).lower()}
+                         str(self.endpoint.startswith("https:")).lower(),
+                     "spark.hadoop.fs.s3a.aws.credentials.provider":
+                         "org.apache.hadoop.fs.s3a.auth.ProfileAWSCredentialsProvider",
+                     "spark.hadoop.fs.s3a.auth.profile.file": path,
+                     "spark.hadoop.fs.s3a.auth.profile.name": PROFILE}
         conf |= {f"spark.executorEnv.{name}": value for name, value in env.items()}
-        return conf
-
-    def access(self, uris):
-        env = self.job_env(uris[0])
-        return self.spark_conf(self.jar_folder(), env), env
+        return Access(conf, env, private)
 
     def put(self, local: Path, folder: str) -> None:
         """local in the bucket as folder/<name>, then a marker: a later run finding the marker

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -141,3 +142,28 @@ def remove_watchers(cluster) -> None:
     for host in cluster.hosts:
         cluster.exec(host, f"pkill -f '{WATCHER_PROCESS}'; rm -f /opt/kindling/agent/autostop.json "
                            f"/srv/kindling/autostop/spot-notice.json {SHUTDOWN_RECORD}")
+
+
+def processes_showing(cluster, needles: list[str], parts: tuple[str, ...] = ("cmdline", "environ")
+                      ) -> tuple[list[str], dict[str, list[str]]]:
+    """Every process of the cluster's hosts whose command line or environment (parts) holds one
+    of needles, as `host pid part: command`; and each host's command lines, to show what was
+    read. Read from this machine's /proc, where root sees every host's processes (each host's
+    are those in its PID namespace): no needle is ever on a command line of the scan."""
+    hosts = {os.readlink(f"/proc/{record['init_pid']}/ns/pid"): record["name"]
+             for record in cluster.state["hosts"]}
+    found, commands = [], {name: [] for name in hosts.values()}
+    for proc in Path("/proc").iterdir():
+        try:
+            host = proc.name.isdigit() and hosts.get(os.readlink(proc / "ns" / "pid"))
+            if not host:
+                continue
+            command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            commands[host].append(command)
+            for part in parts:
+                text = (proc / part).read_bytes()
+                found += [f"{host} {proc.name} {part}: {command[:120]}"
+                          for needle in needles if needle.encode() in text]
+        except OSError:  # ended meanwhile
+            continue
+    return found, commands

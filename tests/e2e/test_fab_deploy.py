@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from e2e.fab_cli import (FAB, MNIST_FLAGS, REPO, fab, host_state, job_processes, one_error_line,
-                         results_of, wait_until)
+                         processes_showing, results_of, wait_until)
 from floors import ACCURACY_FLOOR
 from kindling import known_hosts_line
 
@@ -52,6 +52,11 @@ def test_bad_input_is_one_line_and_changes_nothing(netns_cluster, env, tmp_path)
     assert "--epochs must be at least 1" in one_error_line(fab(env, "run", "train-mnist",
                                                                "--target", inventory,
                                                                "--epochs", "-1"))
+    no_secret = tmp_path / "no-secret.json"  # a stack from before Spark authenticated
+    no_secret.write_text(json.dumps(json.loads(netns_cluster.inventory_path.read_text())
+                                    | {"sparkSecret": None}))
+    assert "has no sparkSecret, the secret Spark authenticates with" in one_error_line(
+        fab(env, "deploy", "classify", "--target", str(no_secret)))
     assert host_state(netns_cluster) == before
 
 
@@ -151,6 +156,45 @@ def test_the_first_install_trains_train_mnist_on_both_workers(netns_cluster, env
     assert sorted(registered.split(", ")) == sorted(w.privateIp for w in netns_cluster.inventory.workers)
 
 
+UNAUTHENTICATED = ("printf 'from pyspark.sql import SparkSession\\n"
+                   "SparkSession.builder.getOrCreate().range(9).count()\\n' > /tmp/unauthenticated.py"
+                   " && cd /tmp && export PYSPARK_PYTHON=/opt/kindling/venv/bin/python SPARK_HOME=$("
+                   "/opt/kindling/venv/bin/python -c 'import os, pyspark; print(os.path.dirname("
+                   "pyspark.__file__))') && (setsid /opt/kindling/venv/bin/spark-submit --master {url}"
+                   " --name unauthenticated /tmp/unauthenticated.py > /tmp/unauthenticated.log 2>&1 &)")
+"""A spark-submit on the master that does not have the cluster's secret (no SPARK_CONF_DIR)."""
+
+
+def test_spark_refuses_an_application_without_the_cluster_secret(netns_cluster, deployed):
+    """Master, workers and drivers authenticate with the inventory's sparkSecret (the first
+    install's train-mnist ran with it), kept in a spark-defaults.conf only the SSH user reads and
+    on no command line; a driver without it is refused by the master and never registered."""
+    inventory = netns_cluster.inventory
+    for host in (inventory.master, *inventory.workers):
+        modes = netns_cluster.exec(host, "stat -c '%a %U' /opt/kindling/secrets/spark "
+                                         "/opt/kindling/secrets/spark/spark-defaults.conf").stdout
+        assert modes.split("\n")[:2] == [f"700 {inventory.sshUser}", f"600 {inventory.sshUser}"], \
+            (host.name, modes)
+    shown, commands = processes_showing(netns_cluster, [inventory.sparkSecret], ("cmdline",))
+    assert not shown, shown
+    assert any("deploy.worker.Worker" in c for c in commands["worker-0"]), commands["worker-0"]
+    started = time.monotonic()
+    netns_cluster.exec("master", UNAUTHENTICATED.format(url=inventory.sparkMasterUrl), check=True)
+    try:
+        log = wait_until(lambda: "Failed to connect to master" in (text := netns_cluster.exec(
+            "master", "cat /tmp/unauthenticated.log").stdout) and text,
+                         "the unauthenticated driver to be refused", timeout=90, interval=1)
+        refused = time.monotonic() - started
+        master = json.loads(netns_cluster.exec("master", "curl -s http://"
+                                               f"{inventory.master.privateIp}:8080/json/").stdout)
+    finally:
+        netns_cluster.exec("master", "pkill -f '[u]nauthenticated.py'")
+    assert "Expected SaslMessage" in log or "SASL" in log, log[-3000:]
+    assert "unauthenticated" not in {app["name"] for key in ("activeapps", "completedapps")
+                                     for app in master.get(key, [])}, master
+    print(f"a driver without the secret was refused {refused:.1f}s after its spark-submit")
+
+
 def test_run_before_deploy_names_the_missing_step(netns_cluster, env):
     """The master as before any deploy (its install stamps hidden, if it has any)."""
     netns_cluster.exec("master", "mv /opt/kindling/stamps /opt/kindling/stamps.off 2>/dev/null; true")
@@ -172,8 +216,8 @@ def test_second_deploy_skips_every_install_step_and_stop_ends_the_job(netns_clus
         took = time.monotonic() - started
         assert done.returncode == 0, done.stderr
         steps = re.findall(r"^(\S+) +(cloud-init|folders|base packages|python deps|kindling wheel|"
-                           r"data|spark master|spark worker) +(\S+)", done.stdout, re.M)
-        assert len(steps) == 3 * 6 + 3, done.stdout
+                           r"data|spark secret|spark master|spark worker) +(\S+)", done.stdout, re.M)
+        assert len(steps) == 3 * 6 + 3 + 3, done.stdout
         assert all(status == "skipped" for _, _, status in steps), steps
         print(f"second deploy (everything skipped, detached launch): {took:.1f}s")
         stopped = fab(env, "stop", "--job", "train-mnist", "--target", inventory)

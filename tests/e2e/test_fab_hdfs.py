@@ -91,6 +91,16 @@ def test_hdfs_namenode_on_the_master_datanodes_on_the_workers_private_addresses_
     assert "runs no HDFS; `pulumi config set hdfs true`" in one_error_line(no_hdfs)
     # classify reading HDFS through Spark: the rehearsal's HDFS test (fresh hosts)
 
+    # permissions on: kindling's folder belongs to the jobs' user, and no other user (named, or
+    # WebHDFS's anonymous one) may change it
+    webhdfs = f"http://{netns_cluster.inventory.master.privateIp}:9870/webhdfs/v1/kindling"
+    status = netns_cluster.exec("master", f"curl -s '{webhdfs}?op=GETFILESTATUS'").stdout
+    assert json.loads(status)["FileStatus"]["owner"] == netns_cluster.inventory.sshUser, status
+    for user in ("&user.name=mallory", ""):
+        refused = netns_cluster.exec("master", f"curl -s -X PUT '{webhdfs}/data/intruder?op=MKDIRS"
+                                               f"{user}'").stdout
+        assert "AccessControlException" in refused and "Permission denied" in refused, refused
+
 
 def test_hdfs_on_a_host_without_java_is_one_line_before_anything_changes(
         netns_cluster, wheelhouse, hdfs_cluster):

@@ -17,8 +17,8 @@ from types import SimpleNamespace
 import pytest
 
 from e2e.fab_cli import (FAB, REPO, fab, fail_mid_run, holds_throughout, job_processes, new_log,
-                         no_job_left, one_error_line, record_shutdowns, remove_watchers,
-                         results_of, run_folders, shutdown_recorded, wait_until)
+                         no_job_left, one_error_line, processes_showing, record_shutdowns,
+                         remove_watchers, results_of, run_folders, shutdown_recorded, wait_until)
 from floors import ACCURACY_FLOOR
 from imds_server import fake_imds
 from moto_endpoint import SECRET_KEY, client
@@ -220,6 +220,11 @@ def test_classify_from_s3_finishes_on_worker_0_after_worker_1_is_decommissioned_
             wait_until(lambda: classify.poll() is not None
                        or busy_executor_on(master_ip, host.privateIp),
                        "classify's tasks on worker-1", timeout=240, interval=0.5)
+            scan_started = time.monotonic()
+            shown, commands = processes_showing(netns_cluster, [SECRET_KEY])
+            shown_spark, _ = processes_showing(netns_cluster, [netns_cluster.inventory.sparkSecret],
+                                               ("cmdline",))
+            scanned = time.monotonic() - scan_started
             imds.notify(host.privateIp)
             noticed = time.time()
             wait_until(lambda: classify.poll() is not None or netns_cluster.exec(
@@ -255,6 +260,17 @@ def test_classify_from_s3_finishes_on_worker_0_after_worker_1_is_decommissioned_
         check = netns_cluster.exec(each, "cd /opt/kindling/jars/s3a && sha256sum -c --quiet SHA256SUMS")
         assert check.returncode == 0, (each, check.stdout, check.stderr)
     assert SECRET_KEY not in out + err
+    # the endpoint's keys were in no command line or environment on any host during the run
+    # (only in the 0600 credentials file the clients read), nor the Spark secret on a command line
+    assert any("workloads/classify/main.py" in c for c in commands["master"]), commands["master"]
+    assert all(any("CoarseGrainedExecutorBackend" in c for c in commands[w.name])
+               for w in netns_cluster.inventory.workers), commands
+    assert not shown and not shown_spark, shown + shown_spark
+    print(f"no secret in the {sum(map(len, commands.values()))} command lines and environments "
+          f"of the hosts' processes during classify from s3:// (scan: {scanned:.2f}s)")
+    for each in netns_cluster.hosts:
+        modes = netns_cluster.exec(each, "stat -c '%a' /opt/kindling/secrets/aws-credentials").stdout
+        assert modes.strip() == "600", (each, modes)
 
     assert f"note: {host.name} ({host.privateIp}) got a spot interruption notice" in out
     logs = {name: "".join(p.read_text(errors="replace") for p in

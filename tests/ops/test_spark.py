@@ -3,12 +3,20 @@ local standalone cluster that starts, registers its workers and stops without le
 
 from __future__ import annotations
 
+import re
 import shlex
+from dataclasses import replace
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+from invoke import Context
 
-from ops.services import spark
+from kindling import Host, Inventory, UserError
 from ops.local import LocalSparkCluster, free_port, master_json
+from ops.remote import write_private
+from ops.services import spark
+from workloads.jobs import JOBS, Placement
 
 SPARK_HOME = "/opt/venv/lib/python3.11/site-packages/pyspark"
 
@@ -93,6 +101,15 @@ def test_local_cluster_registers_workers_and_stops_without_leftovers(tmp_path):
         assert spark.alive_workers(status) == ["127.0.0.1", "127.0.0.1"]
         assert status["url"] == cluster.master_url
         assert len(cluster.processes()) >= 3
+        # the daemons authenticate with a secret of this start, readable by this user only,
+        # on none of their command lines
+        defaults = Path(cluster.conf_dir, "spark-defaults.conf")
+        assert (defaults.stat().st_mode & 0o777, Path(cluster.conf_dir).stat().st_mode & 0o777) \
+            == (0o600, 0o700)
+        secret = re.search(r"^spark.authenticate.secret (\w{64})$", defaults.read_text(), re.M)[1]
+        assert "spark.authenticate true" in defaults.read_text()
+        assert not [pid for pid in cluster.processes()
+                    if secret.encode() in Path(f"/proc/{pid}/cmdline").read_bytes()]
         # what `fab stop` does: a fresh object stops the cluster from its pid files
         LocalSparkCluster(workers=2, base_dir=str(tmp_path)).stop()
         assert cluster.processes() == []
@@ -110,3 +127,55 @@ def test_start_timeout_names_the_logs_and_leaves_nothing_running(tmp_path):
     with pytest.raises(RuntimeError, match=f"0 of 1 workers ALIVE.*{tmp_path}/logs"):
         cluster.start(timeout=6)
     assert cluster.processes() == []
+
+
+SECRET_INVENTORY = Inventory("c", "us-east-1", "ubuntu", "key", "",
+                             Host(name="master", hostname="m", privateIp="10.0.0.5"),
+                             (Host(name="worker-0", hostname="w", privateIp="10.0.1.12"),),
+                             sparkSecret="Letters4nd", source="cluster.json")
+
+
+def test_every_daemon_and_driver_reads_the_secret_from_spark_conf_dir():
+    _, master_env = words_and_env(spark.master_start_command(SPARK_HOME, "h", "/b", conf_dir="/c"))
+    _, worker_env = words_and_env(spark.worker_start_command(SPARK_HOME, "h", "spark://h:7077",
+                                                             1, 1, "1g", "/b", conf_dir="/c"))
+    assert master_env["SPARK_CONF_DIR"] == worker_env["SPARK_CONF_DIR"] == "/c"
+    job = JOBS["classify"]
+    placement = Placement(SECRET_INVENTORY.master, SECRET_INVENTORY.workers, (), "/venv/bin/python",
+                          "spark://10.0.0.5:7077", "/spark", "/site", spark_conf_dir="/c")
+    [driver] = job.plan(job, placement, [], "/run").processes
+    assert dict(driver.env)["SPARK_CONF_DIR"] == "/c"
+    assert "Letters4nd" not in " ".join(driver.argv)
+    assert spark.spark_defaults("a\\b") == ("spark.authenticate true\n"
+                                            "spark.authenticate.secret a\\\\b\n")
+
+
+@pytest.mark.parametrize("secret, message", [
+    ("", "inventory cluster.json has no sparkSecret, the secret Spark authenticates with .*"
+         r"run `pulumi up` \(it only adds the secret\)"),
+    ("two words", "field 'sparkSecret' has a space or line break"),
+])
+def test_a_cluster_without_a_usable_secret_is_refused_before_any_host_changes(secret, message):
+    with pytest.raises(UserError, match=message):
+        spark.Spark().preflight(SimpleNamespace(inventory=replace(SECRET_INVENTORY,
+                                                                  sparkSecret=secret)))
+    spark.require_secret(SECRET_INVENTORY)
+
+
+def test_the_secret_is_written_through_stdin_readable_by_this_user_only(tmp_path):
+    """SparkDefaults' write, run here: the text never on the command line, the file 0600 in a
+    0700 folder, replaced whole when the secret changes."""
+    commands = []
+
+    class Recording:
+        def run(self, command, **kwargs):
+            commands.append(command)
+            return Context().run(command, **kwargs)
+
+    path = tmp_path / "secrets" / "spark" / "spark-defaults.conf"
+    for secret in ("first0secret", "second0secret"):
+        write_private(Recording(), str(path), spark.spark_defaults(secret), what="writing")
+        assert path.read_text() == spark.spark_defaults(secret)
+    assert (path.stat().st_mode & 0o777, path.parent.stat().st_mode & 0o777) == (0o600, 0o700)
+    assert len(commands) == 2 and not [c for c in commands if "0secret" in c]
+    assert [p.name for p in path.parent.iterdir()] == ["spark-defaults.conf"]

@@ -4,6 +4,7 @@ line before anything starts."""
 
 from __future__ import annotations
 
+import configparser
 import json
 import os
 import subprocess
@@ -80,18 +81,35 @@ def test_a_bad_location_is_one_line_before_anything_starts(s3, tmp_path, assets,
     assert {log.name: log.stat().st_mtime_ns for log in spark_logs.glob("*")} == before
 
 
-def test_spark_gets_s3a_and_the_credentials_only_for_an_explicit_endpoint():
-    on_aws = ObjectStore().spark_conf("/opt/jars", {})
-    assert on_aws["spark.executor.extraClassPath"] == on_aws["spark.driver.extraClassPath"] == "/opt/jars/*"
-    assert on_aws["spark.hadoop.fs.s3.impl"] == "org.apache.hadoop.fs.s3a.S3AFileSystem"
-    assert not any("endpoint" in key or "executorEnv" in key for key in on_aws)
-    store = ObjectStore("http://10.0.0.1:9000", "eu-west-1")
-    conf = store.spark_conf("/opt/jars", {"AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "b"})
+def test_spark_gets_s3a_and_the_credentials_only_for_an_explicit_endpoint(monkeypatch):
+    on_aws = ObjectStore(jar_folder=lambda: "/opt/jars", secrets="/s").access(["s3://b/x"])
+    assert on_aws.conf["spark.executor.extraClassPath"] == on_aws.conf["spark.driver.extraClassPath"] == "/opt/jars/*"
+    assert on_aws.conf["spark.hadoop.fs.s3.impl"] == "org.apache.hadoop.fs.s3a.S3AFileSystem"
+    assert not any("endpoint" in key or "executorEnv" in key or "auth" in key for key in on_aws.conf)
+    assert (on_aws.env, on_aws.private) == ({}, {})  # the instance role: no key leaves this machine
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "an-access-key")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "a-secret-key")
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "a-session-token")
+    store = ObjectStore("http://10.0.0.1:9000", "eu-west-1", lambda: "/opt/jars", "/opt/k/secrets")
+    conf, env, private = store.access(["s3://b/x"])
     assert conf["spark.hadoop.fs.s3a.endpoint"] == "http://10.0.0.1:9000"
     assert conf["spark.hadoop.fs.s3a.path.style.access"] == "true"
     assert conf["spark.hadoop.fs.s3a.connection.ssl.enabled"] == "false"
     assert conf["spark.hadoop.fs.s3a.endpoint.region"] == "eu-west-1"
-    assert conf["spark.executorEnv.AWS_SECRET_ACCESS_KEY"] == "b"
+    # the keys only in the private file, which S3A, boto3 and pyarrow are pointed at
+    assert list(private) == ["/opt/k/secrets/aws-credentials"]
+    profile = configparser.ConfigParser()
+    profile.read_string(private["/opt/k/secrets/aws-credentials"])
+    assert dict(profile["kindling"]) == {"aws_access_key_id": "an-access-key",
+                                         "aws_secret_access_key": "a-secret-key",
+                                         "aws_session_token": "a-session-token"}
+    assert conf["spark.hadoop.fs.s3a.aws.credentials.provider"].endswith("ProfileAWSCredentialsProvider")
+    assert conf["spark.hadoop.fs.s3a.auth.profile.file"] == env["AWS_SHARED_CREDENTIALS_FILE"] \
+        == conf["spark.executorEnv.AWS_SHARED_CREDENTIALS_FILE"] == "/opt/k/secrets/aws-credentials"
+    assert conf["spark.hadoop.fs.s3a.auth.profile.name"] == env["AWS_PROFILE"] == "kindling"
+    listed = json.dumps([conf, env])
+    assert not any(secret in listed for secret in ("an-access-key", "a-secret-key", "a-session-token"))
 
 
 def test_the_lock_pins_hadoop_aws_at_the_hadoop_version_pyspark_bundles():

@@ -101,7 +101,8 @@ def test_a_cluster_run_reaches_its_stores_with_their_confs_and_environment():
                           bucket="photos", hdfs=True)
     storage = for_cluster(inventory, connect_master=None)
     assert (storage.root, storage.data_root) == ("s3://photos", "hdfs://10.0.0.5:8020/kindling")
-    conf, env = storage.access(["hdfs:///mnist"], storage.run_location("r1"))
+    conf, env, private = storage.access(["hdfs:///mnist"], storage.run_location("r1"))
+    assert private == {}  # AWS itself: the instance role, no key on the hosts
     assert conf["spark.hadoop.fs.defaultFS"] == "hdfs://10.0.0.5:8020"
     assert conf["spark.executor.extraClassPath"] == "/opt/kindling/jars/s3a/*"  # the run store
     assert env[stored.RUN_STORE_ENV] == "s3://photos/runs/r1" and env["AWS_REGION"] == "us-east-1"

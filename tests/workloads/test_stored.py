@@ -85,7 +85,7 @@ def test_the_local_target_reads_an_hdfs_named_by_its_namenode(hdfs_root, assets)
     stored.copy(str(assets / "datasets" / "mnist"), data)
     storage = LocalTarget().storage
     storage.check([data])
-    assert storage.access([data], "") == ({}, {})
+    assert storage.access([data], "") == ({}, {}, {})
     with pytest.raises(UserError, match="no such path in that HDFS"):
         storage.check([f"{hdfs_root}/nowhere"])
     with pytest.raises(UserError, match="the local target has no HDFS of its own"):

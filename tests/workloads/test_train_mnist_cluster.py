@@ -48,7 +48,7 @@ def submit(cluster: LocalSparkCluster, output: Path, *args: str, nodes: int = 2,
     workers = tuple(Host(name=f"worker-{i}", hostname=f"w{i}", privateIp=HOST)
                     for i in range(nodes))
     placement = Placement(master, workers, (), sys.executable, cluster.master_url,
-                          cluster.spark_home, spark_conf=conf)
+                          cluster.spark_home, spark_conf=conf, spark_conf_dir=cluster.conf_dir)
     job = JOBS["train-mnist"]
     [driver] = job.plan(job, placement, list(args), str(output)).processes
     process = subprocess.Popen(driver.argv, env={**os.environ, **dict(driver.env)},
