@@ -75,21 +75,24 @@ def install_packages(tmp_path_factory):
 
 def pytest_collection_modifyitems(items) -> None:
     """A test that needs the HDFS server (a JVM NameNode and DataNode) is slow, whatever its
-    module: the fast tier (`-m "not slow and not netns"`) starts no JVM.
-
-    With `-n` (pytest-xdist, `--dist loadgroup`), a module's tests stay on one worker (its
-    fixtures start once), the HDFS server's users share one worker, and the multi-host tests,
-    which share their clusters, are one group: they run beside the rest, not after it."""
+    module: the fast tier (`-m "not slow and not netns"`) starts no JVM."""
     for item in items:
         if "hdfs_root" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)
-        item.add_marker(pytest.mark.xdist_group(xdist_group_of(item)))
 
 
-def xdist_group_of(item) -> str:
-    if item.path.parent.name == "e2e":
-        return "e2e"
-    return "hdfs" if "hdfs_root" in getattr(item, "fixturenames", ()) else item.path.stem
+def pytest_xdist_make_scheduler(config, log):
+    """With `-n` (pytest-xdist): a module's tests stay on one worker (its fixtures start once),
+    and the multi-host tests, which share their clusters, are one unit that runs beside the
+    rest. (A scheduler, not `xdist_group` marks: with pytest 9.2, xdist 3.8's loadgroup ignores
+    them, pytest-dev/pytest-xdist#1386.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ClusterScopes(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "tests/e2e" if nodeid.startswith("tests/e2e/") else nodeid.split("::", 1)[0]
+
+    return ClusterScopes(config, log)
 
 
 def pytest_terminal_summary(terminalreporter) -> None:
