@@ -43,15 +43,22 @@ def test_rehearsal_the_idle_cluster_stops_itself_and_a_silent_host_holds_it_back
     stack = render_stack(workers=2, idle_stop_minutes=IDLE_MINUTES)
     stack = replace(stack, instance_ids={name: f"i-{secrets.token_hex(8)}"
                                          for name in stack.instance_ids})
-    started = time.monotonic()
+    started, replaced = time.monotonic(), time.time()
     cluster.replace_hosts(stack)
     # a job on the master from its first moment: the cluster stays busy until the test ends it
     cluster.exec("master", f"mkdir -p {JOB.rsplit('/', 1)[0]} && (setsid sleep 600 "
                            f"> /dev/null 2>&1 < /dev/null & echo $! > {JOB})", check=True)
     hosts = [record["name"] for record in cluster.state["hosts"]]
     workers = [name for name in hosts if name != "master"]
-    wait_until(lambda: all(status(cluster, w).get("answered") for w in workers)
-               and "job process" in " ".join(status(cluster, "master").get("active", [])),
+
+    def fresh(host: str) -> dict:
+        """The host's status once this boot's watcher wrote it: the disks are kept, so until
+        then status.json is the old boot's."""
+        shown = status(cluster, host)
+        return shown if shown.get("checked", 0) > replaced else {}
+
+    wait_until(lambda: all(fresh(w).get("answered") for w in workers)
+               and "job process" in " ".join(fresh("master").get("active", [])),
                "every host's watcher, started by cloud-init, to report to the master's",
                timeout=240, interval=0.5)
     booted = time.monotonic() - started
