@@ -272,8 +272,8 @@ class Watcher:
             self.times.up = now
             silent_before = {p for p, h in self.times.heard.items()
                              if now - h >= SILENT_INTERVALS * self.settings.interval}
-            active = local + [r for peer, reasons in self.reports.items()
-                              if peer not in silent_before for r in reasons]
+            active = local + [r for peer, reasons in sorted(self.reports.items())
+                              if peer not in silent_before for r in reasons]  # a stable order
             if active and not self.decision:
                 self.times.last_active = now
             why, stop_at, silent = decide(self.times, self.settings)

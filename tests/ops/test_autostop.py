@@ -188,6 +188,19 @@ def test_the_master_hears_a_busy_peer_then_tells_it_to_stop_and_both_shut_down(t
     assert describe(status).startswith("auto-stop: stopped the cluster at ")
 
 
+def test_the_master_lists_what_keeps_the_cluster_busy_host_by_host_whatever_order_reports_came(
+        tmp_path):
+    """`fab status` shows the same list for the same cluster: the master's own activity, then the
+    peers' by host name, not in the order their reports happened to arrive."""
+    master = Watcher(settings(tmp_path, peers=("worker-0", "worker-1")), clock=lambda: 1000.0)
+    master.report("worker-1", ["worker-1: job process run-1/worker-1"])
+    master.report("worker-0", ["worker-0: job process run-1/worker-0"])
+    master.master_round()
+    status = json.loads((tmp_path / "state" / "status.json").read_text())
+    assert status["active"] == ["worker-0: job process run-1/worker-0",
+                                "worker-1: job process run-1/worker-1"]
+
+
 def test_fab_status_says_what_the_watcher_decided():
     def clock(since_boot: float) -> str:
         return time.strftime("%H:%M:%S", time.localtime(booted + since_boot))
