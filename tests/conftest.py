@@ -17,6 +17,14 @@ PACKAGES = REPO / "tests" / "data"
 ASSETS = Path(os.environ.get("KINDLING_ASSETS") or REPO.parent / "shared").resolve()
 
 
+def pytest_configure(config) -> None:
+    """Every JVM the tests start here gets the tests' JVM options (netns_cluster.TEST_JVM_OPTIONS;
+    the hosts' sshd sets them for what runs there)."""
+    from netns_cluster import TEST_JVM_OPTIONS
+
+    os.environ.setdefault("JAVA_TOOL_OPTIONS", TEST_JVM_OPTIONS)
+
+
 @pytest.fixture(scope="session")
 def hdfs_root(tmp_path_factory):
     """A real NameNode + DataNode on 127.0.0.1 (tests/hdfs_server.py); its hdfs://... root."""

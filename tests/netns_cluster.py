@@ -70,6 +70,12 @@ while True:
 """
 INIT_MARKER = "kindling-netns-init"
 
+TEST_JVM_OPTIONS = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
+"""JAVA_TOOL_OPTIONS of every JVM the tests start (Spark's and HDFS's, on this machine and, through
+sshd's SetEnv, on the hosts): C1 only and a one-thread collector. The suite runs a dozen short-lived
+JVMs at a time on 2 cores, where C2's compiler threads and G1's workers cost a third of the CPU of
+the Spark tests; a real cluster keeps the JVM's defaults."""
+
 SSHD_CONFIG = """\
 # sshd of test host {hostname} ({address}), written by tests/netns_cluster.py
 ListenAddress {address}
@@ -85,6 +91,7 @@ UsePAM no
 StrictModes yes
 PrintMotd no
 AcceptEnv LANG LC_*
+SetEnv JAVA_TOOL_OPTIONS="{jvm_options}"
 Subsystem sftp internal-sftp
 """
 
@@ -280,7 +287,7 @@ class NetnsCluster:
         _keygen(etc_ssh / "ssh_host_ed25519_key", record["hostname"])
         (etc_ssh / "sshd_config").write_text(SSHD_CONFIG.format(
             hostname=record["hostname"], address=record["address"], port=SSH_PORT,
-            allow=self._ssh_allowed(record)))
+            allow=self._ssh_allowed(record), jvm_options=TEST_JVM_OPTIONS))
         (root / "etc/hosts").write_text(
             "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
             + "".join(f"{h['address']}\t{h['hostname']}\n" for h in self.state["hosts"]))

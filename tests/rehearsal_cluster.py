@@ -44,8 +44,9 @@ from cryptography.hazmat.primitives import serialization
 
 import apt_proxy
 import os_image
-from netns_cluster import (SSH_PORT, ClusterError, NetnsCluster, _kill_stragglers, _port_open,
-                           _wait_until, missing_prerequisites as netns_missing_prerequisites)
+from netns_cluster import (SSH_PORT, TEST_JVM_OPTIONS, ClusterError, NetnsCluster, _kill_stragglers,
+                           _port_open, _wait_until,
+                           missing_prerequisites as netns_missing_prerequisites)
 from kindling import known_hosts_line, load_inventory, spark_master_url
 from ops.agent import install as watcher_install
 from workloads.common import run_cli
@@ -323,6 +324,9 @@ class RehearsalCluster(NetnsCluster):
         self._write_seed(upper, record)
         (upper / "etc/apt/apt.conf.d").mkdir(parents=True)
         (upper / "etc/apt/apt.conf.d/00kindling-rehearsal-proxy").write_text(self.proxy.apt_conf())
+        (upper / "etc/ssh/sshd_config.d").mkdir(parents=True)
+        (upper / "etc/ssh/sshd_config.d/00-tests-jvm.conf").write_text(
+            f'SetEnv JAVA_TOOL_OPTIONS="{TEST_JVM_OPTIONS}"\n')
         (upper / "etc/hosts").write_text(
             "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
             + "".join(f"{h['address']}\t{h['hostname']}\n" for h in self.state["hosts"]))
