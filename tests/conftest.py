@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -83,23 +84,34 @@ def install_packages(tmp_path_factory):
 
 def pytest_collection_modifyitems(items) -> None:
     """A test that needs the HDFS server (a JVM NameNode and DataNode) is slow, whatever its
-    module: the fast tier (`-m "not slow and not netns"`) starts no JVM."""
+    module: the fast tier (`-m "not slow and not netns"`) starts no JVM. Then the longest
+    modules first, as a scheduler packs jobs (with `-n`, workers take modules in this order):
+    the multi-host ones, then those with the most slow tests, then the rest as collected."""
     for item in items:
         if "hdfs_root" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)
+    slow = Counter(item.path for item in items if item.get_closest_marker("slow"))
+    items.sort(key=lambda item: (not item.get_closest_marker("netns"), -slow[item.path]))
 
 
 def pytest_xdist_make_scheduler(config, log):
-    """With `-n` (pytest-xdist): a module's tests stay on one worker (its fixtures start once),
-    and the multi-host tests, which share their clusters, are one unit that runs beside the
-    rest. (A scheduler, not `xdist_group` marks: with pytest 9.2, xdist 3.8's loadgroup ignores
+    """With `-n` (pytest-xdist): a module's tests stay on one worker (its fixtures start once);
+    the netns cluster's tests and the rehearsal's, which share their clusters, are one unit each;
+    units go out in collection order, so these two, the longest, start at once on two workers.
+    (A scheduler, not `xdist_group` marks: with pytest 9.2, xdist 3.8's loadgroup ignores
     them, pytest-dev/pytest-xdist#1386.)"""
     from xdist.scheduler import LoadScopeScheduling
 
     class ClusterScopes(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            return "tests/e2e" if nodeid.startswith("tests/e2e/") else nodeid.split("::", 1)[0]
+            module = nodeid.split("::", 1)[0]
+            if module.startswith("tests/e2e/test_rehearsal"):
+                return "tests/e2e: the rehearsal cluster"
+            if module.startswith("tests/e2e/") and module != "tests/e2e/test_fan_out.py":
+                return "tests/e2e: the netns cluster"
+            return module
 
+    config.option.loadscopereorder = False
     return ClusterScopes(config, log)
 
 

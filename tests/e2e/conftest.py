@@ -253,21 +253,6 @@ def rehearsal_first_deploy(rehearsal_cluster, rehearsal_env, rehearsal_wheelhous
         deploy.cancel()
 
 
-@pytest.fixture(autouse=True)
-def rehearsal_alongside(request):
-    """The rehearsal's boot and first deploy (rehearsal_first_deploy) start with the first test
-    that uses the netns cluster when rehearsal tests that need them are selected: they run on
-    their own hosts while the netns tests run (their waits leave a core idle much of the time),
-    instead of after them. Their failures, skips included, are reported by the rehearsal tests."""
-    if "netns_cluster" not in request.fixturenames or not any(
-            "rehearsal_first_deploy" in item.fixturenames for item in request.session.items):
-        return
-    try:
-        request.getfixturevalue("rehearsal_first_deploy")
-    except (Exception, pytest.skip.Exception, pytest.fail.Exception):
-        pass
-
-
 REHEARSAL_WHEELHOUSE = Path("/var/cache/kindling-rehearsal/wheelhouse")
 """Kept between runs: `fab wheelhouse` rebuilds it only when constraints or the hosts' Python change."""
 REHEARSAL_PYTHON = "3.13:2.41"
