@@ -4,6 +4,7 @@ tests share (one HDFS, one moto S3 per session)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -94,6 +95,20 @@ def pytest_collection_modifyitems(items) -> None:
     items.sort(key=lambda item: (not item.get_closest_marker("netns"), -slow[item.path]))
 
 
+NETNS_UNIT = "tests/e2e: the netns cluster"
+"""The suite's longest chain: every test of the session's netns cluster, one after the other."""
+
+
+def suite_unit(nodeid: str) -> str:
+    """The unit a test runs in with `-n`: its module, or the cluster whose tests it shares."""
+    module = nodeid.split("::", 1)[0]
+    if module.startswith("tests/e2e/test_rehearsal"):
+        return "tests/e2e: the rehearsal cluster"
+    if module.startswith("tests/e2e/") and module != "tests/e2e/test_fan_out.py":
+        return NETNS_UNIT
+    return module
+
+
 def pytest_xdist_make_scheduler(config, log):
     """With `-n` (pytest-xdist): a module's tests stay on one worker (its fixtures start once);
     the netns cluster's tests and the rehearsal's, which share their clusters, are one unit each;
@@ -104,15 +119,27 @@ def pytest_xdist_make_scheduler(config, log):
 
     class ClusterScopes(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            module = nodeid.split("::", 1)[0]
-            if module.startswith("tests/e2e/test_rehearsal"):
-                return "tests/e2e: the rehearsal cluster"
-            if module.startswith("tests/e2e/") and module != "tests/e2e/test_fan_out.py":
-                return "tests/e2e: the netns cluster"
-            return module
+            return suite_unit(nodeid)
 
     config.option.loadscopereorder = False
     return ClusterScopes(config, log)
+
+
+LATER_UNITS_NICENESS = 10
+"""The CPU weight of the other units against the netns chain's: about 1 to 10."""
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item) -> None:
+    """With `-n`, the longest chain first: a worker running any other unit runs it (and what its
+    fixtures start) at a lower CPU priority, so the netns chain is not slowed down by work that
+    can wait; the CPU is never idle while there is work (needs root to raise it back: as
+    non-root the netns tests skip anyway)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        wanted = 0 if suite_unit(item.nodeid) == NETNS_UNIT else LATER_UNITS_NICENESS
+        if os.getpriority(os.PRIO_PROCESS, 0) != wanted:
+            with contextlib.suppress(PermissionError):
+                os.setpriority(os.PRIO_PROCESS, 0, wanted)
 
 
 def pytest_terminal_summary(terminalreporter) -> None:
