@@ -14,6 +14,7 @@ import functools
 import inspect
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -268,14 +269,23 @@ def tensorboard(c, logdir=None, seconds=0):
 
 
 def _serve(process: subprocess.Popen, seconds) -> None:
-    """Keep a tunnel or server up for `seconds` (0: until Ctrl-C), then end it."""
+    """Keep a tunnel or server up for `seconds` (0: until Ctrl-C), then end it. A kill or a
+    hangup (the terminal closed) ends it too: it never outlives fab."""
+    previous = {sig: signal.signal(sig, signal.default_int_handler)
+                for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         process.wait(timeout=int(seconds) or None)
     except (subprocess.TimeoutExpired, KeyboardInterrupt):
         pass
     finally:
         process.terminate()
-        process.wait(timeout=10)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 @task(help={"folder": "where to write the wheels (default: wheelhouse)",

@@ -51,8 +51,21 @@ def test_fab_tensorboard_serves_the_loss_and_accuracy_of_each_run(tmp_path):
         points = get_json(f"{url}data/plugin/scalars/scalars?run={run.name}/tensorboard&tag=accuracy")
         assert [(step, round(value, 2)) for _, step, value in points] == [(1, 0.56), (2, 0.83)]
     finally:
-        server.terminate()
+        server.terminate()  # as a user's kill or closed terminal: TensorBoard ends with fab
         server.wait(timeout=30)
+    assert not [argv for argv in command_lines() if "tensorboard.main" in argv
+                and str(tmp_path) in argv], "TensorBoard outlived fab tensorboard"
+
+
+def command_lines() -> list[str]:
+    """Every live process's command line."""
+    lines = []
+    for proc in Path("/proc").iterdir():
+        try:
+            lines.append((proc / "cmdline").read_bytes().replace(b"\0", b" ").decode())
+        except OSError:
+            continue
+    return lines
 
 
 def test_fab_tensorboard_without_runs_is_one_line(tmp_path):
