@@ -75,12 +75,13 @@ def pytest_runtest_teardown(item, nextitem):
 
 
 MODULE_ORDER = ("test_netns_cluster", "test_fab_deploy", "test_fab_failures", "test_fab_spot_autostop",
-                "test_fab_hdfs", "test_rehearsal_deploy", "test_rehearsal", "test_rehearsal_autostop")
+                "test_rehearsal_deploy", "test_rehearsal", "test_rehearsal_hdfs",
+                "test_rehearsal_autostop")
 """The order of a cluster's life, whatever pytest's (alphabetical) one: the netns cluster's own
 checks on the fresh hosts; the refused deploy before the first install, then that install
-(`deployed`) and what it serves; HDFS last (its daemons stay up). The rehearsal's first deploy
-races cloud-init, so it comes before the checks that wait for the boot to end; the auto-stop
-rehearsal replaces the hosts, so it comes last."""
+(`deployed`) and what it serves. The rehearsal's first deploy (HDFS and classify) races
+cloud-init, so it comes before the checks that wait for the boot to end, then HDFS's own tests
+on those hosts; the auto-stop rehearsal replaces the hosts, so it comes last."""
 
 
 @pytest.hookimpl(trylast=True)
@@ -141,10 +142,14 @@ def aws(netns_cluster):
 def bucket(aws, env, assets):
     """The cluster's store: moto's bucket cluster-photos, the photos in it under vehicles/; the
     inventory fields that name it, and a user's shell with credentials."""
+    return cluster_bucket(aws, env, assets)
+
+
+def cluster_bucket(endpoint: str, env: dict, assets: Path) -> dict:
     from moto_endpoint import ACCESS_KEY, SECRET_KEY, upload_folder
 
-    upload_folder(aws, "cluster-photos", "vehicles", assets / "datasets" / "buses-cars")
-    return {"fields": {"s3Endpoint": aws, "bucket": "cluster-photos"}, "endpoint": aws,
+    upload_folder(endpoint, "cluster-photos", "vehicles", assets / "datasets" / "buses-cars")
+    return {"fields": {"s3Endpoint": endpoint, "bucket": "cluster-photos"}, "endpoint": endpoint,
             "user": env | {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}}
 
 
@@ -183,6 +188,15 @@ def rehearsal_env(tmp_path_factory, assets):
     """A user's shell for fab on the rehearsal (its own runs folder and home)."""
     return fab_env(assets, tmp_path_factory.mktemp("rehearsal-runs"),
                    tmp_path_factory.mktemp("rehearsal-home"))
+
+
+@pytest.fixture(scope="session")
+def rehearsal_bucket(rehearsal_cluster, rehearsal_env, assets):
+    """As `bucket`, for the rehearsal's hosts: moto on their bridge."""
+    from moto_endpoint import moto_server
+
+    with moto_server(rehearsal_cluster.bridge_address) as endpoint:
+        yield cluster_bucket(endpoint, rehearsal_env, assets)
 
 
 class BackgroundDeploy:

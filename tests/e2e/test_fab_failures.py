@@ -1,6 +1,6 @@
 """A deployed netns cluster losing a part: `fab` names the host and the part, and a deploy brings
 it back. (The refused deploy of an unreachable worker is in test_fab_deploy, before the first
-install; a spot host taken mid-job in test_fab_spot_autostop; a lost DataNode in test_fab_hdfs.)
+install; a spot host taken mid-job in test_fab_spot_autostop; a lost DataNode in test_rehearsal_hdfs.)
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
-"""`hdfs: true` on the deployed netns cluster: the NameNode on the master and DataNodes on the
-workers, local data uploaded into HDFS once, train-ps resuming from checkpoints in moto's
-bucket, a host without Java, a lost DataNode. (classify reading HDFS through Spark runs on the
-rehearsal's fresh hosts: test_rehearsal_deploy.)
+"""`hdfs: true` on the rehearsal's fresh hosts, after their first deploy brought HDFS up (the
+NameNode on the master, DataNodes on the workers) and classify read the photos from it
+(test_rehearsal_deploy): local data uploaded into HDFS once, train-ps resuming from checkpoints
+in moto's bucket, a host without Java, a lost DataNode and the next deploy restarting it.
 """
 
 from __future__ import annotations
@@ -20,15 +20,28 @@ pytestmark = pytest.mark.netns
 
 
 @pytest.fixture(scope="module")
-def hdfs_cluster(netns_cluster, bucket, wheelhouse, deployed, tmp_path_factory, assets):
-    """The session cluster with `hdfs: true` and the moto bucket in its inventory: `fab deploy
-    train-ps` brings up the NameNode and the DataNodes, uploads the local MNIST folder into HDFS
-    once, trains from there and keeps its checkpoints in the bucket; the photos put into HDFS
-    as a user would, with `fab put` and `hdfs dfs`."""
-    env = bucket["user"]
+def cluster(rehearsal_cluster, rehearsal_first_deploy):
+    """The rehearsal's hosts once their first deploy (HDFS and classify) has ended well."""
+    _, done, _ = rehearsal_first_deploy.result()
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return rehearsal_cluster
+
+
+@pytest.fixture(scope="module")
+def wheelhouse(rehearsal_wheelhouse) -> str:
+    return str(rehearsal_wheelhouse)
+
+
+@pytest.fixture(scope="module")
+def hdfs_cluster(cluster, rehearsal_bucket, wheelhouse, tmp_path_factory, assets):
+    """The rehearsal cluster with `hdfs: true` and the moto bucket in its inventory: `fab deploy
+    train-ps` finds HDFS up, uploads the local MNIST folder into HDFS once, trains from there
+    and keeps its checkpoints in the bucket; the photos put into HDFS as a user would, with
+    `fab put` and `hdfs dfs`."""
+    env = rehearsal_bucket["user"]
     inventory = tmp_path_factory.mktemp("hdfs") / "cluster.json"
-    inventory.write_text(json.dumps(json.loads(netns_cluster.inventory_path.read_text())
-                                    | bucket["fields"] | {"hdfs": True}))
+    inventory.write_text(json.dumps(json.loads(cluster.inventory_path.read_text())
+                                    | rehearsal_bucket["fields"] | {"hdfs": True}))
     target = ("--target", str(inventory))
     started = time.monotonic()
     mnist = tmp_path_factory.mktemp("fresh") / "mnist"  # content no host has seen yet
@@ -47,7 +60,7 @@ def hdfs_cluster(netns_cluster, bucket, wheelhouse, deployed, tmp_path_factory, 
               "cd /tmp && tar -xf vehicles.tar && /opt/kindling/bin/hdfs dfs -mkdir -p /photos && "
               "/opt/kindling/bin/hdfs dfs -put -f vehicles /photos/ && rm -rf vehicles vehicles.tar")
     assert put.returncode == 0, put.stdout + put.stderr
-    print(f"deploy with HDFS (jars, NameNode, DataNodes, MNIST into HDFS, train-ps): {took:.1f}s\n"
+    print(f"deploy with HDFS up (MNIST into HDFS, train-ps): {took:.1f}s\n"
           + "\n".join(line for line in done.stdout.splitlines() if "installing..." not in line))
     return {"target": target, "deploy": done, "mnist": mnist, "env": env}
 
@@ -70,13 +83,13 @@ def listening_addresses(cluster, host) -> dict[int, set[str]]:
 
 
 def test_hdfs_namenode_on_the_master_datanodes_on_the_workers_private_addresses_only(
-        netns_cluster, hdfs_cluster):
+        cluster, hdfs_cluster):
     env = hdfs_cluster["env"]  # with the bucket's credentials
     target = hdfs_cluster["target"]
     assert "hdfs ready: 2 DataNodes live" in hdfs_cluster["deploy"].stdout
-    for host, ports in [(netns_cluster.inventory.master, (8020, 9870)),
-                        *((worker, (9866, 9864, 9867)) for worker in netns_cluster.inventory.workers)]:
-        bound = listening_addresses(netns_cluster, host)
+    for host, ports in [(cluster.inventory.master, (8020, 9870)),
+                        *((worker, (9866, 9864, 9867)) for worker in cluster.inventory.workers)]:
+        bound = listening_addresses(cluster, host)
         for port in ports:  # on the private address only
             assert bound.get(port) == {host.privateIp}, (host.name, port, bound)
     status = fab(env, "status", *target)
@@ -86,54 +99,54 @@ def test_hdfs_namenode_on_the_master_datanodes_on_the_workers_private_addresses_
 
     missing = fab(env, "run", "classify", *target, "--data", "hdfs:///photos/nowhere")
     assert "no such path in the cluster's HDFS" in one_error_line(missing)
-    no_hdfs = fab(env, "run", "classify", "--target", str(netns_cluster.inventory_path),
+    no_hdfs = fab(env, "run", "classify", "--target", str(cluster.inventory_path),
                   "--data", "hdfs:///photos/vehicles")
     assert "runs no HDFS; `pulumi config set hdfs true`" in one_error_line(no_hdfs)
     # classify reading HDFS through Spark: the rehearsal's HDFS test (fresh hosts)
 
     # permissions on: kindling's folder belongs to the jobs' user, and no other user (named, or
     # WebHDFS's anonymous one) may change it
-    webhdfs = f"http://{netns_cluster.inventory.master.privateIp}:9870/webhdfs/v1/kindling"
-    status = netns_cluster.exec("master", f"curl -s '{webhdfs}?op=GETFILESTATUS'").stdout
-    assert json.loads(status)["FileStatus"]["owner"] == netns_cluster.inventory.sshUser, status
+    webhdfs = f"http://{cluster.inventory.master.privateIp}:9870/webhdfs/v1/kindling"
+    status = cluster.exec("master", f"curl -s '{webhdfs}?op=GETFILESTATUS'").stdout
+    assert json.loads(status)["FileStatus"]["owner"] == cluster.inventory.sshUser, status
     for user in ("&user.name=mallory", ""):
-        refused = netns_cluster.exec("master", f"curl -s -X PUT '{webhdfs}/data/intruder?op=MKDIRS"
+        refused = cluster.exec("master", f"curl -s -X PUT '{webhdfs}/data/intruder?op=MKDIRS"
                                                f"{user}'").stdout
         assert "AccessControlException" in refused and "Permission denied" in refused, refused
 
 
 def test_hdfs_on_a_host_without_java_is_one_line_before_anything_changes(
-        netns_cluster, wheelhouse, hdfs_cluster):
+        cluster, wheelhouse, hdfs_cluster):
     """worker-1 loses its `java` and its apt-get (bind mounts in its own mount namespace)."""
     env = hdfs_cluster["env"]  # with the bucket's credentials
     worker = "worker-1"
-    java = netns_cluster.exec(worker, "readlink -f $(command -v java)", check=True).stdout.strip()
+    java = cluster.exec(worker, "readlink -f $(command -v java)", check=True).stdout.strip()
     masked = [java, "/usr/bin/apt-get"]
-    netns_cluster.exec(worker, " && ".join(f"mount --bind /dev/null {path}" for path in masked),
+    cluster.exec(worker, " && ".join(f"mount --bind /dev/null {path}" for path in masked),
                        check=True)
     try:
-        before = host_state(netns_cluster)
+        before = host_state(cluster)
         line = one_error_line(fab(env, "deploy", "train-ps", *hdfs_cluster["target"],
                                   "--wheelhouse", wheelhouse, *TRAIN_PS_FLAGS))
         assert line.startswith(f"error: hdfs: true needs Java on every host, and {worker} has no "
                                "`java` and no apt-get"), line
         assert "pulumi config set hdfs false" in line
-        assert host_state(netns_cluster) == before
+        assert host_state(cluster) == before
     finally:
-        netns_cluster.exec(worker, " ; ".join(f"umount {path}" for path in masked))
-    assert netns_cluster.exec(worker, "java -version").returncode == 0
+        cluster.exec(worker, " ; ".join(f"umount {path}" for path in masked))
+    assert cluster.exec(worker, "java -version").returncode == 0
 
 
 def test_hdfs_holds_local_data_once_and_train_ps_resumes_from_it_on_another_host(
-        netns_cluster, hdfs_cluster):
+        cluster, hdfs_cluster):
     """The fixture's train-ps read MNIST from HDFS (uploaded once, no worker got a copy) and
     left its checkpoints in the bucket, s3://cluster-photos/runs/<id>; a sync run, whose chief
     is on worker-0 instead of the master, resumes from them at epoch 2."""
     env = hdfs_cluster["env"]  # with the bucket's credentials
     target, first = hdfs_cluster["target"], hdfs_cluster["deploy"]
     mnist, digest = uploaded_mnist(hdfs_cluster)
-    for worker in netns_cluster.inventory.workers:  # the hosts' copies are named by the same hash
-        assert netns_cluster.exec(worker, f"test -e /srv/kindling/data/{digest}").returncode == 1
+    for worker in cluster.inventory.workers:  # the hosts' copies are named by the same hash
+        assert cluster.exec(worker, f"test -e /srv/kindling/data/{digest}").returncode == 1
     run_id = results_of(first).name
     before = json.loads((results_of(first) / "metrics.json").read_text())
     assert before["epochs_this_run"] == 1
@@ -153,18 +166,18 @@ def test_hdfs_holds_local_data_once_and_train_ps_resumes_from_it_on_another_host
 
 
 def test_hdfs_a_killed_datanode_is_named_and_the_next_deploy_restarts_it_for_train_mnist(
-        netns_cluster, wheelhouse, hdfs_cluster):
+        cluster, wheelhouse, hdfs_cluster):
     """worker-1's DataNode is killed: `fab status` names it; the next deploy (train-mnist reading
     the MNIST folder the fixture put into HDFS) starts it again without reformatting the
     NameNode, and train-mnist writes its TFRecord shards into HDFS."""
     env = hdfs_cluster["env"]  # with the bucket's credentials
     target = hdfs_cluster["target"]
     mnist, _ = uploaded_mnist(hdfs_cluster)
-    version = netns_cluster.exec("master", "grep -E 'clusterID|namespaceID' "
+    version = cluster.exec("master", "grep -E 'clusterID|namespaceID' "
                                            "/srv/kindling/hdfs/name/current/VERSION").stdout
     assert "clusterID=kindling-" in version
-    worker = netns_cluster.inventory.workers[1]
-    netns_cluster.exec(worker, "kill $(cat /srv/kindling/hdfs/datanode.pid)")
+    worker = cluster.inventory.workers[1]
+    cluster.exec(worker, "kill $(cat /srv/kindling/hdfs/datanode.pid)")
     named = f"DataNode down on {worker.name} ({worker.privateIp})"
     started = time.monotonic()
     wait_until(lambda: named in fab(env, "status", *target).stdout,
@@ -179,7 +192,7 @@ def test_hdfs_a_killed_datanode_is_named_and_the_next_deploy_restarts_it_for_tra
     assert re.search(r"^master +hdfs namenode +skipped", again.stdout, re.M), again.stdout
     assert "2 TFRecord shards written to hdfs://" in again.stdout, again.stdout
     assert json.loads((results_of(again) / "metrics.json").read_text())["steps"] == 20
-    assert netns_cluster.exec("master", "grep -E 'clusterID|namespaceID' "
+    assert cluster.exec("master", "grep -E 'clusterID|namespaceID' "
                                         "/srv/kindling/hdfs/name/current/VERSION").stdout == version
     shards = fab(env, "exec", "--role", "master", *target,
                  f"/opt/kindling/bin/hdfs dfs -ls -R {mnist}_tfrecords")
