@@ -18,12 +18,13 @@ library only.
 from __future__ import annotations
 
 import json
-import os
-import signal
+import subprocess
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+from ops.agent import as_user
 
 IMDS = "http://169.254.169.254"
 NOTICE_PATH = "/latest/meta-data/spot/instance-action"
@@ -54,13 +55,22 @@ def instance_action(imds: str = "") -> dict | None:
         raise
 
 
+def decommission_command(pid_file: str) -> list[str]:
+    """SIGPWR to the process whose pid the file holds (pkill reads the file)."""
+    return ["/usr/bin/pkill", "--signal", "PWR", "--pidfile", pid_file]
+
+
 def decommission_spark_worker(pid_file: str) -> bool:
-    """SIGPWR to the Spark worker whose pid the file holds; False when it is not running."""
+    """SIGPWR to the Spark worker whose pid the file holds, sent as the file's owner (the user
+    that started the worker: the watcher's sudoers rule allows this, never as root); False when
+    it is not running."""
     try:
-        os.kill(int(Path(pid_file).read_text().strip()), signal.SIGPWR)
-    except (OSError, ValueError):
+        owner = Path(pid_file).stat().st_uid
+        done = subprocess.run(as_user(decommission_command(pid_file), f"#{owner}"),
+                              stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
         return False
-    return True
+    return done.returncode == 0
 
 
 def watch(host: str, address: str, notice_file: str, spark_worker_pid: str, imds: str = "",
