@@ -19,9 +19,7 @@ from the last activity (at first from the watcher's first start in this boot, wh
 boot), both kept across a restart: an upgraded watcher neither forgets the idle time nor pushes
 `maxHours` out.
 
-It runs as its own unprivileged user (ops.agent.install), whose sudo runs exactly its shutdown
-command (as root) and a spot host's Spark decommissioning (as the Spark worker's owner). Runs on
-the hosts: standard library only.
+Runs on the hosts as its own user, not root (ops.agent.install): standard library only.
 """
 
 from __future__ import annotations
@@ -39,7 +37,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from ops.agent import as_user, spot
+from ops.agent import spot
 
 PORT = 7091
 """The master's endpoint, on its private address: the other hosts' reports."""
@@ -76,8 +74,8 @@ class Settings:
     imds_endpoint: str = ""
     """"" for the instance's own metadata service (spot interruption notices)."""
     shutdown: tuple[str, ...] = ("/usr/bin/systemctl", "poweroff")
-    """How the host stops itself, run as root (the program by its full path, as the watcher's
-    sudoers rule names it; tests on hosts that share this machine's kernel record it).
+    """How the host stops itself, as root through sudo (by the full path its sudoers rule names;
+    tests on hosts that share this machine's kernel record it).
     systemctl runs only where systemd is the host's own init (pid 1): from a namespace host it
     would power off the machine."""
     port: int = PORT
@@ -124,8 +122,8 @@ def boot_id() -> str:
 
 def live_processes(runs: str) -> list[str]:
     """`<run>/<process>` of every job process started since this boot whose pid is alive and
-    has no exit code yet (a pid file from before a stop may name an unrelated process now). A
-    process the watcher may not signal (another user's) is alive."""
+    has no exit code yet (a pid file from before a stop may name an unrelated process now). One
+    the watcher may not signal (another user's) is alive."""
     live, booted = [], time.time() - uptime()
     for pid_file in Path(runs).glob("*/*.pid"):
         if pid_file.with_suffix(".rc").exists() or pid_file.stat().st_mtime < booted:
@@ -328,7 +326,7 @@ class Watcher:
         print(f"{time.strftime('%H:%M:%S')} shutting down ({why}): {' '.join(command)}",
               flush=True)
         try:
-            done = subprocess.run(as_user(command), stdin=subprocess.DEVNULL, timeout=120)
+            done = subprocess.run(spot.as_user(command), stdin=subprocess.DEVNULL, timeout=120)
         except (OSError, subprocess.TimeoutExpired) as exc:
             print(f"{time.strftime('%H:%M:%S')} shutdown failed: {exc}; trying again", flush=True)
             return False

@@ -81,7 +81,7 @@ def unit() -> str:
     """The systemd service: started at every boot; not restarted after it shut the host down."""
     return (f"[Unit]\nDescription=kindling watcher (idle auto-stop, spot notices)\n"
             f"After=network-online.target\nWants=network-online.target\n"
-            f"[Service]\nUser={USER}\nGroup={USER}\nWorkingDirectory={HOME}\n"
+            f"[Service]\nUser={USER}\nWorkingDirectory={HOME}\n"
             f"ExecStart={PYTHON} -m ops.agent.autostop {SETTINGS}\nRestart=on-failure\n"
             f"RestartSec=10\n"
             f"[Install]\nWantedBy=multi-user.target\n")
@@ -91,8 +91,7 @@ def sudoers(values: dict) -> str:
     """The watcher's sudoers rules: its shutdown command as root, SIGPWR to the Spark worker as
     the worker's owner; nothing else. values: its settings."""
     shutdown = values.get("shutdown") or Settings.shutdown
-    return (f"# kindling's watcher (ops.agent.autostop), from ops/agent/install.py\n"
-            f"{USER} ALL=(root) NOPASSWD: {_sudoers_command(shutdown)}\n"
+    return (f"{USER} ALL=(root) NOPASSWD: {_sudoers_command(shutdown)}\n"
             f"{USER} ALL=(ALL,!root) NOPASSWD: "
             f"{_sudoers_command(spot.decommission_command(SPARK_WORKER_PID))}\n")
 
@@ -113,17 +112,17 @@ def restart_command() -> str:
     state folder its own; then (re)start the watcher as that user, as the systemd service where
     systemd runs the host, else as a detached process (hosts without systemd: the tests'
     namespace hosts, which share /etc: flock, as they may add the user at once)."""
-    add_user = (f"id -u {USER} >/dev/null 2>&1 || useradd --system --user-group "
-                f"--no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin {USER}")
-    grant = (f"flock /etc/passwd sh -c '{add_user}' && visudo -cqf {SUDOERS_RULES} && "
-             f"rules=$(mktemp {SUDOERS}.XXXXXX) && install -m 0440 {SUDOERS_RULES} \"$rules\" "
-             f"&& mv -f \"$rules\" {SUDOERS} && mkdir -p {STATE} && chown -R {USER}: {STATE}")
-    detached = (f"old=$(cat {PID} 2>/dev/null); if [ -n \"$old\" ] && grep -qs "
+    rules, pid, log = (path.removeprefix(f"{HOME}/") for path in (SUDOERS_RULES, PID, LOG))
+    # a system user (-r) with its own group (-U), no home (-M), no login shell
+    add_user = f"id -u {USER} >/dev/null 2>&1 || useradd -rUM -s /usr/sbin/nologin {USER}"
+    grant = (f"cd {HOME} && flock /etc/passwd sh -c '{add_user}' && visudo -cqf {rules} && "
+             f"t=$(mktemp {SUDOERS}.XXXXXX) && install -m 440 {rules} $t && mv -f $t {SUDOERS} "
+             f"&& mkdir -p {STATE} && chown -R {USER}: {STATE}")
+    detached = (f"old=$(cat {pid} 2>/dev/null); if [ -n \"$old\" ] && grep -qs "
                 f"ops.agent.autostop /proc/$old/cmdline; then kill $old; "
                 f"timeout 10 sh -c \"while kill -0 $old 2>/dev/null; do sleep 0.1; done\"; fi; "
-                f"cd {HOME} && (setsid nohup setpriv --reuid={USER} --regid={USER} --init-groups "
-                f"{PYTHON} -m ops.agent.autostop {SETTINGS} >> {LOG} 2>&1 < /dev/null & "
-                f"echo $! > {PID})")
+                f"(setsid nohup setpriv --reuid={USER} --regid={USER} --init-groups {PYTHON} -m "
+                f"ops.agent.autostop {SETTINGS} >> {log} 2>&1 < /dev/null & echo $! > {pid})")
     return (f"{grant} && if [ -d /run/systemd/system ]; then systemctl daemon-reload && "
             f"systemctl enable --quiet {UNIT} && systemctl restart --no-block {UNIT}; "
             f"else {detached}; fi")

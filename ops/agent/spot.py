@@ -18,13 +18,12 @@ library only.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-
-from ops.agent import as_user
 
 IMDS = "http://169.254.169.254"
 NOTICE_PATH = "/latest/meta-data/spot/instance-action"
@@ -55,15 +54,19 @@ def instance_action(imds: str = "") -> dict | None:
         raise
 
 
+def as_user(argv: list[str], user: str = "root") -> list[str]:
+    """argv run as user: through sudo (the watcher's rules: ops.agent.install) unless root."""
+    return list(argv) if os.geteuid() == 0 else ["sudo", "-n", "-u", user, "--", *argv]
+
+
 def decommission_command(pid_file: str) -> list[str]:
     """SIGPWR to the process whose pid the file holds (pkill reads the file)."""
     return ["/usr/bin/pkill", "--signal", "PWR", "--pidfile", pid_file]
 
 
 def decommission_spark_worker(pid_file: str) -> bool:
-    """SIGPWR to the Spark worker whose pid the file holds, sent as the file's owner (the user
-    that started the worker: the watcher's sudoers rule allows this, never as root); False when
-    it is not running."""
+    """SIGPWR to the Spark worker whose pid the file holds, as the file's owner (never root: the
+    watcher's sudoers rules); False when it is not running."""
     try:
         owner = Path(pid_file).stat().st_uid
         done = subprocess.run(as_user(decommission_command(pid_file), f"#{owner}"),

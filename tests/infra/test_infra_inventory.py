@@ -150,8 +150,7 @@ def test_every_host_boots_with_its_watcher_armed_knowing_its_master_and_limits()
         assert "ExecStart=/usr/bin/python3 -m ops.agent.autostop " + install.SETTINGS in \
             files[install.UNIT_FILE]["content"]
         assert f"\nUser={install.USER}\n" in files[install.UNIT_FILE]["content"]  # not root
-        rules = [line for line in files[install.SUDOERS_RULES]["content"].splitlines()
-                 if not line.startswith("#")]
+        rules = files[install.SUDOERS_RULES]["content"].splitlines()
         assert rules == [  # its sudo: exactly the shutdown as root, SIGPWR never as root
             f"{install.USER} ALL=(root) NOPASSWD: /usr/bin/systemctl poweroff",
             f"{install.USER} ALL=(ALL,!root) NOPASSWD: /usr/bin/pkill --signal PWR --pidfile "
@@ -159,8 +158,9 @@ def test_every_host_boots_with_its_watcher_armed_knowing_its_master_and_limits()
         passes_visudo(files[install.SUDOERS_RULES]["content"])
         # runcmd creates the user, installs the rules once visudo passes them, starts the watcher
         assert config["runcmd"] == [["sh", "-c", install.restart_command()]]
-        assert "useradd --system" in install.restart_command()
-        assert f"visudo -cqf {install.SUDOERS_RULES} " in install.restart_command()
+        assert "useradd -rUM " in install.restart_command()
+        assert f"cd {install.HOME} && " in install.restart_command()  # its rules there
+        assert "visudo -cqf sudoers && " in install.restart_command()
         assert instance.inputs["instanceInitiatedShutdownBehavior"] == (
             "terminate" if host.spot else "stop"), instance.name
     assert any(h.spot for h in inventory.hosts) and not inventory.master.spot
