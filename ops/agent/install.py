@@ -91,9 +91,9 @@ def sudoers(values: dict) -> str:
     """The watcher's sudoers rules: its shutdown command as root, SIGPWR to the Spark worker as
     the worker's owner; nothing else. values: its settings."""
     shutdown = values.get("shutdown") or Settings.shutdown
+    decommission = spot.decommission_command(values.get("spark_worker_pid") or SPARK_WORKER_PID)
     return (f"{USER} ALL=(root) NOPASSWD: {_sudoers_command(shutdown)}\n"
-            f"{USER} ALL=(ALL,!root) NOPASSWD: "
-            f"{_sudoers_command(spot.decommission_command(SPARK_WORKER_PID))}\n")
+            f"{USER} ALL=(ALL,!root) NOPASSWD: {_sudoers_command(decommission)}\n")
 
 
 def _sudoers_command(argv) -> str:

@@ -304,7 +304,7 @@ def test_the_restart_command_runs_the_watcher_as_its_own_user_whose_sudo_runs_on
     if os.geteuid() != 0 or missing:
         pytest.skip(f"a throwaway host needs root and {' '.join(missing) or 'namespaces'}")
     record = f"{install.SRV}/powered-off"
-    values = install.settings("master", "127.0.0.1", [], 0.02, 0, False) | {
+    values = install.settings("master", "127.0.0.1", [], 0.01, 0, False) | {
         "shutdown": ["/bin/sh", "-c", f"id -u >> {record}"]}
     host = tmp_path / "host"
     host.mkdir()
