@@ -256,7 +256,7 @@ SPARK_WORKER = ("import signal, sys, time; signal.signal(signal.SIGPWR, lambda *
                 " time.sleep(60)")
 
 
-def throwaway_host_script(values: dict, record: str) -> str:
+def throwaway_host_script(record: str) -> str:
     """What runs as root on the throwaway host: the restart command twice, then what it shows."""
     runs, spark = f"{install.RUNS}/run-1", install.SPARK_WORKER_PID.rsplit("/pids/", 1)[0]
     as_watcher = f"setpriv --reuid={install.USER} --regid={install.USER} --init-groups"
@@ -317,7 +317,7 @@ def test_the_restart_command_runs_the_watcher_as_its_own_user_whose_sudo_runs_on
     mounts = "".join(f"mount --bind {host}/{part} /{part} && " for part in ("etc", "opt", "srv"))
     done = subprocess.run(
         ["unshare", "--mount", "--pid", "--net", "--fork", "--mount-proc", "sh", "-c",
-         mounts + "exec sh -c " + shlex.quote(throwaway_host_script(values, record))],
+         mounts + "exec sh -c " + shlex.quote(throwaway_host_script(record))],
         capture_output=True, text=True, timeout=120, env={"PATH": HOST_PATH, "LANG": "C.UTF-8"})
     shown = done.stdout + done.stderr
     assert done.returncode == 0, shown
