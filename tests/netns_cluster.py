@@ -44,6 +44,7 @@ from pathlib import Path
 
 from kindling import Host, Inventory, known_hosts_line, load_inventory, spark_master_url
 from kindling import UserError
+from ops.agent import install as watcher_install
 from workloads.common import run_cli
 
 STATE_DIR = Path("/run/kindling-netns")
@@ -469,6 +470,7 @@ def _kill_stragglers(netns: str) -> bool:
 
 
 # -- state shared by every cluster on the machine: the user, sudoers, sshd's privsep dir ---------
+# (and the watcher's user and sudoers rules: `fab deploy` adds them, in the /etc the hosts share)
 
 # directories the first cluster may create: sshd's privilege separation dir, iproute2's netns
 # mount point, util-linux mount's lock dir; the last cluster removes those that were absent
@@ -479,7 +481,9 @@ def _acquire_shared(user: str) -> None:
     """Create what the cluster needs and the machine lacks; each change is recorded before it is
     made, so the last cluster to go (or `down` after a crash) undoes exactly that."""
     shared = json.loads(SHARED_FILE.read_text()) if SHARED_FILE.exists() else {
-        "absent_dirs": [d for d in RUN_DIRS if not Path(d).exists()], "users": {}}
+        "absent_dirs": [d for d in RUN_DIRS if not Path(d).exists()], "users": {},
+        "watcher_absent": {"user": _getent("passwd", watcher_install.USER) is None,
+                           "sudoers": not Path(watcher_install.SUDOERS).exists()}}
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
     if user in shared["users"]:
         return
@@ -521,6 +525,11 @@ def _release_shared() -> None:
     if states:
         SHARED_FILE.write_text(json.dumps(shared))
         return
+    absent = shared.get("watcher_absent", {})
+    if absent.get("sudoers"):
+        Path(watcher_install.SUDOERS).unlink(missing_ok=True)
+    if absent.get("user") and _getent("passwd", watcher_install.USER) is not None:
+        _run(["userdel", watcher_install.USER], check=False)
     for directory in shared["absent_dirs"]:
         if directory == "/run/netns":
             _run(["umount", directory], check=False)  # iproute2 bind-mounts it onto itself

@@ -56,7 +56,7 @@ import infra_mocks  # noqa: E402 (tests/infra is not a package)
 
 INSTANCE = "aws:ec2/instance:Instance"
 POWEROFF_RECORD = "/run/kindling-rehearsal-poweroff"
-SHUTDOWN = ["sh", "-c", f"date +%s.%N >> {POWEROFF_RECORD}"]
+SHUTDOWN = ["/bin/sh", "-c", f"date +%s.%N >> {POWEROFF_RECORD}"]
 """The hosts' shutdown command, set by the tests' user data: the hosts share this machine's kernel,
 so a real poweroff is only recorded (in the host's own /run, gone at its next boot)."""
 BOOT_LOG = "/var/log/kindling-rehearsal-boot.log"
@@ -144,10 +144,13 @@ def render_stack(workers: int = 2, ps: int = 0, **config) -> RenderedStack:
 
 
 def with_shutdown(user_data: str, command: list[str]) -> str:
-    """The user data with its watcher's shutdown command replaced (the tests' only change to it)."""
+    """The user data with its watcher's shutdown command replaced (the tests' only change to it):
+    in its settings, and in the sudoers rules that let the watcher run it."""
     config = yaml.safe_load(user_data)
-    [settings] = [f for f in config["write_files"] if f["path"] == watcher_install.SETTINGS]
-    settings["content"] = json.dumps(json.loads(settings["content"]) | {"shutdown": command})
+    files = {f["path"]: f for f in config["write_files"]}
+    settings = json.loads(files[watcher_install.SETTINGS]["content"]) | {"shutdown": command}
+    files[watcher_install.SETTINGS]["content"] = json.dumps(settings)
+    files[watcher_install.SUDOERS_RULES]["content"] = watcher_install.sudoers(settings)
     return "#cloud-config\n" + yaml.safe_dump(config, sort_keys=False)
 
 

@@ -19,7 +19,7 @@ from the last activity (at first from the watcher's first start in this boot, wh
 boot), both kept across a restart: an upgraded watcher neither forgets the idle time nor pushes
 `maxHours` out.
 
-Runs on the hosts: standard library only.
+Runs on the hosts as its own user, not root (ops.agent.install): standard library only.
 """
 
 from __future__ import annotations
@@ -73,8 +73,9 @@ class Settings:
     spark_worker_pid: str = ""
     imds_endpoint: str = ""
     """"" for the instance's own metadata service (spot interruption notices)."""
-    shutdown: tuple[str, ...] = ("systemctl", "poweroff")
-    """How the host stops itself (tests on hosts that share this machine's kernel record it).
+    shutdown: tuple[str, ...] = ("/usr/bin/systemctl", "poweroff")
+    """How the host stops itself, as root through sudo (by the full path its sudoers rule names;
+    tests on hosts that share this machine's kernel record it).
     systemctl runs only where systemd is the host's own init (pid 1): from a namespace host it
     would power off the machine."""
     port: int = PORT
@@ -121,14 +122,17 @@ def boot_id() -> str:
 
 def live_processes(runs: str) -> list[str]:
     """`<run>/<process>` of every job process started since this boot whose pid is alive and
-    has no exit code yet (a pid file from before a stop may name an unrelated process now)."""
+    has no exit code yet (a pid file from before a stop may name an unrelated process now). One
+    the watcher may not signal (another user's) is alive."""
     live, booted = [], time.time() - uptime()
     for pid_file in Path(runs).glob("*/*.pid"):
         if pid_file.with_suffix(".rc").exists() or pid_file.stat().st_mtime < booted:
             continue
         try:
             os.kill(int(pid_file.read_text().strip() or 0), 0)
-        except (ValueError, ProcessLookupError, PermissionError):
+        except PermissionError:
+            pass
+        except (ValueError, ProcessLookupError):
             continue
         live.append(f"{pid_file.parent.name}/{pid_file.stem}")
     return sorted(live)
@@ -254,8 +258,14 @@ class Watcher:
         status = {"boot": self.boot, "checked": time.time(), "up": self.times.up,
                   "host": self.settings.host, "idleStopMinutes": self.settings.idle_minutes,
                   "maxHours": self.settings.max_hours, **status}
-        (self.state / "status.json.tmp").write_text(json.dumps(status))
-        (self.state / "status.json.tmp").replace(self.state / "status.json")
+        self._save(status)
+
+    def _save(self, status: dict) -> None:
+        """status.json, replaced whole (a temporary file a stopped root watcher left goes)."""
+        temporary = self.state / "status.json.tmp"
+        temporary.unlink(missing_ok=True)
+        temporary.write_text(json.dumps(status))
+        temporary.replace(self.state / "status.json")
 
     def report(self, host: str, active: list[str]) -> str:
         """A peer's report: noted; the answer is the cluster's decision ("" to keep going)."""
@@ -304,19 +314,19 @@ class Watcher:
     def shut_down(self, why: str) -> bool:
         """Run the shutdown command, noting it first in status.json; True once it ran."""
         command = list(self.settings.shutdown)
-        if command[0] == "systemctl" and Path("/proc/1/comm").read_text().strip() != "systemd":
+        systemd_init = Path("/proc/1/comm").read_text().strip() == "systemd"
+        if Path(command[0]).name == "systemctl" and not systemd_init:
             print(f"{time.strftime('%H:%M:%S')} not shutting down ({why}): systemd is not this "
                   "host's init", flush=True)
             return False
         status = self._read("status.json")
         status["shutdown"] = {"up": self.clock(), "at": time.time(), "why": why,
                               "command": command}
-        (self.state / "status.json.tmp").write_text(json.dumps(status))
-        (self.state / "status.json.tmp").replace(self.state / "status.json")
+        self._save(status)
         print(f"{time.strftime('%H:%M:%S')} shutting down ({why}): {' '.join(command)}",
               flush=True)
         try:
-            done = subprocess.run(command, stdin=subprocess.DEVNULL, timeout=120)
+            done = subprocess.run(spot.as_user(command), stdin=subprocess.DEVNULL, timeout=120)
         except (OSError, subprocess.TimeoutExpired) as exc:
             print(f"{time.strftime('%H:%M:%S')} shutdown failed: {exc}; trying again", flush=True)
             return False

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
+import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -54,13 +54,26 @@ def instance_action(imds: str = "") -> dict | None:
         raise
 
 
+def as_user(argv: list[str], user: str = "root") -> list[str]:
+    """argv run as user: through sudo (the watcher's rules: ops.agent.install) unless root."""
+    return list(argv) if os.geteuid() == 0 else ["sudo", "-n", "-u", user, "--", *argv]
+
+
+def decommission_command(pid_file: str) -> list[str]:
+    """SIGPWR to the process whose pid the file holds (pkill reads the file)."""
+    return ["/usr/bin/pkill", "--signal", "PWR", "--pidfile", pid_file]
+
+
 def decommission_spark_worker(pid_file: str) -> bool:
-    """SIGPWR to the Spark worker whose pid the file holds; False when it is not running."""
+    """SIGPWR to the Spark worker whose pid the file holds, as the file's owner (never root: the
+    watcher's sudoers rules); False when it is not running."""
     try:
-        os.kill(int(Path(pid_file).read_text().strip()), signal.SIGPWR)
-    except (OSError, ValueError):
+        owner = Path(pid_file).stat().st_uid
+        done = subprocess.run(as_user(decommission_command(pid_file), f"#{owner}"),
+                              stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
         return False
-    return True
+    return done.returncode == 0
 
 
 def watch(host: str, address: str, notice_file: str, spark_worker_pid: str, imds: str = "",

@@ -43,9 +43,9 @@ class WatcherStep(Step):
                                 *limits, host.spot, inventory.imdsEndpoint)
 
     def running(self, cxn) -> bool:
-        # root's process: kill -0 from the login user would be refused
+        # the watcher's own user's process: kill -0 from the login user would be refused
         return ok(cxn, f"systemctl is-active --quiet {install.UNIT} 2>/dev/null || grep -qs "
-                       f"ops.agent.autostop /proc/$(cat {AUTOSTOP_STATE}/watcher.pid)/cmdline")
+                       f"ops.agent.autostop /proc/$(cat {install.PID})/cmdline")
 
     @staticmethod
     def on_host(cxn) -> dict:

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from ops import jvm
+from ops.agent import install
 
 REPO = Path(__file__).resolve().parents[2]
 FAB = str(Path(sys.executable).parent / "fab")
@@ -126,7 +127,7 @@ SHUTDOWN_RECORD = "/srv/kindling/autostop/powered-off"
 def record_shutdowns(cluster) -> None:
     """Give each host's watcher, before fab installs it, a shutdown command that records (the
     hosts share this machine's kernel), as the rehearsal's user data does; fab keeps it."""
-    command = ["sh", "-c", f"date +%s.%N >> {SHUTDOWN_RECORD}"]
+    command = ["/bin/sh", "-c", f"date +%s.%N >> {SHUTDOWN_RECORD}"]
     for host in cluster.hosts:
         cluster.exec(host, f"mkdir -p /opt/kindling/agent && echo '{json.dumps({'shutdown': command})}'"
                            " > /opt/kindling/agent/autostop.json", check=True)
@@ -134,6 +135,14 @@ def record_shutdowns(cluster) -> None:
 
 def shutdown_recorded(cluster, host) -> bool:
     return cluster.exec(host, ["test", "-s", SHUTDOWN_RECORD]).returncode == 0
+
+
+def watcher_uids(cluster, host) -> tuple[str, list[str]]:
+    """The uid of the watcher's own user on host, and the real, effective, saved and filesystem
+    uids of its watcher process (the detached one: these hosts run no systemd)."""
+    shown = cluster.exec(host, f"id -u {install.USER} && grep '^Uid:' /proc/$(cat {install.PID})"
+                               "/status", check=True).stdout.split()
+    return shown[0], shown[2:]
 
 
 def remove_watchers(cluster) -> None:

@@ -18,7 +18,8 @@ import pytest
 
 from e2e.fab_cli import (FAB, REPO, fab, fail_mid_run, holds_throughout, job_processes, new_log,
                          no_job_left, one_error_line, processes_showing, record_shutdowns,
-                         remove_watchers, results_of, run_folders, shutdown_recorded, wait_until)
+                         remove_watchers, results_of, run_folders, shutdown_recorded, wait_until,
+                         watcher_uids)
 from floors import ACCURACY_FLOOR
 from imds_server import fake_imds
 from moto_endpoint import SECRET_KEY, client
@@ -64,6 +65,9 @@ def test_detached_train_ps_roles_and_logs_and_auto_stop_never_during_a_job_or_an
         argvs = {host.name: " ".join(job_processes(netns_cluster, host))
                  for host in netns_cluster.hosts}
         assert "auto-stop: the cluster stops after 0.1 idle minutes" in job.stdout, job.stdout
+        for host in netns_cluster.hosts:  # installed by fab as its own user's, not root's
+            user, running_as = watcher_uids(netns_cluster, host)
+            assert user != "0" and running_as == [user] * 4, (host.name, user, running_as)
         started = time.monotonic()
         busy = " ".join(fab(env, "status", *target).stdout.split())  # unwrapped
         for host, roles in TRAIN_PS_ROLES.items():  # each role on its host, and only there

@@ -15,7 +15,7 @@ from dataclasses import replace
 
 import pytest
 
-from e2e.fab_cli import fab, wait_until
+from e2e.fab_cli import fab, wait_until, watcher_uids
 from ops.agent import install
 from rehearsal_cluster import POWEROFF_RECORD, SHUTDOWN, render_stack
 
@@ -67,12 +67,14 @@ def test_rehearsal_the_idle_cluster_stops_itself_and_a_silent_host_holds_it_back
         assert settings["idle_minutes"] == IDLE_MINUTES and settings["host"] == name
         assert settings.pop("shutdown") == SHUTDOWN  # the tests' one change
         assert settings["version"] == install.version(settings)
+        user, running_as = watcher_uids(cluster, name)  # not root: its own user's
+        assert user != "0" and running_as == [user] * 4, (name, user, running_as)
 
     cluster.exec("master", f"kill $(cat {JOB})", check=True)  # the job ends: the cluster is idle
     wait_until(lambda: (lambda s: s["up"] - s["lastActive"] >= 6 and not s["active"])(
         status(cluster, "master")), "the cluster to be idle for half its idle time",
         timeout=60, interval=0.3)
-    cluster.exec("worker-0", f"kill -STOP $(cat {install.STATE}/watcher.pid)", check=True)
+    cluster.exec("worker-0", f"kill -STOP $(cat {install.PID})", check=True)
     try:
         wait_until(lambda: "worker-0" in status(cluster, "master")["silent"],
                    "the master to miss worker-0's reports", timeout=30, interval=0.3)
@@ -84,7 +86,7 @@ def test_rehearsal_the_idle_cluster_stops_itself_and_a_silent_host_holds_it_back
         assert list(held["silent"]) == ["worker-0"] and not held["decision"], held
         assert not any(powered_off(cluster, h) for h in hosts)
     finally:
-        cluster.exec("worker-0", f"kill -CONT $(cat {install.STATE}/watcher.pid)")
+        cluster.exec("worker-0", f"kill -CONT $(cat {install.PID})")
     resumed = status(cluster, "master")["up"]
     wait_until(lambda: all(powered_off(cluster, name) for name in hosts),
                "every host to run its shutdown command", timeout=60, interval=0.5)

@@ -149,10 +149,31 @@ def test_every_host_boots_with_its_watcher_armed_knowing_its_master_and_limits()
         assert settings["version"] == install.version(settings)
         assert "ExecStart=/usr/bin/python3 -m ops.agent.autostop " + install.SETTINGS in \
             files[install.UNIT_FILE]["content"]
+        assert f"\nUser={install.USER}\n" in files[install.UNIT_FILE]["content"]  # not root
+        rules = files[install.SUDOERS_RULES]["content"].splitlines()
+        assert rules == [  # its sudo: exactly the shutdown as root, SIGPWR never as root
+            f"{install.USER} ALL=(root) NOPASSWD: /usr/bin/systemctl poweroff",
+            f"{install.USER} ALL=(ALL,!root) NOPASSWD: /usr/bin/pkill --signal PWR --pidfile "
+            + install.SPARK_WORKER_PID]
+        passes_visudo(files[install.SUDOERS_RULES]["content"])
+        # runcmd creates the user, installs the rules once visudo passes them, starts the watcher
         assert config["runcmd"] == [["sh", "-c", install.restart_command()]]
+        assert "useradd -rUM " in install.restart_command()
+        assert f"cd {install.HOME} && " in install.restart_command()  # its rules there
+        assert "visudo -cqf sudoers && " in install.restart_command()
         assert instance.inputs["instanceInitiatedShutdownBehavior"] == (
             "terminate" if host.spot else "stop"), instance.name
     assert any(h.spot for h in inventory.hosts) and not inventory.master.spot
+
+
+def passes_visudo(rules: str) -> None:
+    """sudo's own check of a sudoers file (skipped where sudo is not installed)."""
+    visudo = shutil.which("visudo", path="/usr/sbin:/usr/bin:/sbin:/bin")
+    if visudo is None:
+        return
+    checked = subprocess.run([visudo, "-cqf", "-"], input=rules, capture_output=True, text=True,
+                             timeout=60)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
 def test_the_drop_in_names_the_file_cloud_init_writes_the_pinned_key_to():

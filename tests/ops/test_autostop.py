@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import shutil
 import socket
 import subprocess
@@ -15,7 +17,7 @@ import time
 
 import pytest
 
-from ops.agent import autostop, install
+from ops.agent import autostop, install, spot
 from ops.agent.autostop import Clock, Settings, Watcher, decide, decide_alone
 from ops.remote import SPARK_STATE
 from ops.services.spark import worker_pid_file
@@ -244,3 +246,85 @@ def test_systemctl_poweroff_never_runs_where_systemd_is_not_the_hosts_init(tmp_p
     assert done.stdout.split()[-1] == "False", done.stdout
     assert "not shutting down (test): systemd is not this host's init" in done.stdout
     assert not (tmp_path / "status.json").exists()  # nothing noted as run
+
+
+HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+THROWAWAY_HOST_TOOLS = ("unshare", "mount", "ip", "sudo", "visudo", "useradd", "setpriv", "flock",
+                        "pkill")
+SPARK_WORKER = ("import signal, sys, time; signal.signal(signal.SIGPWR, lambda *_: open("
+                "sys.argv[1], 'w').write('decommissioning')); open(sys.argv[2], 'w').write('ready');"
+                " time.sleep(60)")
+
+
+def throwaway_host_script(record: str) -> str:
+    """What runs as root on the throwaway host: the restart command twice, then what it shows."""
+    runs, spark = f"{install.RUNS}/run-1", install.SPARK_WORKER_PID.rsplit("/pids/", 1)[0]
+    as_watcher = f"setpriv --reuid={install.USER} --regid={install.USER} --init-groups"
+    forbidden = ["/usr/bin/systemctl reboot", "/bin/sh -c id", "/usr/bin/id",
+                 f"-u root {' '.join(spot.decommission_command(install.SPARK_WORKER_PID))}"]
+    return f"""
+wait_for() {{ timeout 20 sh -c "until $1; do sleep 0.05; done" || {{
+    echo "timed out: $1"; cat {install.LOG}; exit 4; }}; }}
+mount -t tmpfs tmpfs /run && mount -t tmpfs tmpfs /var/log && ip link set lo up || exit 2
+mkdir -p {runs}
+sleep 60 & echo $! > {runs}/job-0.pid
+sh -c {shlex.quote(install.restart_command())} || exit 3
+sh -c {shlex.quote(install.restart_command())} || exit 3
+pid=$(cat {install.PID})
+wait_for "grep -qs ops.agent.autostop /proc/$pid/cmdline"
+echo "user $(id -u {install.USER}) $(grep ^Uid: /proc/$pid/status)"
+echo "watchers $(pgrep -cf '^{install.PYTHON} -m ops.agent.autostop')"
+stat -c 'sudoers %a %U' {install.SUDOERS}; stat -c 'state %U' {install.STATE}
+wait_for "grep -qs 'job process run-1/job-0' {install.STATE}/status.json"
+kill $(cat {runs}/job-0.pid)
+wait_for "test -s {record}"
+echo "shut down as $(cat {record})"
+for command in {' '.join(shlex.quote(c) for c in forbidden)}; do
+    {as_watcher} sudo -n $command > /dev/null 2>&1 && echo "sudo allowed: $command"
+done
+mkdir -p {spark}/pids && chown -R 65534 {spark}
+setpriv --reuid=65534 --regid=65534 --clear-groups {install.PYTHON} -c {shlex.quote(SPARK_WORKER)} \\
+    {spark}/signalled {spark}/ready & echo $! > {install.SPARK_WORKER_PID}
+chown 65534 {install.SPARK_WORKER_PID} && wait_for "test -s {spark}/ready"
+cd {install.HOME} && {as_watcher} {install.PYTHON} -c "from ops.agent import spot; print(\\
+'decommissioned', spot.decommission_spark_worker('{install.SPARK_WORKER_PID}'))"
+wait_for "test -s {spark}/signalled" && echo "worker $(cat {spark}/signalled)"
+"""
+
+
+def test_the_restart_command_runs_the_watcher_as_its_own_user_whose_sudo_runs_only_its_commands(
+        tmp_path):
+    """install.restart_command() as the user data and `fab deploy` run it (twice: armed, then
+    upgraded) on a throwaway host without systemd: this machine's /etc copied, its own mount, PID
+    and network namespaces. The watcher runs as its own user, not root; it still sees a job (a
+    root process) and writes its state; once idle, its shutdown command runs as root through
+    sudo, which runs nothing else for it; a spot notice's SIGPWR reaches the Spark worker as the
+    worker's owner."""
+    missing = [tool for tool in THROWAWAY_HOST_TOOLS if not shutil.which(tool, path=HOST_PATH)]
+    if os.geteuid() != 0 or missing:
+        pytest.skip(f"a throwaway host needs root and {' '.join(missing) or 'namespaces'}")
+    record = f"{install.SRV}/powered-off"
+    values = install.settings("master", "127.0.0.1", [], 0.01, 0, False) | {
+        "shutdown": ["/bin/sh", "-c", f"id -u >> {record}"]}
+    host = tmp_path / "host"
+    host.mkdir()
+    subprocess.run(["cp", "-a", "/etc", str(host / "etc")], check=True, timeout=60)
+    for path, text in install.files(values).items():  # as the user data or fab writes them
+        if path != install.UNIT_FILE:
+            (host / path.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+            (host / path.lstrip("/")).write_text(text)
+    (host / install.SRV.lstrip("/")).mkdir(parents=True, exist_ok=True)
+    mounts = "".join(f"mount --bind {host}/{part} /{part} && " for part in ("etc", "opt", "srv"))
+    done = subprocess.run(
+        ["unshare", "--mount", "--pid", "--net", "--fork", "--mount-proc", "sh", "-c",
+         mounts + "exec sh -c " + shlex.quote(throwaway_host_script(record))],
+        capture_output=True, text=True, timeout=120, env={"PATH": HOST_PATH, "LANG": "C.UTF-8"})
+    shown = done.stdout + done.stderr
+    assert done.returncode == 0, shown
+    user = re.search(r"^user (\d+) Uid:\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)$", done.stdout, re.M)
+    assert user and user[1] != "0" and set(user.groups()[1:]) == {user[1]}, shown
+    assert "watchers 1\n" in done.stdout, shown  # the upgrade stopped the one it replaced
+    assert f"sudoers 440 root\nstate {install.USER}\n" in done.stdout, shown
+    assert "shut down as 0\n" in done.stdout, shown  # as root, through sudo
+    assert "sudo allowed" not in done.stdout, shown
+    assert "decommissioned True\nworker decommissioning" in done.stdout, shown
