@@ -53,7 +53,7 @@ def user_env(endpoint: str, tmp_path: Path, assets: Path, **extra: str) -> dict[
      "cannot reach the S3 endpoint http://127.0.0.1:"),
     ("classify", "hdfs:///photos", {}, "the local target has no HDFS"),
     ("classify", "gs://photos/vehicles", {}, "kindling reads s3:// (or s3a://) and hdfs://"),
-    ("train-ps", f"s3://no-such-bucket/mnist", {}, "bucket 'no-such-bucket' does not exist at"),
+    ("train-ps", "s3://no-such-bucket/mnist", {}, "bucket 'no-such-bucket' does not exist at"),
     ("train-mnist", "hdfs:///mnist", {}, "the local target has no HDFS of its own"),
     ("classify --weights", f"s3://{BUCKET}/{PREFIX}/bus.h5", {},
      "classify reads --weights from the hosts' disks"),
