@@ -10,9 +10,12 @@ version into a cache folder; hosts get the same bytes from there.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import subprocess
+import time
 from pathlib import Path
 from typing import NamedTuple
 from xml.sax.saxutils import quoteattr
@@ -98,18 +101,39 @@ def resolve(feature: str, spark_home: Path, lock: Path = LOCK) -> Path:
     pinned = locked(feature, lock)
     if not pinned:
         raise UserError(f"{lock} pins no jar for {feature}; run `fab jars --lock` and commit it")
-    if not _matches(folder, pinned):
-        print(f"{feature} jars: resolving Hadoop {version}'s from Maven Central into {folder} "
-              "(once per machine)...", flush=True)
-        _ivy_retrieve(feature, version, spark_home, folder)
-        jars = {jar.name: sha256(jar) for jar in folder.glob("*.jar")}
-        if jars != pinned:
-            differ = sorted(set(jars.items()) ^ set(pinned.items()))[0][0]
-            raise UserError(f"{feature} jars resolved for Hadoop {version} differ from {lock} "
-                            f"({differ}); if pyspark's pin changed on purpose, run `fab jars "
-                            "--lock` and commit the lock")
-        (folder / ".verified").write_text(sums(jars))
+    with one_resolver():
+        if not _matches(folder, pinned):
+            print(f"{feature} jars: resolving Hadoop {version}'s from Maven Central into {folder} "
+                  "(once per machine)...", flush=True)
+            _ivy_retrieve(feature, version, spark_home, folder)
+            jars = {jar.name: sha256(jar) for jar in folder.glob("*.jar")}
+            if jars != pinned:
+                differ = sorted(set(jars.items()) ^ set(pinned.items()))[0][0]
+                raise UserError(f"{feature} jars resolved for Hadoop {version} differ from {lock} "
+                                f"({differ}); if pyspark's pin changed on purpose, run `fab jars "
+                                "--lock` and commit the lock")
+            (folder / ".verified").write_text(sums(jars))
     return folder
+
+
+@contextlib.contextmanager
+def one_resolver():
+    """One fab at a time resolves or checks jars on this machine: two Ivy processes sharing the
+    cache read each other's half-downloaded files (`Downloaded file size (0) doesn't match`)."""
+    root = cache_root()
+    root.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + RESOLVE_TIMEOUT
+    with open(root / ".resolving.lock", "w") as handle:
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise UserError(f"another fab held {root / '.resolving.lock'} (resolving "
+                                    f"jars) for over {RESOLVE_TIMEOUT}s; end it and retry") from None
+                time.sleep(0.5)
+        yield
 
 
 def _matches(folder: Path, pinned: dict[str, str]) -> bool:
@@ -153,11 +177,12 @@ def write_lock(spark_home: Path, lock: Path = LOCK) -> list[str]:
     version = bundled_hadoop_version(spark_home)
     lines = [f"# jars Spark gets beyond pyspark's, for Hadoop {version} (ops/jvm.py; "
              "`fab jars --lock` rewrites this)"]
-    for feature in FEATURES:
-        folder = cache_root() / version / feature
-        _ivy_retrieve(feature, version, spark_home, folder)
-        jars = {jar.name: sha256(jar) for jar in folder.glob("*.jar")}
-        (folder / ".verified").write_text(sums(jars))  # what resolve() would check again
-        lines += [f"{digest}  {feature}/{name}" for name, digest in sorted(jars.items())]
+    with one_resolver():
+        for feature in FEATURES:
+            folder = cache_root() / version / feature
+            _ivy_retrieve(feature, version, spark_home, folder)
+            jars = {jar.name: sha256(jar) for jar in folder.glob("*.jar")}
+            (folder / ".verified").write_text(sums(jars))  # what resolve() would check again
+            lines += [f"{digest}  {feature}/{name}" for name, digest in sorted(jars.items())]
     lock.write_text("\n".join(lines) + "\n")
     return lines

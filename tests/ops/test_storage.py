@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -132,6 +133,33 @@ def test_jars_that_differ_from_the_lock_are_refused_naming_the_jar(tmp_path, mon
     with pytest.raises(UserError, match=r"s3a jars resolved for Hadoop \S+ differ from .*"
                                         r"\(hadoop-aws-[\d.]+\.jar\)"):
         jvm.resolve("s3a", spark_home, lock)
+
+
+def test_one_fab_at_a_time_resolves_jars_on_a_machine(tmp_path, monkeypatch):
+    """Two fabs starting at once (two `fab wheelhouse`) would run two Ivys over one cache, each
+    reading the other's half-downloaded jars: the second waits, then names the lock if the
+    first never ends."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(jvm, "RESOLVE_TIMEOUT", 1)
+    holding, release = threading.Event(), threading.Event()
+
+    def first_fab():
+        with jvm.one_resolver():
+            holding.set()
+            release.wait(timeout=30)
+    first = threading.Thread(target=first_fab)
+    first.start()
+    try:
+        assert holding.wait(timeout=30)
+        with pytest.raises(UserError, match=r"another fab held .*\.resolving\.lock \(resolving "
+                                            r"jars\) for over 1s; end it and retry"):
+            with jvm.one_resolver():
+                pass
+    finally:
+        release.set()
+        first.join(timeout=30)
+    with jvm.one_resolver():  # free again once the first has finished
+        pass
 
 
 @pytest.mark.slow
