@@ -146,6 +146,8 @@ def bucket(aws, env, assets):
 
 
 def cluster_bucket(endpoint: str, env: dict, assets: Path) -> dict:
+    """moto's bucket cluster-photos at endpoint with the photos under vehicles/: the inventory
+    fields naming it, and env with the credentials (bucket and rehearsal_bucket)."""
     from moto_endpoint import ACCESS_KEY, SECRET_KEY, upload_folder
 
     upload_folder(endpoint, "cluster-photos", "vehicles", assets / "datasets" / "buses-cars")
