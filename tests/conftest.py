@@ -96,17 +96,28 @@ def pytest_collection_modifyitems(items) -> None:
 
 
 NETNS_UNIT = "tests/e2e: the netns cluster"
-"""The suite's longest chain: every test of the session's netns cluster, one after the other."""
+REHEARSAL_UNIT = "tests/e2e: the rehearsal cluster"
+CHAINS = (NETNS_UNIT, REHEARSAL_UNIT)
+"""The suite's longest chains: every test of one session cluster, one after the other."""
 
 
 def suite_unit(nodeid: str) -> str:
     """The unit a test runs in with `-n`: its module, or the cluster whose tests it shares."""
     module = nodeid.split("::", 1)[0]
     if module.startswith("tests/e2e/test_rehearsal"):
-        return "tests/e2e: the rehearsal cluster"
+        return REHEARSAL_UNIT
     if module.startswith("tests/e2e/") and module != "tests/e2e/test_fan_out.py":
         return NETNS_UNIT
     return module
+
+
+def pytest_xdist_auto_num_workers(config) -> int | None:
+    """`-n auto` with the multi-host chains (root): a worker per core plus one. The chains spend
+    much of their time waiting (downloads on a fresh machine, SSH, hosts booting, polls), and
+    the extra worker, at a lower priority, fills that time with the other modules."""
+    from netns_cluster import missing_prerequisites
+
+    return None if missing_prerequisites() else (os.cpu_count() or 1) + 1
 
 
 def pytest_xdist_make_scheduler(config, log):
@@ -126,17 +137,17 @@ def pytest_xdist_make_scheduler(config, log):
 
 
 LATER_UNITS_NICENESS = 10
-"""The CPU weight of the other units against the netns chain's: about 1 to 10."""
+"""The CPU weight of the other units against the chains': about 1 to 10."""
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item) -> None:
-    """With `-n`, the longest chain first: a worker running any other unit runs it (and what its
-    fixtures start) at a lower CPU priority, so the netns chain is not slowed down by work that
+    """With `-n`, the longest chains first: a worker running any other unit runs it (and what its
+    fixtures start) at a lower CPU priority, so the chains are not slowed down by work that
     can wait; the CPU is never idle while there is work (needs root to raise it back: as
-    non-root the netns tests skip anyway)."""
+    non-root the chains skip anyway)."""
     if os.environ.get("PYTEST_XDIST_WORKER"):
-        wanted = 0 if suite_unit(item.nodeid) == NETNS_UNIT else LATER_UNITS_NICENESS
+        wanted = 0 if suite_unit(item.nodeid) in CHAINS else LATER_UNITS_NICENESS
         if os.getpriority(os.PRIO_PROCESS, 0) != wanted:
             with contextlib.suppress(PermissionError):
                 os.setpriority(os.PRIO_PROCESS, 0, wanted)

@@ -270,8 +270,8 @@ mkdir -p {runs}
 sleep 60 & echo $! > {runs}/job-0.pid
 sh -c {shlex.quote(install.restart_command())} || exit 3
 sh -c {shlex.quote(install.restart_command())} || exit 3
-pid=$(cat {install.PID})
-wait_for "grep -qs ops.agent.autostop /proc/$pid/cmdline"
+pid=$(cat {install.PID})  # until setpriv execs the watcher, its argv names it too, as root
+wait_for "tr '\\0' ' ' < /proc/$pid/cmdline | grep -q '^{install.PYTHON} -m ops.agent.autostop'"
 echo "user $(id -u {install.USER}) $(grep ^Uid: /proc/$pid/status)"
 echo "watchers $(pgrep -cf '^{install.PYTHON} -m ops.agent.autostop')"
 stat -c 'sudoers %a %U' {install.SUDOERS}; stat -c 'state %U' {install.STATE}
