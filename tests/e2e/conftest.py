@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -278,15 +279,20 @@ REHEARSAL_PYTHON = "3.13:2.41"
 @pytest.fixture(scope="session")
 def rehearsal_wheelhouse():
     """`fab wheelhouse` for the rehearsal hosts' CPython 3.13 (not this machine's 3.11), built before
-    any host boots so that the first deploy can race cloud-init."""
+    any host boots so that the first deploy can race cloud-init; the hosts' Debian image is built
+    meanwhile (on a fresh machine both are downloads, from PyPI and from Debian)."""
+    import os_image
     from rehearsal_cluster import missing_prerequisites as rehearsal_missing
 
     if rehearsal_missing():
         pytest.skip(f"the rehearsal needs {rehearsal_missing()}")
-    done = subprocess.run([str(Path(sys.executable).parent / "fab"), "wheelhouse", "--folder",
-                           str(REHEARSAL_WHEELHOUSE), "--python-version", REHEARSAL_PYTHON],
-                          cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True,
-                          timeout=1800, stdin=subprocess.DEVNULL)
+    with ThreadPoolExecutor(1) as builder:
+        image = builder.submit(os_image.rootfs)
+        done = subprocess.run([str(Path(sys.executable).parent / "fab"), "wheelhouse", "--folder",
+                               str(REHEARSAL_WHEELHOUSE), "--python-version", REHEARSAL_PYTHON],
+                              cwd=Path(__file__).resolve().parents[2], capture_output=True,
+                              text=True, timeout=1800, stdin=subprocess.DEVNULL)
+        image.result()
     assert done.returncode == 0, done.stdout + done.stderr
     print(done.stdout.strip())
     return REHEARSAL_WHEELHOUSE
