@@ -71,6 +71,8 @@ class Run:
     grace: float = GRACE_SECONDS
     files: dict[str, str] = field(default_factory=dict)
     """name -> text written into the run folder on every host before any process starts."""
+    folders: tuple[str, ...] = ()
+    """Made in the run folder on every host before any process starts."""
     noise: tuple[str, ...] = ()
     """Regexes of output lines not streamed (the log files keep them)."""
     _tails: list[threading.Thread] = field(default_factory=list)
@@ -88,7 +90,8 @@ class Run:
         return self.cluster.parallel(one, self.hosts)
 
     def start(self) -> None:
-        self._on_each_host(lambda ps: write_files_command(self.run_dir, self.files))
+        self._on_each_host(
+            lambda ps: write_files_command(self.run_dir, self.files, self.folders))
         for process in self.processes:  # in order: servers before the chief / driver
             result = self.cluster.connection(process.host).run(
                 runs.start_command(process, self.run_dir), hide=True, warn=True,

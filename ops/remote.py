@@ -91,10 +91,12 @@ def fetch_json(cxn: Context, url: str) -> dict | None:
     return json.loads(result.stdout)
 
 
-def write_files_command(folder: str, files: dict[str, str]) -> str:
-    """Write each name -> text into folder (created first)."""
-    writes = " && ".join(f"printf %s {shlex.quote(text)} > {shlex.quote(name)}"
-                         for name, text in files.items())
+def write_files_command(folder: str, files: dict[str, str],
+                        folders: tuple[str, ...] = ()) -> str:
+    """Write each name -> text into folder (created first, with the subfolders named)."""
+    writes = " && ".join([*(f"printf %s {shlex.quote(text)} > {shlex.quote(name)}"
+                            for name, text in files.items()),
+                          *(f"mkdir -p {shlex.quote(name)}" for name in folders)])
     return f"mkdir -p {shlex.quote(folder)} && cd {shlex.quote(folder)} && {writes or 'true'}"
 
 

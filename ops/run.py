@@ -57,7 +57,7 @@ def resolve(target: "Target", job: Job, args: list[str], fresh: bool) -> RunRequ
     args, output = split_output(job.with_offline_defaults(args))
     if not fresh:
         args = resume_interrupted(job, args)
-    run_id = new_run_id(job.name)
+    run_id = new_run_id(job.run_name)
     run_dir = target.run_folder(run_id, output)
     check_downloads(job.downloads(job.parse(args)))
     locations = job.uri_values(args)
@@ -104,7 +104,7 @@ def launch(target: "Target", prepared: RunRequest) -> Run:
                         process_env=placement.process_env + tuple(access.env.items()))
     plan = job.plan(job, placement, prepared.args, prepared.run_dir)
     started = Run(prepared.run_id, prepared.run_dir, plan.processes, target.cluster,
-                  files=plan.files, noise=plan.noise)
+                  files=plan.files, folders=plan.folders, noise=plan.noise)
     started.start()
     return started
 
@@ -136,7 +136,7 @@ def resume_interrupted(job: Job, args: list[str]) -> list[str]:
     that run (and args choose no run to resume)."""
     if not job.resume or job.given(args, job.resume):
         return args
-    interrupted = runs.interrupted_run(job.name)
+    interrupted = runs.interrupted_run(job.run_name)
     if interrupted is None:
         return args
     run_id, record = interrupted

@@ -116,7 +116,7 @@ class Target:
 
     def logs(self, job: Job | None) -> None:
         texts = self.cluster.parallel(lambda host, cxn: sh(
-            cxn, runs.latest_logs_command(self.runs_dir, job.name if job else None)))
+            cxn, runs.latest_logs_command(self.runs_dir, job.run_name if job else None)))
         if not any(texts.values()):
             raise UserError(f"no runs{' of ' + job.name if job else ''} yet; start one with "
                             "`fab run JOB`")
@@ -127,7 +127,7 @@ class Target:
 
     def stop(self, job: Job | None) -> None:
         self.cluster.parallel(lambda host, cxn: sh(
-            cxn, runs.stop_command(self.runs_dir, job.name if job else None), timeout=120))
+            cxn, runs.stop_command(self.runs_dir, job.run_name if job else None), timeout=120))
 
 
 class LocalTarget(Target):

@@ -1,5 +1,5 @@
-"""The fab tasks: `fab deploy JOB`, `fab run JOB`, status, logs, stop, exec, put, ssh, ui,
-tensorboard, jobs, wheelhouse, jars.
+"""The fab tasks: `fab deploy JOB`, `fab run JOB` (or a script of yours: `fab run
+path/to/script.py`), status, logs, stop, exec, put, ssh, ui, tensorboard, jobs, wheelhouse, jars.
 
 Every task takes `--target`: `local`, an inventory JSON file, or `pulumi[:STACK]` (the default,
 read with `pulumi stack output --json --show-secrets`); $KINDLING_TARGET sets the default.
@@ -33,7 +33,8 @@ from ops.services.spark import MASTER_WEBUI_PORT
 from ops.ssh import ssh_command
 from ops.targets import (LOCAL, ClusterTarget, Target, load_cluster_inventory, load_target,
                          target_spec)
-from workloads.jobs import JOBS, Flag, get_job
+from workloads.jobs import JOBS, Flag
+from workloads.scripts import find_job, job_and_args
 
 JOB_TIMEOUT = 6 * 3600
 TARGET_HELP = "local | path/to/cluster.json | pulumi[:STACK] (default: $KINDLING_TARGET or pulumi)"
@@ -44,6 +45,9 @@ LAUNCH_HELP = {
     "job_args": "extra job flags, quoted: --job-args '--flag value --other-flag'",
     "fresh": "start over even when a spot interruption stopped the job's last run (default: "
              "a job that can resume does)",
+    "roles": "a script's TensorFlow tasks, each with its TF_CONFIG: worker=2 or "
+             "chief=1,worker=2,ps=1 (default: spark-submit of the script)",
+    "code": "the folder shipped with a script, on its PYTHONPATH (default: the script's folder)",
 }
 BUG_EXIT_CODE = 70  # EX_SOFTWARE
 
@@ -81,9 +85,8 @@ def launch_task(name: str, deploy: bool, doc: str):
     flags = _fab_flags()
 
     def body(c, job, target=None, detach=False, timeout=None, job_args="", fresh=False,
-             wheelhouse=None, **options):
-        chosen = get_job(job)
-        args = chosen.command_line(options, job_args)
+             wheelhouse=None, roles=None, code=None, **options):
+        chosen, args = job_and_args(job, options, job_args, roles, code)
         with load_target(target) as where:
             results = run(where, chosen, args, float(timeout or JOB_TIMEOUT), detach, deploy,
                           wheelhouse, fresh)
@@ -109,10 +112,10 @@ def launch_task(name: str, deploy: bool, doc: str):
     return task(name=name, help=LAUNCH_HELP | extra | help_texts)(cli_errors(body))
 
 
-deploy = launch_task("deploy", True, "Install everything JOB needs on every host (skipping what "
-                     "is done), then launch it.")
-run_job = launch_task("run", False, "Launch JOB on a deployed cluster (the local target needs "
-                      "no deploy).")
+deploy = launch_task("deploy", True, "Install everything JOB (or path/to/script.py) needs on "
+                     "every host (skipping what is done), then launch it.")
+run_job = launch_task("run", False, "Launch JOB (or path/to/script.py) on a deployed cluster "
+                      "(the local target needs no deploy).")
 
 
 def _report(results: Path) -> None:
@@ -149,7 +152,7 @@ def status(c, target=None):
 @cli_errors
 def stop(c, job=None, target=None):
     """Stop job processes on every host (idempotent); on local also the Spark daemons."""
-    chosen = get_job(job) if job else None
+    chosen = find_job(job) if job else None
     with load_target(target) as where:
         where.stop(chosen)
         print(f"stopped {job or 'all jobs'} on {len(where.cluster.hosts)} hosts")
@@ -159,7 +162,7 @@ def stop(c, job=None, target=None):
 @cli_errors
 def logs(c, job=None, target=None):
     """Print the logs of a job's latest run from every host."""
-    chosen = get_job(job) if job else None
+    chosen = find_job(job) if job else None
     with load_target(target) as where:
         where.logs(chosen)
 
@@ -297,7 +300,7 @@ def wheelhouse(c, folder="wheelhouse", python_version=None, target=None):
     and resolve the JVM jars (S3A, HDFS) that fab deploy copies to them."""
     from ops import wheelhouse as wheels
     from ops.deploy import PROJECT_ROOT
-    from ops.services.wheels import workload_requirements
+    from ops.services.wheels import no_deps_requirements, workload_requirements
 
     if python_version and target:
         raise UserError("give --python-version or --target, not both")
@@ -319,7 +322,7 @@ def wheelhouse(c, folder="wheelhouse", python_version=None, target=None):
     with ThreadPoolExecutor(1) as ivy:  # Maven Central's jars download while pip's wheels do
         jars = ivy.submit(lambda: [jvm.resolve(feature, spark_home) for feature in jvm.FEATURES])
         count = wheels.build(Path(folder), interpreter, constraints,
-                             workload_requirements(constraints))
+                             workload_requirements(constraints), no_deps_requirements(constraints))
         print(f"wheelhouse: {folder} ({count} wheels for CPython {interpreter.python}, glibc "
               f"{interpreter.glibc}, in {time.monotonic() - started:.0f}s)")
         for feature, path in zip(jvm.FEATURES, jars.result()):  # what fab deploy copies to hosts

@@ -90,13 +90,15 @@ def pins(constraints: Path) -> dict[str, str]:
     return found
 
 
-def build(folder: Path, interpreter: Interpreter, constraints: Path,
-          requirements: list[str]) -> int:
-    """Fill folder with wheels of requirements for interpreter; the number of wheels."""
+def build(folder: Path, interpreter: Interpreter, constraints: Path, requirements: list[str],
+          no_deps: list[str] | tuple = ()) -> int:
+    """Fill folder with wheels of requirements (and of no_deps, without their dependencies) for
+    interpreter; the number of wheels."""
     requirements = [*requirements, INSTALLER]
     recipe = hashlib.sha256(json.dumps({
         "constraints": constraints.read_text(), "requirements": requirements,
-        "python": interpreter.python, "platforms": interpreter.platforms}).encode()).hexdigest()
+        "no_deps": list(no_deps), "python": interpreter.python,
+        "platforms": interpreter.platforms}).encode()).hexdigest()
     stamp = folder / STAMP
     if stamp.is_file() and stamp.read_text() == recipe:
         return len(list(folder.glob("*.whl")))
@@ -107,9 +109,13 @@ def build(folder: Path, interpreter: Interpreter, constraints: Path,
         if name not in pinned:
             raise UserError(f"{constraints} pins no {name}; pin it (pip freeze > constraints.txt)")
         _pip("wheel", "--no-deps", "-w", str(folder), f"{name}=={pinned[name]}")
-    _pip("download", "--only-binary=:all:", "--python-version", interpreter.python,
-         "--implementation", "cp", *(a for p in interpreter.platforms for a in ("--platform", p)),
-         "--find-links", str(folder), "-c", str(constraints), "-d", str(folder), *requirements)
+    download = ("download", "--only-binary=:all:", "--python-version", interpreter.python,
+                "--implementation", "cp",
+                *(a for p in interpreter.platforms for a in ("--platform", p)),
+                "--find-links", str(folder), "-c", str(constraints), "-d", str(folder))
+    _pip(*download, *requirements)
+    if no_deps:
+        _pip(*download, "--no-deps", *no_deps)
     stamp.write_text(recipe)
     return len(list(folder.glob("*.whl")))
 

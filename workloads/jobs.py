@@ -38,9 +38,12 @@ __all__ = ["Job", "Flag", "Download", "Placement", "Process", "Launch", "OUTPUT_
 
 OUTPUT_FLAG = "--output"
 """Every job writes its results (metrics.json, models, plots) into the folder this flag names."""
+END_OF_FLAGS = "--"
+"""In a job's argv, what follows is its program's own arguments (a plain script's), untouched."""
 ENTRY_POINTS = "kindling.jobs"
 """The entry-point group through which an installed package declares its jobs."""
-FAB_OPTIONS = ("job", "target", "detach", "timeout", "job_args", "fresh", "wheelhouse", "help")
+FAB_OPTIONS = ("job", "target", "detach", "timeout", "job_args", "fresh", "wheelhouse", "roles",
+               "code", "help")
 """`fab deploy|run`'s own options (as dests): a job flag offered to fab (Flag.fab) may not reuse
 one."""
 KINDLING = "kindling"
@@ -158,7 +161,7 @@ STREAM_NOISE = (
     r"\d\d/\d\d/\d\d [\d:]+ WARN NativeCodeLoader",
     r".*UserWarning: pkg_resources is deprecated", r"\s+import pkg_resources",  # TFoS' import
     r"WARNING: All log messages before absl::InitializeLog",   # absl
-    r"[IW]\d{4} [\d:.]+\s+\d+ \S+\.cc:\d+\]",                   # TensorFlow's C++ info/warnings
+    r"[IW]\d{4} [\d:.]+\s+\d+ \S+\.(?:cc|h):\d+\]",             # TensorFlow's C++ info/warnings
     r"To enable the following instructions: ", r".*oneDNN custom operations are on",
     r"\d{4}-\d\d-\d\d [\d:,]+ INFO \(",                          # TFoS' own progress
 )
@@ -171,6 +174,8 @@ class Launch:
     processes: list[Process]
     files: dict[str, str] = field(default_factory=dict)
     """name -> text written into the run folder on every host before any process starts."""
+    folders: tuple[str, ...] = ()
+    """Folders made in the run folder on every host before any process starts."""
     noise: tuple[str, ...] = STREAM_NOISE
     """Regexes (matched at a line's start) of output lines not streamed to the terminal."""
 
@@ -195,6 +200,14 @@ class Job:
     resume: str = ""
     """Its flag that continues an earlier run from its last checkpoint (given the run's results
     folder or stored location): fab passes it when a spot interruption stopped the last run."""
+    passthrough: bool = False
+    """Its program takes arguments kindling does not know (a plain script's own flags): they
+    follow END_OF_FLAGS in its argv, and its parser keeps them as `program_args`."""
+
+    @property
+    def run_name(self) -> str:
+        """What its runs' ids start with: its name (a script's: its file name without .py)."""
+        return re.sub(r"[^A-Za-z0-9_.-]+", "-", self.name.rsplit("/", 1)[-1].removesuffix(".py"))
 
     # -- flags ---------------------------------------------------------------------------------
 
@@ -212,6 +225,9 @@ class Job:
                     options["choices"] = flag.choices
             parser.add_argument(*flag.spellings, **options)
         parser.add_argument(OUTPUT_FLAG, help=f"results folder (default: runs/{self.name}-<time>)")
+        if self.passthrough:
+            parser.add_argument("program_args", nargs="*", help="its program's own arguments, "
+                                f"after {END_OF_FLAGS}")
         return parser
 
     def values(self, argv: list[str]) -> argparse.Namespace:
@@ -234,7 +250,7 @@ class Job:
     def given(self, argv: list[str], name: str) -> bool:
         """Whether argv sets the flag called name (in any of its spellings)."""
         flag = next(flag for flag in self.flags if flag.name == name)
-        used = {a.split("=", 1)[0].replace("_", "-") for a in argv if a.startswith("--")}
+        used = {a.split("=", 1)[0].replace("_", "-") for a in own_flags(argv) if a.startswith("--")}
         return bool(used & {s.replace("_", "-") for s in flag.spellings})
 
     def with_offline_defaults(self, argv: list[str]) -> list[str]:
@@ -247,7 +263,8 @@ class Job:
                 flag.offline_value if flag.offline_value and asset("") else None)
             if value is not None:
                 extra += [flag.name, value]
-        return [*argv, *extra]
+        mine = own_flags(argv)
+        return [*mine, *extra, *argv[len(mine):]]
 
     def command_line(self, options: dict[str, object], job_args: str = "") -> list[str]:
         """The job's argv from `fab` options (None: not given) and the --job-args string."""
@@ -257,11 +274,15 @@ class Job:
             if value is None or value is False:
                 continue
             if dest not in mine:
-                raise UserError(f"{self.name} has no --{dest.replace('_', '-')} flag; its flags: "
-                                + ", ".join(f.name for f in mine.values()))
+                option = f"--{dest.replace('_', '-')}"
+                fix = (f"a script's own flags go through --job-args '{option} VALUE'"
+                       if self.passthrough else "its flags: " + ", ".join(
+                           f.name for f in mine.values()))
+                raise UserError(f"{self.name} has no {option} flag; {fix}")
             argv += [mine[dest].name] if mine[dest].switch else [mine[dest].name, str(value)]
         try:
-            return [*argv, *shlex.split(job_args or "")]
+            return [*argv, *([END_OF_FLAGS] if self.passthrough else []),
+                    *shlex.split(job_args or "")]
         except ValueError as exc:
             raise UserError(f"--job-args {job_args!r} is not a valid shell-quoted list ({exc})") from None
 
@@ -269,6 +290,7 @@ class Job:
         """(argv index of the value, value, flag) of every path flag given in argv."""
         spellings = {s: flag for flag in self.flags if flag.path for s in flag.spellings}
         found = []
+        argv = own_flags(argv)
         for i, arg in enumerate(argv):
             name, eq, inline = arg.partition("=")
             flag = spellings.get(name)
@@ -311,11 +333,17 @@ class Job:
         return out
 
 
+def own_flags(argv: list[str]) -> list[str]:
+    """argv up to END_OF_FLAGS: the job's own flags (the rest is its program's)."""
+    return argv[:argv.index(END_OF_FLAGS)] if END_OF_FLAGS in argv else argv
+
+
 def split_output(argv: list[str]) -> tuple[list[str], str | None]:
-    """(argv without --output, its value or None)."""
+    """(argv without --output, its value or None); a program's own --output stays."""
     rest, output = [], None
     skip = False
-    for i, arg in enumerate(argv):
+    mine = own_flags(argv)
+    for i, arg in enumerate(mine):
         if skip:
             skip = False
         elif arg == OUTPUT_FLAG and i + 1 < len(argv):
@@ -324,7 +352,7 @@ def split_output(argv: list[str]) -> tuple[list[str], str | None]:
             output = arg.split("=", 1)[1]
         else:
             rest.append(arg)
-    return rest, output
+    return rest + argv[len(mine):], output
 
 
 def module_file(module: str) -> str:
@@ -339,7 +367,15 @@ def module_file(module: str) -> str:
 
 def spark_submit(job: Job, placement: Placement, args: list[str], run_dir: str,
                  conf: dict[str, str]) -> Launch:
-    """spark-submit of the job's module on the master, with its confs, driver bound privately.
+    """spark-submit of the job's module on the master, with its confs and --output."""
+    return spark_driver(placement, [placement.script(job.module), *args, OUTPUT_FLAG, run_dir],
+                        conf)
+
+
+def spark_driver(placement: Placement, program: list[str], conf: dict[str, str],
+                 env: tuple[tuple[str, str], ...] = ()) -> Launch:
+    """spark-submit of program (a .py file and its arguments) on the master, with conf and env,
+    the driver bound privately.
 
     Decommissioning on: when a worker is decommissioned (a spot host's notice), the driver
     stops sending it tasks and its executors hand their cached and shuffle blocks to others."""
@@ -351,11 +387,11 @@ def spark_submit(job: Job, placement: Placement, args: list[str], run_dir: str,
     argv = [python.rsplit("/", 1)[0] + "/spark-submit", "--master", placement.spark_master_url]
     for key, value in conf.items():
         argv += ["--conf", f"{key}={value}"]
-    argv += [placement.script(job.module), *args, OUTPUT_FLAG, run_dir]
+    argv += program
     conf_dir = (("SPARK_CONF_DIR", placement.spark_conf_dir),) if placement.spark_conf_dir else ()
     env = (("SPARK_HOME", placement.spark_home), *conf_dir,
            ("SPARK_LOCAL_IP", placement.master.privateIp), ("PYTHONUNBUFFERED", "1"),
-           *placement.process_env)
+           *env, *placement.process_env)
     return Launch([Process("driver", placement.master, tuple(argv), env, main=True)])
 
 

@@ -125,10 +125,12 @@ class PythonDependencies(Step):
                        f"{source} {pin}", fix)
         uv_source = source.replace("--retries 1 --timeout 15", "").replace(
             "--trusted-host", "--allow-insecure-host")
-        requirements = " ".join(shlex.quote(r) for r in workload_requirements(ctx.constraints))
-        self._run(cxn, f"UV_HTTP_TIMEOUT=15 {VENV}/bin/uv pip install -q --python {PYTHON} "
-                       f"--cache-dir {HOME}/uv-cache {uv_source} -c {constraints} {requirements}",
-                  fix)
+        uv = (f"UV_HTTP_TIMEOUT=15 {VENV}/bin/uv pip install -q --python {PYTHON} "
+              f"--cache-dir {HOME}/uv-cache {uv_source} -c {constraints}")
+        for requirements, options in ((workload_requirements(ctx.constraints), ""),
+                                      (no_deps_requirements(ctx.constraints), " --no-deps")):
+            if requirements:
+                self._run(cxn, uv + options + " " + " ".join(map(shlex.quote, requirements)), fix)
         write_stamp(cxn, "python-deps", self.version(ctx))
 
     @staticmethod
@@ -141,10 +143,20 @@ class PythonDependencies(Step):
 
 def workload_requirements(constraints: Path) -> list[str]:
     """The `workloads` extra of pyproject.toml: what every host needs to run the jobs."""
+    return pyproject(constraints)["project"]["optional-dependencies"]["workloads"]
+
+
+def no_deps_requirements(constraints: Path) -> list[str]:
+    """What every host installs beside them without its dependencies (pyproject.toml's
+    [tool.kindling] no-deps: tf-keras, whose `tensorflow` is tensorflow-cpu here)."""
+    return pyproject(constraints).get("tool", {}).get("kindling", {}).get("no-deps", [])
+
+
+def pyproject(constraints: Path) -> dict:
+    """The pyproject.toml beside constraints.txt."""
     import tomllib
 
-    pyproject = tomllib.loads((constraints.parent / "pyproject.toml").read_text())
-    return pyproject["project"]["optional-dependencies"]["workloads"]
+    return tomllib.loads((constraints.parent / "pyproject.toml").read_text())
 
 
 def push_wheelhouse(cxn: Connection, host: Host, ctx: DeployContext) -> None:

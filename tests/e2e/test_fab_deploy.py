@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import time
 import urllib.request
@@ -27,6 +28,7 @@ from floors import ACCURACY_FLOOR
 from kindling import known_hosts_line
 
 NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+SCRIPTS = REPO / "tests" / "data" / "scripts"
 
 pytestmark = pytest.mark.netns
 
@@ -286,3 +288,32 @@ def test_a_job_from_a_package_of_its_own_is_installed_from_its_wheel_and_runs(
     assert json.loads((results / "metrics.json").read_text())["word"] == "hosts"
     again = results_of(fab(mine, "run", "echo", "--target", inventory, "--word", "again"))
     assert json.loads((again / "metrics.json").read_text())["word"] == "again"
+
+
+def test_a_plain_multi_worker_keras_script_trains_on_the_worker_hosts(netns_cluster, env,
+                                                                       wheelhouse, deployed,
+                                                                       assets, tmp_path):
+    """TensorFlow's multi-worker Keras tutorial in a folder of its own, no kindling import
+    (tests/data/scripts/mwms): `fab deploy main.py --roles worker=2` ships the folder to every
+    host by content hash (the rest is deployed already), starts a worker on each worker host with
+    its TF_CONFIG, and tf.keras `model.fit` under MultiWorkerMirroredStrategy trains across the
+    two; worker 0's files come back into runs/<id>/, worker 1's into runs/<id>/worker-1/."""
+    code = shutil.copytree(SCRIPTS / "mwms", tmp_path / "mwms")
+    for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"):
+        shutil.copy(assets / "datasets" / "mnist" / name, code)
+    started = time.monotonic()
+    done = fab(env, "deploy", str(code / "main.py"), "--roles", "worker=2", "--target",
+               str(netns_cluster.inventory_path), "--wheelhouse", wheelhouse, "--job-args", "5")
+    took = time.monotonic() - started
+    results = results_of(done)
+    print(f"fab deploy main.py --roles worker=2 on the namespace hosts ({took:.1f}s):\n"
+          + done.stdout)
+    staged = dict(re.findall(r"^(\S+) +data +(\S+)", done.stdout, re.M))
+    assert staged == {host.name: "installed" for host in netns_cluster.hosts}, done.stdout
+    for label, host in (("worker 0", "worker-0"), ("worker 1", "worker-1")):
+        assert re.search(rf"^\[{label}@{host}\] 5/5 - \d+s - loss: ", done.stdout, re.M), label
+    for folder, index in ((results, 0), (results / "worker-1", 1)):
+        metrics = json.loads((folder / "metrics.json").read_text())
+        assert metrics["task"] == {"type": "worker", "index": index} and metrics["workers"] == 2
+        assert (folder / "model.keras").is_file()
+    assert (results / "logs" / "worker-1" / "worker-1.log").is_file()

@@ -101,6 +101,8 @@ def test_the_stream_leaves_out_tf_and_spark_chatter_which_the_log_keeps(tmp_path
         "  import pkg_resources",
         "I0000 00:00:1796486170.757809   10665 cpu_feature_guard.cc:227] This TensorFlow binary "
         "is optimized",
+        "I0000 00:00:1796632095.641473   12111 coordination_service.h:529] /job:worker/replica:0/"
+        "task:0 has connected to coordination service.",  # a MultiWorkerMirroredStrategy task's
         "To enable the following instructions: AVX2 FMA, in other operations, rebuild TensorFlow",
         "2026-12-05 15:56:16,709 INFO (MainThread-10665) waiting for 2 reservations",
     ]
