@@ -250,7 +250,8 @@ class Job:
     def given(self, argv: list[str], name: str) -> bool:
         """Whether argv sets the flag called name (in any of its spellings)."""
         flag = next(flag for flag in self.flags if flag.name == name)
-        used = {a.split("=", 1)[0].replace("_", "-") for a in own_flags(argv) if a.startswith("--")}
+        used = {a.split("=", 1)[0].replace("_", "-") for a in own_flags(argv)
+                if a.startswith("--")}
         return bool(used & {s.replace("_", "-") for s in flag.spellings})
 
     def with_offline_defaults(self, argv: list[str]) -> list[str]:
@@ -346,8 +347,8 @@ def split_output(argv: list[str]) -> tuple[list[str], str | None]:
     for i, arg in enumerate(mine):
         if skip:
             skip = False
-        elif arg == OUTPUT_FLAG and i + 1 < len(argv):
-            output, skip = argv[i + 1], True
+        elif arg == OUTPUT_FLAG and i + 1 < len(mine):
+            output, skip = mine[i + 1], True
         elif arg.startswith(OUTPUT_FLAG + "="):
             output = arg.split("=", 1)[1]
         else:

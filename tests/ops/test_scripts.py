@@ -158,10 +158,21 @@ def test_roles_on_the_local_target(code, tmp_path):
     assert logs.returncode == 0 and "hello from worker 1" in logs.stdout, logs.stderr
 
 
+FAILS = """\
+import json, os, socket
+config = json.loads(os.environ["TF_CONFIG"])
+if config["task"]["index"] == 1:
+    raise RuntimeError("worker one broke")
+host, port = config["cluster"]["worker"][0].rsplit(":", 1)
+with socket.create_server((host, int(port))) as server:  # waits for its peer, as a TF task does
+    server.settimeout(120)
+    server.accept()
+"""
+
+
 def test_a_failing_script_is_named_by_role_and_host(tmp_path):
-    (tmp_path / "fails.py").write_text(
-        "import json, os\nif json.loads(os.environ['TF_CONFIG'])['task']['index'] == 1:\n"
-        "    raise RuntimeError('worker one broke')\n")
+    """worker 1 fails while worker 0, the main process, waits for it: the run stops, naming it."""
+    (tmp_path / "fails.py").write_text(FAILS)
     done = fab("run", str(tmp_path / "fails.py"), "--roles", "worker=2", "--target", "local",
                runs=tmp_path / "runs")
     assert done.returncode == 1, done.stdout + done.stderr
