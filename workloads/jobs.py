@@ -164,6 +164,7 @@ STREAM_NOISE = (
     r"[IW]\d{4} [\d:.]+\s+\d+ \S+\.(?:cc|h):\d+\]",             # TensorFlow's C++ info/warnings
     r"To enable the following instructions: ", r".*oneDNN custom operations are on",
     r"\d{4}-\d\d-\d\d [\d:,]+ INFO \(",                          # TFoS' own progress
+    r"netlib-blas: JNI_OnLoad: dlopen\(libblas",  # Spark ML without a native BLAS: Java's is used
 )
 """Lines kept out of the terminal stream of a run (its log files keep them): start-up chatter
 of the JVM, Spark, TensorFlow, absl and TensorFlowOnSpark, not the job's own output."""

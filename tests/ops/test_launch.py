@@ -92,7 +92,7 @@ def test_timeout_stops_the_run(tmp_path):
 
 
 def test_the_stream_leaves_out_tf_and_spark_chatter_which_the_log_keeps(tmp_path, capsys):
-    """The lines a real train-mnist driver printed (chatter) around the job's own lines."""
+    """The lines real train-mnist and classify drivers printed (chatter) around the job's own lines."""
     chatter = [
         "WARNING: Using incubator modules: jdk.incubator.vector",
         "26/12/05 15:55:50 INFO SparkContext: Running Spark version 4.3.0",
@@ -105,6 +105,8 @@ def test_the_stream_leaves_out_tf_and_spark_chatter_which_the_log_keeps(tmp_path
         "task:0 has connected to coordination service.",  # a MultiWorkerMirroredStrategy task's
         "To enable the following instructions: AVX2 FMA, in other operations, rebuild TensorFlow",
         "2026-12-05 15:56:16,709 INFO (MainThread-10665) waiting for 2 reservations",
+        "netlib-blas: JNI_OnLoad: dlopen(libblas.so.3) failed: libblas.so.3: cannot open shared "
+        "object file: No such file or directory",  # classify's LogisticRegression
     ]
     own = ["train-mnist: 2 TF nodes (tfos), spark input",
            "26/12/05 15:57:01 WARN TaskSetManager: Lost task 1.0 in stage 2.0",

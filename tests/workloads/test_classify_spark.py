@@ -95,7 +95,7 @@ def test_features_equal_keras_predict_for_rgb_gray_and_rgba(spark, photos, weigh
 
 
 def test_classify_buses_cars_drops_a_corrupt_file_and_saved_pipeline_predicts_the_same(
-        spark, photos, weights, tmp_path):
+        spark, photos, weights, tmp_path, capsys):
     """The chapter's 89 photos plus one corrupt file (which must be dropped and counted)."""
     from pyspark.ml import PipelineModel
     from pyspark.sql import functions as F
@@ -116,6 +116,13 @@ def test_classify_buses_cars_drops_a_corrupt_file_and_saved_pipeline_predicts_th
     assert len(table) == 35
     assert (table["class"] == table["path"].str.split("/").str[-2]).all()
     assert (table["label"] == table["prediction"]).mean() == pytest.approx(metrics["accuracy"])
+    # the terminal's tables name the classes: each test image, then the crosstab
+    printed = capsys.readouterr().out
+    rows = re.findall(r"^\|(\S+) *\|(\w+) *\|(\w+) *\|$", printed, re.MULTILINE)
+    assert rows[0] == ("image", "predicted", "actual")
+    assert sorted(rows[1:]) == sorted(zip(table["path"].str.split("/").str[-1],
+                                          table["predicted_class"], table["class"]))
+    assert re.search(r"^\|predicted_actual\|buses\|cars\|$", printed, re.MULTILINE)
 
     loaded = PipelineModel.load(str(out / "model"))
     featurizer = loaded.stages[0]

@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     classes = [folder.rstrip("/").rsplit("/", 1)[-1] for folder in folders]
     output = results_dir(args.output, JOB.name)
-    predictions = predict_test_set(model.stages[-1], test, counts["test"])
+    predictions = predict_test_set(model.stages[-1], test, counts["test"], classes)
     metrics = {
         "job": JOB.name, "model": model_name, "weights": weights, "classes": classes,
         "seed": args.seed, "test_fraction": args.test_fraction, "max_iter": args.max_iter,
@@ -269,17 +269,21 @@ def fit_pipeline(featurizer, train, max_iter: int):
     return PipelineModel(stages=[featurizer, regression.fit(train)])
 
 
-def predict_test_set(regression, test, count: int):
+def predict_test_set(regression, test, count: int, classes: list[str]):
     """The regression's predictions on the `count` test images' features (cached), shown one
-    per image, then as a crosstab of prediction by label."""
+    per image, then as a crosstab of predicted by actual class, by the classes' names."""
     from pyspark.sql import functions as F
 
     predictions = (regression.transform(test)
                    .select("path", "label", "prediction", "probability")
                    .cache())
-    predictions.select(F.element_at(F.split("path", "/"), -1).alias("image"), "prediction", "label") \
-        .orderBy("label", "image").show(count, truncate=False)
-    predictions.crosstab("prediction", "label").orderBy("prediction_label").show()
+    names = F.array(*(F.lit(name) for name in classes))
+    named = predictions.select(
+        F.element_at(F.split("path", "/"), -1).alias("image"),
+        F.element_at(names, F.col("prediction").cast("int") + 1).alias("predicted"),
+        F.element_at(names, F.col("label").cast("int") + 1).alias("actual"))
+    named.orderBy("actual", "image").show(count, truncate=False)
+    named.crosstab("predicted", "actual").orderBy("predicted_actual").show()
     return predictions
 
 

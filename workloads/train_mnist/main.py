@@ -39,7 +39,7 @@ from workloads.stored import is_uri
 from workloads.train_mnist.job import JOB
 from workloads.train_mnist.node import (READ_AHEAD_BATCHES, SEED, barrier_node, main_fun,
                                         stored_shards)
-from workloads.train_mnist.node_failures import FailureCollector, error_line
+from workloads.train_mnist.node_reports import NodeReports, error_line
 
 PARTITIONS_PER_NODE = 5
 """SPARK mode: partitions per node and epoch; smaller partitions waste less data at the end."""
@@ -145,8 +145,8 @@ def main(argv: list[str] | None = None) -> None:
           f"{args.steps} steps per node; Spark application {app_id}", flush=True)
     # the executors must reach what the driver serves: TFoS' reservation server, the collector
     driver_address = os.environ.get("SPARK_LOCAL_IP") or conf.get("spark.driver.host")
-    with FailureCollector(driver_address) as failures:
-        args.failure_collector = failures.address
+    with NodeReports(driver_address) as reports:
+        args.node_reports = reports.address
         try:
             await_executors(sc, args.cluster_size, args.startup_timeout)
             if args.engine == "barrier":
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
         except UserError:
             raise
         except (Exception, SystemExit) as exc:  # a failed node, or --timeout
-            print(f"error: training failed on the cluster: {cluster_failure(exc, args, failures)}"
+            print(f"error: training failed on the cluster: {cluster_failure(exc, args, reports)}"
                   "; the nodes' full output is in the executors' stderr files (Spark worker dir, "
                   f"{app_id})", file=sys.stderr, flush=True)
             raise SystemExit(1) from None
@@ -200,12 +200,12 @@ def run_barrier(sc, args: argparse.Namespace) -> None:
 
 
 def cluster_failure(exc: BaseException, args: argparse.Namespace,
-                    failures: FailureCollector) -> str:
+                    reports: NodeReports) -> str:
     """One line on why the cluster part failed: the node that failed first, when one said so
     (not a peer that failed because it lost that node), else what Spark or TFoS saw."""
     from tensorflowonspark import TFCluster
 
-    first = failures.first_failure(args.cluster_size)
+    first = reports.first_failure(args.cluster_size)
     if first:
         return f"{first.node} failed first: {first.error}"
     if "error" in TFCluster.tf_status:  # TFoS' record of a failed node

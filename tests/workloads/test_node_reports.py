@@ -1,5 +1,5 @@
-"""The root cause of a failed train-mnist: nodes report their failures to the driver, which
-names the first in time. Real sockets, real processes, no Spark."""
+"""What train-mnist's nodes tell the driver: the chief's epochs, which the driver prints, and
+their failures, of which it names the first in time. Real sockets, real processes, no Spark."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ import subprocess
 import sys
 import time
 
-from workloads.train_mnist import node_failures
-from workloads.train_mnist.node_failures import FailureCollector, report_failure
+from workloads.train_mnist import node_reports
+from workloads.train_mnist.node_reports import NodeReports, report_failure, report_progress
 
 
 def fail_and_report(collector: str, role: str, index: int, message: str) -> None:
     """A node process that raises `message` and reports it, as main_fun does."""
-    code = ("import sys; from workloads.train_mnist.node_failures import report_failure\n"
+    code = ("import sys; from workloads.train_mnist.node_reports import report_failure\n"
             "try:\n"
             f"    raise RuntimeError({message!r})\n"
             "except RuntimeError as exc:\n"
@@ -32,13 +32,13 @@ def connect(address: str) -> socket.socket:
 
 
 def test_the_first_failure_in_time_is_named_whichever_report_arrives_first():
-    with FailureCollector("127.0.0.1") as collector:
+    with NodeReports("127.0.0.1") as collector:
         chief_failed = time.time()
         # the peer's report reaches the driver first, but it happened later
-        late = node_failures.NodeFailure("worker", 0, "10.0.0.4", chief_failed + 0.5,
+        late = node_reports.NodeFailure("worker", 0, "10.0.0.4", chief_failed + 0.5,
                                          "UnavailableError: Graph execution error")
         with connect(collector.address) as peer:
-            peer.sendall(json.dumps(late._asdict()).encode() + b"\n")
+            peer.sendall(json.dumps({"failure": late._asdict()}).encode() + b"\n")
         fail_and_report(collector.address, "chief", 0, "/out/checkpoints is not a directory")
         first = collector.first_failure(nodes=2, timeout=30)
     assert first.node == "chief:0 on 127.0.0.9"
@@ -47,7 +47,7 @@ def test_the_first_failure_in_time_is_named_whichever_report_arrives_first():
 
 
 def test_the_driver_waits_a_bounded_time_for_reports_that_never_come():
-    with FailureCollector("127.0.0.1") as collector:
+    with NodeReports("127.0.0.1") as collector:
         fail_and_report(collector.address, "worker", 1, "lost its peer")
         started = time.monotonic()
         first = collector.first_failure(nodes=3, timeout=1.0)
@@ -56,19 +56,34 @@ def test_the_driver_waits_a_bounded_time_for_reports_that_never_come():
 
 
 def test_no_report_is_none_and_garbage_is_ignored():
-    with FailureCollector("127.0.0.1") as collector:
+    with NodeReports("127.0.0.1") as collector:
         with connect(collector.address) as stranger:
             stranger.sendall(b"GET / HTTP/1.0\r\n\r\n")
         assert collector.first_failure(nodes=1, timeout=0.5) is None
 
 
+def test_the_driver_prints_the_progress_lines_as_they_come(capfd):
+    lines = ["epoch 1/8: loss 2.1034, accuracy 0.2512 (13.2s)",
+             "epoch 2/8: loss 1.0410, accuracy 0.6620 (12.9s)"]
+    printed = ""
+    with NodeReports("127.0.0.1") as reports:
+        for line in lines:  # an epoch apart, as the chief sends them
+            report_progress(reports.address, line)
+            deadline = time.monotonic() + 30
+            while line not in printed and time.monotonic() < deadline:
+                printed += capfd.readouterr().out
+                time.sleep(0.05)
+        assert reports.first_failure(nodes=1, timeout=0) is None  # progress is not a failure
+    assert printed.splitlines() == lines
+
+
 def test_a_node_whose_driver_is_gone_reports_nothing_and_does_not_raise():
-    with FailureCollector("127.0.0.1") as collector:
+    with NodeReports("127.0.0.1") as collector:
         address = collector.address
     started = time.monotonic()
     report_failure(address, "chief", 0, RuntimeError("x"))
     report_failure(None, "chief", 0, RuntimeError("x"))  # launched without a collector
-    assert time.monotonic() - started < node_failures.REPORT_TIMEOUT * 2 + 1
+    assert time.monotonic() - started < node_reports.REPORT_TIMEOUT * 2 + 1
 
 
 def test_error_line_is_the_python_error_inside_the_java_one():
@@ -81,9 +96,9 @@ def test_error_line_is_the_python_error_inside_the_java_one():
         "not a directory\n"
         "\tat org.apache.spark.api.python.BasePythonRunner.handlePythonException(Runner.scala:1)\n"
         "java.lang.RuntimeException: wrapped\n")
-    assert node_failures.error_line(message) == (
+    assert node_reports.error_line(message) == (
         "tensorflow.python.framework.errors_impl.FailedPreconditionError: /out/checkpoints is "
         "not a directory")
-    assert node_failures.error_line("1") == "1"
+    assert node_reports.error_line("1") == "1"
 
 

@@ -1,10 +1,13 @@
-"""Which TensorFlow node failed first: the root cause of a failed train-mnist, told once.
+"""What the TensorFlow nodes tell the driver while train-mnist runs: the chief's progress, and
+which node failed first (the root cause of a failed run, told once).
 
-When one node of a synchronous cluster fails, its peers fail too (UnavailableError, aborted
-collectives) as soon as they lose it, and Spark ends the job with whichever task failure
-reaches the driver first: a race. So every node reports its own failure, with the time it
-happened, to a small collector on the driver before re-raising; the driver then names the
-first failure in time and the node (role, index, host) it happened on. Standard library only.
+The nodes run inside Spark executors, whose output stays in the workers' log files; the
+driver's is what `fab run` streams. So the chief sends each epoch's line to a small server on
+the driver, which prints it. When one node of a synchronous cluster fails, its peers fail too
+(UnavailableError, aborted collectives) as soon as they lose it, and Spark ends the job with
+whichever task failure reaches the driver first: a race. So every node reports its own failure,
+with the time it happened, before re-raising; the driver then names the first failure in time
+and the node (role, index, host) it happened on. Standard library only.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import traceback
 from typing import NamedTuple
 
 REPORT_TIMEOUT = 5.0
-"""Seconds a node spends trying to reach the collector: a report must never hold up a failure."""
+"""Seconds a node spends trying to reach the driver: a report must never hold up a failure."""
 GATHER_SECONDS = 3.0
 """How long the driver waits for the other nodes' reports once the job failed."""
 
@@ -51,44 +54,58 @@ def node_address() -> str:
     return os.environ.get("SPARK_LOCAL_IP") or socket.gethostname()
 
 
-def report_failure(collector: str | None, role: str, index: int, exc: BaseException) -> None:
-    """Send this node's failure to the driver's collector ("host:port"); never raises."""
-    if not collector:
+def _send(reports: str | None, message: dict) -> None:
+    """One JSON line to the driver's NodeReports ("host:port"); never raises."""
+    if not reports:
         return
-    failure = NodeFailure(role, index, node_address(), time.time(),
-                          error_line("".join(traceback.format_exception(exc))))
-    host, port = collector.rsplit(":", 1)
+    host, port = reports.rsplit(":", 1)
     try:
         with socket.create_connection((host, int(port)), timeout=REPORT_TIMEOUT) as connection:
-            connection.sendall(json.dumps(failure._asdict()).encode() + b"\n")
+            connection.sendall(json.dumps(message).encode() + b"\n")
     except OSError:
         pass  # the driver is gone or unreachable: Spark's own error still reaches it
 
 
-class FailureCollector:
-    """A TCP server on the driver that keeps every node's failure report (one JSON line each)."""
+def report_failure(reports: str | None, role: str, index: int, exc: BaseException) -> None:
+    """Send this node's failure to the driver."""
+    _send(reports, {"failure": NodeFailure(role, index, node_address(), time.time(), error_line(
+        "".join(traceback.format_exception(exc))))._asdict()})
+
+
+def report_progress(reports: str | None, line: str) -> None:
+    """Have the driver print `line` (the chief's epochs)."""
+    _send(reports, {"progress": line})
+
+
+class NodeReports:
+    """A TCP server on the driver: prints the progress lines it gets and keeps every node's
+    failure report (one JSON line each)."""
 
     def __init__(self, bind_address: str):
         self.failures: list[NodeFailure] = []
         self.arrived = threading.Condition()
-        collector = self
+        reports = self
 
         class Handler(socketserver.StreamRequestHandler):
             timeout = REPORT_TIMEOUT
 
             def handle(self):
                 try:
-                    failure = NodeFailure(**json.loads(self.rfile.readline()))
-                except (ValueError, TypeError, OSError):
+                    message = json.loads(self.rfile.readline())
+                    if "progress" in message:
+                        print(str(message["progress"])[:500], flush=True)
+                        return
+                    failure = NodeFailure(**message["failure"])
+                except (ValueError, TypeError, KeyError, OSError):
                     return  # not a node of ours
-                with collector.arrived:
-                    collector.failures.append(failure)
-                    collector.arrived.notify_all()
+                with reports.arrived:
+                    reports.failures.append(failure)
+                    reports.arrived.notify_all()
 
         self.server = socketserver.ThreadingTCPServer((bind_address, 0), Handler)
         self.server.daemon_threads = True
         self.address = f"{bind_address}:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, name="failure-collector",
+        threading.Thread(target=self.server.serve_forever, name="node-reports",
                          daemon=True).start()
 
     def first_failure(self, nodes: int, timeout: float = GATHER_SECONDS) -> NodeFailure | None:
@@ -101,7 +118,7 @@ class FailureCollector:
         self.server.shutdown()
         self.server.server_close()
 
-    def __enter__(self) -> FailureCollector:
+    def __enter__(self) -> NodeReports:
         return self
 
     def __exit__(self, *_) -> None:
