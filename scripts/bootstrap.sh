@@ -14,7 +14,9 @@ stamp=.venv/.kindling-installed
 if [ ! -f "$stamp" ] || [ constraints.txt -nt "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
   # pyspark ships as a large sdist; pip builds its wheel once and caches it (~/.cache/pip).
-  .venv/bin/python -m pip install -q -c constraints.txt -e ".[all]"
+  # setuptools' "Editable installation" notice (pip 26 shows the backend's warnings) is not ours
+  PYTHONWARNINGS="ignore:Editable installation" \
+    .venv/bin/python -m pip install -q -c constraints.txt -e ".[all]"
   # pyproject.toml's [tool.kindling] no-deps (tf-keras): beside the workloads, without dependencies
   .venv/bin/python -m pip install -q --no-deps -c constraints.txt $(.venv/bin/python -c \
     'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["tool"]["kindling"]["no-deps"])')
