@@ -189,8 +189,10 @@ class NetnsCluster:
              "--mount", "--pid", "--wd=/", "--", *argv],
             capture_output=True, text=True, timeout=timeout, env=HOST_ENV)
         if check and proc.returncode:
+            init = self._record(host)["init_pid"]
+            gone = "" if _proc_stat(init) not in (None, "Z") else f"; the host's init ({init}) is gone"
             raise ClusterError(f"{' '.join(argv)} failed on {self._record(host)['name']} "
-                               f"(exit {proc.returncode}): {proc.stderr.strip()}")
+                               f"(exit {proc.returncode}): {proc.stderr.strip()}{gone}")
         return proc
 
     def stop_sshd(self, host: str | Host) -> None:
