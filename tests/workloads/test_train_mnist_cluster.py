@@ -108,11 +108,14 @@ def check_results(cluster: LocalSparkCluster, output: Path, result: subprocess.C
     assert (output / "checkpoints" / "checkpoint").is_file()
     assert f"results: {output}" in result.stdout
     assert re.search(r"test accuracy: 0\.9\d{3}", result.stdout)
-    # the driver printed the chief's epochs as they ended, with the chief's figures
-    epochs = re.findall(r"^epoch (\d+)/2: loss ([\d.]+), accuracy ([\d.]+) \(\d+\.\ds\)$",
-                        result.stdout, re.MULTILINE)
-    assert epochs == [(str(number), f"{loss:.4f}", f"{accuracy:.4f}") for number, loss, accuracy
-                      in zip((1, 2), history["loss"], history["accuracy"])]
+    # the driver printed the chief's epochs as they ended, with the chief's figures (a resumed
+    # run, the epochs after its checkpoint's)
+    printed = re.findall(r"^epoch (\d+/\d+): loss ([\d.]+), accuracy ([\d.]+) \(\d+\.\ds\)$",
+                         result.stdout, re.MULTILINE)
+    first = metrics["epochs"] - len(history["loss"]) + 1
+    assert printed == [(f"{number}/{metrics['epochs']}", f"{loss:.4f}", f"{accuracy:.4f}")
+                       for number, loss, accuracy in zip(range(first, metrics["epochs"] + 1),
+                                                         history["loss"], history["accuracy"])]
 
     # TFoS logs each node's manager authkey, on the driver and on the executors: redacted
     executor_logs = node_logs(cluster, result.stdout)

@@ -93,7 +93,8 @@ class NodeReports:
                 try:
                     message = json.loads(self.rfile.readline())
                     if "progress" in message:
-                        print(str(message["progress"])[:500], flush=True)
+                        # one write per line: two reports at once must not interleave
+                        print(f"{str(message['progress'])[:500]}\n", end="", flush=True)
                         return
                     failure = NodeFailure(**message["failure"])
                 except (ValueError, TypeError, KeyError, OSError):
