@@ -1,6 +1,7 @@
 """`fab deploy`: every service the job needs (ops.services), its checks first on every host,
 then its steps where they are not current; and `fab run`'s check that it was done. The wheels
-the hosts install: kindling's, and that of the package a job comes from."""
+the hosts install: kindling's, and that of the package a job comes from; and your requirements,
+resolved here (ops.requirements)."""
 
 from __future__ import annotations
 
@@ -15,15 +16,18 @@ import urllib.request
 from importlib.metadata import Distribution
 from pathlib import Path
 
-from kindling import Inventory, UserError
+from kindling import UserError
 from ops.cluster import Cluster, console
 from ops.remote import read_stamp
+from ops.requirements import Requirements, check_wheelhouse, resolve
 from ops.services import SERVICES, DeployContext
 from ops.services.base import file_digest
 from ops.services.host import package_stamp
+from ops.wheelhouse import host_interpreter
 from workloads.jobs import JOBS, KINDLING, Job
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+CONSTRAINTS = PROJECT_ROOT / "constraints.txt"
 WHEELS = PROJECT_ROOT / ".kindling" / "dist"
 """Wheels built for the hosts, one folder per content hash."""
 WHEEL_BUILD_TIMEOUT = 300
@@ -101,17 +105,28 @@ def build_wheel(source: str, out: Path, what: str) -> Path:
     return wheels[0]
 
 
-def deploy_context(inventory: Inventory, job: Job, staged: dict[str, str],
-                   wheelhouse: str | None = None) -> DeployContext:
-    """What the services need, built and checked on the control machine before any host work."""
+def deploy_context(cluster: Cluster, job: Job, staged: dict[str, str],
+                   wheelhouse: str | None = None,
+                   requirements: Requirements | None = None) -> DeployContext:
+    """What the services need, built and checked on the control machine before any host work:
+    your requirements resolved for the master's Python (asked, nothing changed) and, with a
+    wheelhouse, found there."""
     wheelhouse_dir = None
     if wheelhouse:
         wheelhouse_dir = Path(wheelhouse).expanduser()
         if not wheelhouse_dir.is_dir() or not any(wheelhouse_dir.glob("*.whl")):
             raise UserError(f"--wheelhouse {wheelhouse}: not a folder of wheels; build one with "
                             "`fab wheelhouse --folder DIR`")
-    return DeployContext(inventory, PROJECT_ROOT / "constraints.txt", project_wheel(),
-                         wheelhouse_dir, staged, package_wheel=package_wheel(job))
+    ctx = DeployContext(cluster.inventory, CONSTRAINTS, project_wheel(), wheelhouse_dir, staged,
+                        package_wheel=package_wheel(job))
+    if requirements:
+        master = cluster.inventory.master
+        ctx.lock = resolve(requirements, CONSTRAINTS,
+                           host_interpreter(cluster.connection(master)))
+        if wheelhouse_dir:
+            check_wheelhouse(ctx.lock, wheelhouse_dir, f"fab wheelhouse --folder {wheelhouse} "
+                             f"--requirements {requirements.file or 'FILE'} --target TARGET")
+    return ctx
 
 
 def deploy(cluster: Cluster, job: Job, ctx: DeployContext) -> None:
@@ -125,18 +140,25 @@ def deploy(cluster: Cluster, job: Job, ctx: DeployContext) -> None:
     console.print(f"deploy took {time.monotonic() - started:.1f}s")
 
 
-def check_deployed(cluster: Cluster, job: Job) -> None:
-    """One clear error when `fab deploy JOB` has not been run."""
+def check_deployed(cluster: Cluster, job: Job, requirements: Requirements | None = None) -> None:
+    """One clear error when `fab deploy JOB` (with those requirements) has not been run."""
     stamps = ["python-deps", "project"]
     declared = JOBS.declared(job.name)
     if declared and declared.package.lower() != KINDLING:
         stamps.append(package_stamp(declared.package))
 
-    def installed(host, cxn) -> bool:
-        return all(read_stamp(cxn, stamp) for stamp in stamps)
+    def installed(host, cxn) -> tuple[bool, bool]:
+        return (all(read_stamp(cxn, stamp) for stamp in stamps),
+                not requirements or bool(read_stamp(cxn, requirements.stamp(CONSTRAINTS))))
 
-    missing = [name for name, ok in cluster.parallel(installed).items() if not ok]
+    found = cluster.parallel(installed)
+    missing = [name for name, (ok, _) in found.items() if not ok]
     if missing:
         what = "kindling" if len(stamps) == 2 else f"kindling or {declared.package}"
         raise UserError(f"{what} is not deployed on {', '.join(missing)}; run "
                         f"`fab deploy {job.name}` first")
+    lacking = [name for name, (_, ok) in found.items() if not ok]
+    if lacking:
+        given = f" --requirements {requirements.file}" if requirements.file else ""
+        raise UserError(f"{requirements.origin}: not installed on {', '.join(lacking)}; run "
+                        f"`fab deploy {job.name}{given}` first")

@@ -27,6 +27,7 @@ from workloads.common import describe_notice, new_run_id
 from workloads.jobs import Download, Job, split_output
 
 if TYPE_CHECKING:
+    from ops.requirements import Requirements
     from ops.targets import Target
 
 DOWNLOAD_CHECK_TIMEOUT = 10
@@ -44,6 +45,9 @@ class RunRequest:
     locations: list[str]
     """The storage locations it reads (ops.storage), checked from here; once prepared, as the
     hosts see them (local data put in the cluster's storage included)."""
+    requirements: "Requirements | None" = None
+    """What to install beside kindling's dependencies: --requirements FILE, and on a cluster the
+    dependencies of the package the job comes from (ops.requirements)."""
 
     def local_paths(self, stored: bool | None = None) -> dict[str, Path]:
         """Each value of the job's path flags naming a local file or folder -> that path here;
@@ -52,8 +56,10 @@ class RunRequest:
                 for _, value in self.job.path_values(self.args, stored=stored)}
 
 
-def resolve(target: "Target", job: Job, args: list[str], fresh: bool) -> RunRequest:
-    """args checked and completed; bad flags, data or downloads refused before anything starts."""
+def resolve(target: "Target", job: Job, args: list[str], fresh: bool,
+            requirements: str | None = None) -> RunRequest:
+    """args checked and completed; bad flags, data, downloads or requirements files refused
+    before anything starts."""
     args, output = split_output(job.with_offline_defaults(args))
     if not fresh:
         args = resume_interrupted(job, args)
@@ -63,14 +69,15 @@ def resolve(target: "Target", job: Job, args: list[str], fresh: bool) -> RunRequ
     locations = job.uri_values(args)
     target.storage.check(locations)
     target.check(job)
-    return RunRequest(job, args, run_id, run_dir, locations)
+    return RunRequest(job, args, run_id, run_dir, locations, target.requirements(job, requirements))
 
 
 def run(target: "Target", job: Job, args: list[str], timeout: float, detach: bool = False,
-        deploy: bool = False, wheelhouse: str | None = None, fresh: bool = False) -> Path | None:
+        deploy: bool = False, wheelhouse: str | None = None, fresh: bool = False,
+        requirements: str | None = None) -> Path | None:
     """(Deploy and) launch job; its results folder, or None when detached. A job whose last run
     a spot interruption stopped resumes from it (unless fresh)."""
-    request = resolve(target, job, args, fresh)
+    request = resolve(target, job, args, fresh, requirements)
     if deploy:
         target.deploy(request, wheelhouse)
     try:

@@ -22,9 +22,10 @@ from invoke import Context
 from kindling import Inventory, KindlingError, UserError, load_inventory, parse_inventory
 from ops import local, results, runs, ssh, storage
 from ops.cluster import Cluster, console
-from ops.deploy import check_deployed, deploy, deploy_context
+from ops.deploy import CONSTRAINTS, check_deployed, deploy, deploy_context, package_wheel
 from ops.launch import Run
 from ops.remote import PYTHON, RUNS, SPARK_CONF, SPOT_NOTICE_FILE, sh
+from ops.requirements import Requirements, gather, install_here, resolve
 from ops.services import SERVICES, Service
 from ops.services.host import ship_jars
 from ops.services.spark import Spark, master_status, remote_spark_home, require_secret
@@ -65,6 +66,11 @@ class Target:
 
     def check(self, job: Job) -> None:
         """Refuse, in one line, a run this target cannot start (before anything starts)."""
+
+    def requirements(self, job: Job, file: str | None) -> Requirements | None:
+        """What the run installs beside kindling's dependencies: --requirements FILE (the local
+        target's venv already has the package a job comes from, with its dependencies)."""
+        return gather(file, None)
 
     def placement(self, job: Job) -> Placement:
         raise NotImplementedError
@@ -161,7 +167,14 @@ class LocalTarget(Target):
                             "or set JAVA_HOME")
 
     def prepare(self, request):
-        """Path flags made absolute (the processes run in their run folder), local Spark up."""
+        """Your requirements in the venv fab runs from (ops.requirements), path flags made
+        absolute (the processes run in their run folder), local Spark up."""
+        if request.requirements:
+            lock = resolve(request.requirements, CONSTRAINTS)
+            installed = install_here(lock, CONSTRAINTS)
+            console.print(f"requirements: {', '.join(installed)} installed into {sys.prefix}"
+                          if installed else f"requirements: {request.requirements.origin} "
+                          "already installed (skipped)")
         if request.job.uses_spark:
             self.spark.start()
         return replace(request, args=request.job.with_paths(request.args, {
@@ -212,10 +225,14 @@ class ClusterTarget(Target):
         if job.uses_spark:
             require_secret(self.inventory)
 
+    def requirements(self, job, file):
+        """--requirements FILE and the dependencies of the package the job comes from."""
+        return gather(file, package_wheel(job))
+
     def deploy(self, request, wheelhouse):
         staged = {str(local): remote for local, remote in self.staged(request).values()}
-        deploy(self.cluster, request.job,
-               deploy_context(self.inventory, request.job, staged, wheelhouse))
+        deploy(self.cluster, request.job, deploy_context(self.cluster, request.job, staged,
+                                                         wheelhouse, request.requirements))
 
     def run_folder(self, run_id, output):
         if output is not None:
@@ -250,7 +267,7 @@ class ClusterTarget(Target):
 
     def prepare(self, request):
         job = request.job
-        check_deployed(self.cluster, job)
+        check_deployed(self.cluster, job, request.requirements)
         if job.uses_spark:
             Spark.check_workers(self, job)
         located = self.stored(request)

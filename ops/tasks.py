@@ -48,6 +48,8 @@ LAUNCH_HELP = {
     "roles": "a script's TensorFlow tasks, each with its TF_CONFIG: worker=2 or "
              "chief=1,worker=2,ps=1 (default: spark-submit of the script)",
     "code": "the folder shipped with a script, on its PYTHONPATH (default: the script's folder)",
+    "requirements": "a pip requirements file installed beside kindling's dependencies, resolved "
+                    "against its pins (on the local target: into the venv fab runs from)",
 }
 BUG_EXIT_CODE = 70  # EX_SOFTWARE
 
@@ -85,11 +87,11 @@ def launch_task(name: str, deploy: bool, doc: str):
     flags = _fab_flags()
 
     def body(c, job, target=None, detach=False, timeout=None, job_args="", fresh=False,
-             wheelhouse=None, roles=None, code=None, **options):
+             wheelhouse=None, roles=None, code=None, requirements=None, **options):
         chosen, args = job_and_args(job, options, job_args, roles, code)
         with load_target(target) as where:
             results = run(where, chosen, args, float(timeout or JOB_TIMEOUT), detach, deploy,
-                          wheelhouse, fresh)
+                          wheelhouse, fresh, requirements)
         if results is not None:
             _report(results)
 
@@ -293,13 +295,15 @@ def _serve(process: subprocess.Popen, seconds) -> None:
 
 @task(help={"folder": "where to write the wheels (default: wheelhouse)",
             "python_version": "the hosts' Python, MAJOR.MINOR[:GLIBC] (e.g. 3.12, 3.13:2.41)",
-            "target": "ask this target's master for its Python instead"})
+            "target": "ask this target's master for its Python instead",
+            "requirements": "your requirements file too (what `fab deploy --requirements` installs)"})
 @cli_errors
-def wheelhouse(c, folder="wheelhouse", python_version=None, target=None):
+def wheelhouse(c, folder="wheelhouse", python_version=None, target=None, requirements=None):
     """Build a folder of every wheel the hosts need, for `fab deploy --wheelhouse` (air-gapped),
     and resolve the JVM jars (S3A, HDFS) that fab deploy copies to them."""
+    from ops import requirements as yours
     from ops import wheelhouse as wheels
-    from ops.deploy import PROJECT_ROOT
+    from ops.deploy import CONSTRAINTS
     from ops.services.wheels import no_deps_requirements, workload_requirements
 
     if python_version and target:
@@ -316,13 +320,15 @@ def wheelhouse(c, folder="wheelhouse", python_version=None, target=None):
 
     from ops import jvm
 
-    constraints = PROJECT_ROOT / "constraints.txt"
+    wanted = yours.gather(requirements, None)
+    lock = yours.resolve(wanted, CONSTRAINTS, interpreter) if wanted else None
     spark_home = Path(local.local_spark_home())
     started = time.monotonic()
     with ThreadPoolExecutor(1) as ivy:  # Maven Central's jars download while pip's wheels do
         jars = ivy.submit(lambda: [jvm.resolve(feature, spark_home) for feature in jvm.FEATURES])
-        count = wheels.build(Path(folder), interpreter, constraints,
-                             workload_requirements(constraints), no_deps_requirements(constraints))
+        count = wheels.build(Path(folder), interpreter, CONSTRAINTS,
+                             workload_requirements(CONSTRAINTS) + (lock.text.split() if lock else []),
+                             no_deps_requirements(CONSTRAINTS))
         print(f"wheelhouse: {folder} ({count} wheels for CPython {interpreter.python}, glibc "
               f"{interpreter.glibc}, in {time.monotonic() - started:.0f}s)")
         for feature, path in zip(jvm.FEATURES, jars.result()):  # what fab deploy copies to hosts

@@ -43,7 +43,7 @@ END_OF_FLAGS = "--"
 ENTRY_POINTS = "kindling.jobs"
 """The entry-point group through which an installed package declares its jobs."""
 FAB_OPTIONS = ("job", "target", "detach", "timeout", "job_args", "fresh", "wheelhouse", "roles",
-               "code", "help")
+               "code", "requirements", "help")
 """`fab deploy|run`'s own options (as dests): a job flag offered to fab (Flag.fab) may not reuse
 one."""
 KINDLING = "kindling"

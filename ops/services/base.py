@@ -20,6 +20,7 @@ from kindling import Host, Inventory, KindlingError
 from ops.cluster import Cluster, Progress
 
 if TYPE_CHECKING:
+    from ops.requirements import Lock
     from ops.services.wheels import ServedWheelhouse
     from ops.targets import Target
     from workloads.jobs import Job
@@ -40,6 +41,8 @@ class DeployContext:
     """Feature -> its jars (ops.jvm) on this machine, for the features this deploy needs."""
     package_wheel: Path | None = None
     """The wheel of the package the job comes from (None: a job of kindling's own)."""
+    lock: "Lock | None" = None
+    """Your requirements (and the package's dependencies), resolved (ops.requirements)."""
 
 
 class Step:

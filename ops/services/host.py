@@ -1,6 +1,6 @@
 """The hosts' basics, the first service `fab deploy` runs on every host: kindling's folders,
-cloud-init finished, Java and python3-venv, the job dependencies (ops.services.wheels),
-kindling's own wheel and that of the package the job comes from, the job's data; and the JVM jars a feature ships to the hosts.
+cloud-init finished, Java and python3-venv, the job dependencies and your requirements
+(ops.services.wheels), kindling's own wheel and that of the package the job comes from, the job's data; and the JVM jars a feature ships to the hosts.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from ops.remote import (COMMAND_TIMEOUT, DATA, HOME, INSTALL_TIMEOUT, PYTHON, RU
                         SRV, STAMPS, jar_folder, ok, read_stamp, sh, where, write_stamp)
 from ops.services.base import DeployContext, Service, Step, bring_up, file_digest
 from ops.services.wheels import (PythonDependencies, ServedWheelhouse, WheelhouseServer,
-                                 push_files)
+                                 YourRequirements, push_files)
 from ops.storage.staging import push_missing, staged_check
 
 
@@ -209,21 +209,25 @@ class HostBasics(Service):
     upload overlaps the other hosts' cloud-init."""
 
     steps = (Layout(), WheelhouseServer(), CloudInit(), BasePackages(), PythonDependencies(),
-             ProjectWheel(), PackageWheel(), StagedData())
+             YourRequirements(), ProjectWheel(), PackageWheel(), StagedData())
+    """Your requirements before the package's wheel: its stamp, which `fab run` checks, then
+    says its dependencies are there too."""
 
     def deploy(self, cluster, ctx):
         progress = Progress(cluster.inventory.hosts)
         master = cluster.inventory.master
         if ctx.wheelhouse:
             stale = [name for name, current in cluster.parallel(
-                lambda host, cxn: PythonDependencies().is_current(cxn, host, ctx)).items()
+                lambda host, cxn: PythonDependencies().is_current(cxn, host, ctx)
+                and YourRequirements().is_current(cxn, host, ctx)).items()
                 if not current and name != master.name]
             ctx.served = ServedWheelhouse(master) if stale else None
 
         def install(host: Host, cxn) -> None:
             serves = bool(ctx.served) and host == master
             steps = tuple(s for s in self.steps if (not isinstance(s, WheelhouseServer) or serves)
-                          and (not isinstance(s, PackageWheel) or ctx.package_wheel))
+                          and (not isinstance(s, PackageWheel) or ctx.package_wheel)
+                          and (not isinstance(s, YourRequirements) or ctx.lock))
             try:
                 bring_up(host, cxn, steps, ctx, progress)
             finally:

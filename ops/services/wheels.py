@@ -104,41 +104,73 @@ class PythonDependencies(Step):
 
     def install(self, cxn, host, ctx):
         sh(cxn, f"test -x {PYTHON} || python3 -m venv {VENV}", what="creating the venv")
-        constraints = f"{HOME}/constraints.txt"
-        cxn.put(str(ctx.constraints), constraints)
-        if ctx.wheelhouse:
-            if host.name == ctx.inventory.master.name or not ctx.served:
-                if not ctx.served:
-                    push_wheelhouse(cxn, host, ctx)
-                links = WHEELHOUSE
-            else:  # plain HTTP inside the cluster's security group: trust that one address
-                links = f"{ctx.served.url(cxn)} --trusted-host {ctx.inventory.master.privateIp}"
-            source = f"--no-index --find-links {links}"
-            fix = ("the wheelhouse has no wheels for this host's Python; rebuild it with "
-                   "`fab wheelhouse --target TARGET` (asks the master) and deploy again")
-        else:  # fail in seconds, not minutes of retries, when the host cannot reach PyPI
-            source = "--retries 1 --timeout 15"
-            fix = ("the host cannot install from PyPI; build a wheelhouse for its Python with "
-                   "`fab wheelhouse --target TARGET` and pass `fab deploy --wheelhouse DIR`")
+        source, fix = wheel_source(cxn, host, ctx)
         pin = shlex.quote(f"{INSTALLER}=={pins(ctx.constraints)[INSTALLER]}")
-        self._run(cxn, f"{PYTHON} -m pip install -q --no-compile --disable-pip-version-check "
-                       f"{source} {pin}", fix)
-        uv_source = source.replace("--retries 1 --timeout 15", "").replace(
-            "--trusted-host", "--allow-insecure-host")
-        uv = (f"UV_HTTP_TIMEOUT=15 {VENV}/bin/uv pip install -q --python {PYTHON} "
-              f"--cache-dir {HOME}/uv-cache {uv_source} -c {constraints}")
+        run_install(cxn, f"{PYTHON} -m pip install -q --no-compile --disable-pip-version-check "
+                         f"{source} {pin}", fix)
+        uv = uv_install(cxn, ctx, source)
         for requirements, options in ((workload_requirements(ctx.constraints), ""),
                                       (no_deps_requirements(ctx.constraints), " --no-deps")):
             if requirements:
-                self._run(cxn, uv + options + " " + " ".join(map(shlex.quote, requirements)), fix)
+                run_install(cxn, uv + options + " " + " ".join(map(shlex.quote, requirements)), fix)
         write_stamp(cxn, "python-deps", self.version(ctx))
 
-    @staticmethod
-    def _run(cxn: Connection, command: str, fix: str) -> None:
-        result = cxn.run(command, hide=True, warn=True, timeout=INSTALL_TIMEOUT, in_stream=False)
-        if result.exited:
-            last = ((result.stderr.strip() or result.stdout.strip()).splitlines() or ["no output"])[-1]
-            raise HostError(*where(cxn), "installing the job dependencies", f"{last[:200]}; {fix}")
+
+class YourRequirements(Step):
+    """Your requirements' lock (ops.requirements) in the venv, by uv from the same source as
+    kindling's dependencies; its stamp, named by what was asked, holds the lock's hash."""
+
+    name = "requirements"
+
+    def is_current(self, cxn, host, ctx):
+        lock = ctx.lock
+        return lock is None or read_stamp(cxn, lock.requirements.stamp(ctx.constraints)) == lock.key
+
+    def install(self, cxn, host, ctx):
+        lock = ctx.lock
+        remote = f"{HOME}/requirements-{lock.key}.txt"
+        sh(cxn, f"cat > {remote}", stdin=lock.text, what="writing the requirements' lock")
+        source, fix = wheel_source(cxn, host, ctx)
+        run_install(cxn, f"{uv_install(cxn, ctx, source)} -r {remote}", fix,
+                    f"installing {lock.requirements.origin}")
+        write_stamp(cxn, lock.requirements.stamp(ctx.constraints), lock.key)
+
+
+def wheel_source(cxn: Connection, host: Host, ctx: DeployContext) -> tuple[str, str]:
+    """pip's options to install from where this deploy's wheels are (PyPI, the wheelhouse pushed
+    to the master, or the master's served copy of it), and the fix when that fails."""
+    if not ctx.wheelhouse:  # fail in seconds, not minutes of retries, when the host cannot reach PyPI
+        return "--retries 1 --timeout 15", (
+            "the host cannot install from PyPI; build a wheelhouse for its Python with "
+            "`fab wheelhouse --target TARGET` and pass `fab deploy --wheelhouse DIR`")
+    if host.name == ctx.inventory.master.name or not ctx.served:
+        if not ctx.served:
+            push_wheelhouse(cxn, host, ctx)
+        links = WHEELHOUSE
+    else:  # plain HTTP inside the cluster's security group: trust that one address
+        links = f"{ctx.served.url(cxn)} --trusted-host {ctx.inventory.master.privateIp}"
+    return f"--no-index --find-links {links}", (
+        "the wheelhouse has no wheels for this host's Python; rebuild it with "
+        "`fab wheelhouse --target TARGET` and deploy again")
+
+
+def uv_install(cxn: Connection, ctx: DeployContext, source: str) -> str:
+    """The hosts' uv installing into the venv from source (wheel_source's pip options), within
+    kindling's pins (constraints.txt, copied to the host)."""
+    constraints = f"{HOME}/constraints.txt"
+    cxn.put(str(ctx.constraints), constraints)
+    uv_source = source.replace("--retries 1 --timeout 15", "").replace(
+        "--trusted-host", "--allow-insecure-host")
+    return (f"UV_HTTP_TIMEOUT=15 {VENV}/bin/uv pip install -q --python {PYTHON} "
+            f"--cache-dir {HOME}/uv-cache {uv_source} -c {constraints}")
+
+
+def run_install(cxn: Connection, command: str, fix: str,
+                step: str = "installing the job dependencies") -> None:
+    result = cxn.run(command, hide=True, warn=True, timeout=INSTALL_TIMEOUT, in_stream=False)
+    if result.exited:
+        last = ((result.stderr.strip() or result.stdout.strip()).splitlines() or ["no output"])[-1]
+        raise HostError(*where(cxn), step, f"{last[:200]}; {fix}")
 
 
 def workload_requirements(constraints: Path) -> list[str]:

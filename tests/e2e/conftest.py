@@ -98,6 +98,8 @@ def pytest_collection_modifyitems(items):
 
 WHEELHOUSE = Path("/var/cache/kindling/wheelhouse")
 """Kept between runs, as the rehearsal's: the wheels every netns host installs from."""
+WHEELHOUSE_REQUIREMENTS = Path(__file__).with_name("wheelhouse-requirements.txt")
+"""What the e2e deploys install beside kindling's dependencies: in the wheelhouse too."""
 
 
 @pytest.fixture(scope="session")
@@ -108,8 +110,10 @@ def env(tmp_path_factory, assets):
 
 @pytest.fixture(scope="session")
 def wheelhouse(env):
-    """The wheels every host installs from (the hosts have no index): `fab wheelhouse`."""
-    done = fab(env, "wheelhouse", "--folder", str(WHEELHOUSE), timeout=1800)
+    """The wheels every host installs from (the hosts have no index): `fab wheelhouse`, with the
+    requirements the tests' deploys add."""
+    done = fab(env, "wheelhouse", "--folder", str(WHEELHOUSE), "--requirements",
+               str(WHEELHOUSE_REQUIREMENTS), timeout=1800)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     return str(WHEELHOUSE)
 

@@ -59,6 +59,12 @@ def test_bad_input_is_one_line_and_changes_nothing(netns_cluster, env, tmp_path)
                                     | {"sparkSecret": None}))
     assert "has no sparkSecret, the secret Spark authenticates with" in one_error_line(
         fab(env, "deploy", "classify", "--target", str(no_secret)))
+    conflict = tmp_path / "requirements.txt"  # resolved here, for the master's Python
+    conflict.write_text("numpy==1.26.4\n")
+    assert re.search(r"requirements\.txt does not resolve against kindling's pins \(constraints"
+                     r"\.txt\): Because you require numpy==1\.26\.4 and numpy==2", one_error_line(
+        fab(env, "deploy", str(SCRIPTS / "tabulated" / "tabulated.py"), "--target", inventory,
+            "--requirements", str(conflict))))
     assert host_state(netns_cluster) == before
 
 
@@ -272,7 +278,8 @@ def test_exec_put_and_ui(netns_cluster, env, tmp_path, deployed):
 def test_a_job_from_a_package_of_its_own_is_installed_from_its_wheel_and_runs(
         netns_cluster, env, wheelhouse, deployed, install_packages):
     """tests/data/sample_jobs, installed on this machine outside kindling: before its deploy,
-    `fab run echo` is one line; `fab deploy echo` installs its wheel on every host (the rest is
+    `fab run echo` is one line; `fab deploy echo` installs its wheel and its own dependency
+    (humanize, resolved against kindling's pins, from the wheelhouse) on every host (the rest is
     deployed already) and runs it on the master; `fab run echo` then runs it again."""
     inventory = str(netns_cluster.inventory_path)
     mine = env | {"PYTHONPATH": f"{install_packages('sample_jobs')}:{REPO}"}
@@ -285,8 +292,11 @@ def test_a_job_from_a_package_of_its_own_is_installed_from_its_wheel_and_runs(
     done = fab(mine, "deploy", "echo", "--target", inventory, "--wheelhouse", wheelhouse,
                "--word", "hosts")
     results = results_of(done)
-    steps = dict(re.findall(r"^(\S+) +package wheel +(\S+)", done.stdout, re.M))
-    assert steps == {host.name: "installed" for host in netns_cluster.hosts}, done.stdout
+    for step in ("package wheel", "requirements"):  # requirements: its humanize
+        steps = dict(re.findall(rf"^(\S+) +{step} +(\S+)", done.stdout, re.M))
+        assert steps == {host.name: "installed" for host in netns_cluster.hosts}, done.stdout
+    for host in netns_cluster.hosts:
+        netns_cluster.exec(host, "/opt/kindling/venv/bin/python -c 'import humanize'", check=True)
     assert not re.search(r"kindling wheel +installed", done.stdout)
     assert json.loads((results / "metrics.json").read_text())["word"] == "hosts"
     again = results_of(fab(mine, "run", "echo", "--target", inventory, "--word", "again"))
@@ -320,3 +330,30 @@ def test_a_plain_multi_worker_keras_script_trains_on_the_worker_hosts(netns_clus
         assert metrics["task"] == {"type": "worker", "index": index} and metrics["workers"] == 2
         assert (folder / "model.keras").is_file()
     assert (results / "logs" / "worker-1" / "worker-1.log").is_file()
+
+
+def test_a_script_needing_a_package_kindling_does_not_install_gets_it_on_every_host(
+        netns_cluster, env, wheelhouse, deployed, tmp_path):
+    """tests/data/scripts/tabulated imports tabulate: `fab run --requirements` before its deploy
+    is one line naming the hosts and the fix; `fab deploy --requirements` installs it on every
+    host from the wheelhouse (the hosts have no route out) and a worker on each worker host
+    prints its table; a second deploy skips it."""
+    inventory = str(netns_cluster.inventory_path)
+    code = shutil.copytree(SCRIPTS / "tabulated", tmp_path / "tabulated")
+    argv = [str(code / "tabulated.py"), "--roles", "worker=2", "--target", inventory,
+            "--requirements", str(code / "requirements.txt"), "--job-args", "spark keras"]
+    line = one_error_line(fab(env, "run", *argv))
+    assert line == (f"error: requirements.txt: not installed on master, worker-0, worker-1; run "
+                    f"`fab deploy {code}/tabulated.py --requirements {code}/requirements.txt` "
+                    "first"), line
+    started = time.monotonic()
+    for status in ("installed", "skipped"):
+        done = fab(env, "deploy", *argv, "--wheelhouse", wheelhouse)
+        results = results_of(done)
+        steps = dict(re.findall(r"^(\S+) +requirements +(\S+)", done.stdout, re.M))
+        assert steps == {host.name: status for host in netns_cluster.hosts}, done.stdout
+        for label, host in (("worker 0", "worker-0"), ("worker 1", "worker-1")):
+            assert re.search(rf"^\[{label}@{host}\] keras +5$", done.stdout, re.M), done.stdout
+        assert json.loads((results / "table.json").read_text())["python"] == \
+            "/opt/kindling/venv/bin/python"
+    print(f"two deploys of tabulated.py --requirements: {time.monotonic() - started:.1f}s")
