@@ -99,11 +99,12 @@ def normalize(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def uv() -> str:
-    """The uv that kindling's `ops` extra installs here (the hosts' installer, same pin)."""
+def uv(*command: str) -> list[str]:
+    """argv of a command of the uv that kindling's `ops` extra installs here (the hosts'
+    installer, same pin), trusting this machine's certificate store as pip does."""
     try:
         from uv import find_uv_bin
-        return find_uv_bin()
+        return [find_uv_bin(), *command, "--system-certs"]
     except (ImportError, FileNotFoundError):
         raise UserError("this machine has no uv, which resolves --requirements (kindling's `ops` "
                         "extra installs it): run scripts/bootstrap.sh, or `pip install -c "
@@ -111,12 +112,15 @@ def uv() -> str:
 
 
 def platform_args(interpreter: Interpreter | None) -> list[str]:
-    """uv's target: the hosts' Python and manylinux platform, or (None) the Python fab runs on."""
+    """uv's target: the hosts' Python and manylinux platform, or (None) the Python fab runs on,
+    which also builds any sdist's metadata (uv would otherwise look for, even download, a
+    Python of the hosts' version here)."""
+    here = ["--python", sys.executable, "--no-python-downloads"]
     if interpreter is None:
-        return ["--python", sys.executable]
+        return here
     minor = int(interpreter.glibc.split(".")[1])
     glibc = max((n for n in UV_MANYLINUX if n <= minor), default=UV_MANYLINUX[0])
-    return ["--python-version", interpreter.python,
+    return [*here, "--python-version", interpreter.python,
             "--python-platform", f"{interpreter.machine}-manylinux_2_{glibc}"]
 
 
@@ -129,7 +133,7 @@ def resolve(requirements: Requirements, constraints: Path,
         if requirements.extra:
             (Path(scratch) / "package.in").write_text("\n".join(requirements.extra) + "\n")
             inputs.append(str(Path(scratch) / "package.in"))
-        argv = [uv(), "pip", "compile", "--quiet", "--no-header", "--no-annotate",
+        argv = [*uv("pip", "compile"), "--quiet", "--no-header", "--no-annotate",
                 *platform_args(interpreter), "-c", str(constraints), *inputs]
         try:
             done = subprocess.run(argv, capture_output=True, text=True, timeout=RESOLVE_TIMEOUT,
@@ -190,7 +194,7 @@ def install_here(lock: Lock, constraints: Path) -> list[str]:
     with tempfile.NamedTemporaryFile("w", suffix=".txt", prefix="kindling-lock-") as pinned:
         pinned.write(lock.text)
         pinned.flush()
-        done = subprocess.run([uv(), "pip", "install", "--quiet", "--python", sys.executable,
+        done = subprocess.run([*uv("pip", "install"), "--quiet", "--python", sys.executable,
                                "-c", str(constraints), "-r", pinned.name],
                               capture_output=True, text=True, timeout=RESOLVE_TIMEOUT,
                               stdin=subprocess.DEVNULL)

@@ -172,9 +172,9 @@ class LocalTarget(Target):
         if request.requirements:
             lock = resolve(request.requirements, CONSTRAINTS)
             installed = install_here(lock, CONSTRAINTS)
-            console.print(f"requirements: {', '.join(installed)} installed into {sys.prefix}"
-                          if installed else f"requirements: {request.requirements.origin} "
-                          "already installed (skipped)")
+            print(f"requirements: {', '.join(installed)} installed into {sys.prefix}"
+                  if installed else f"requirements: {request.requirements.origin} already "
+                  "installed (skipped)", flush=True)
         if request.job.uses_spark:
             self.spark.start()
         return replace(request, args=request.job.with_paths(request.args, {
