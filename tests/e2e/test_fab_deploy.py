@@ -61,10 +61,12 @@ def test_bad_input_is_one_line_and_changes_nothing(netns_cluster, env, tmp_path)
         fab(env, "deploy", "classify", "--target", str(no_secret)))
     conflict = tmp_path / "requirements.txt"  # resolved here, for the master's Python
     conflict.write_text("numpy==1.26.4\n")
+    started = time.monotonic()
     assert re.search(r"requirements\.txt does not resolve against kindling's pins \(constraints"
                      r"\.txt\): Because you require numpy==1\.26\.4 and numpy==2", one_error_line(
         fab(env, "deploy", str(SCRIPTS / "tabulated" / "tabulated.py"), "--target", inventory,
             "--requirements", str(conflict))))
+    print(f"a conflicting --requirements refused in {time.monotonic() - started:.1f}s")
     assert host_state(netns_cluster) == before
 
 
@@ -295,6 +297,8 @@ def test_a_job_from_a_package_of_its_own_is_installed_from_its_wheel_and_runs(
     for step in ("package wheel", "requirements"):  # requirements: its humanize
         steps = dict(re.findall(rf"^(\S+) +{step} +(\S+)", done.stdout, re.M))
         assert steps == {host.name: "installed" for host in netns_cluster.hosts}, done.stdout
+    print(*re.findall(r"^\S+ +(?:requirements|wheelhouse) .*$|^deploy took .*$", done.stdout,
+                      re.M), sep="\n")
     for host in netns_cluster.hosts:
         netns_cluster.exec(host, "/opt/kindling/venv/bin/python -c 'import humanize'", check=True)
     assert not re.search(r"kindling wheel +installed", done.stdout)
@@ -352,6 +356,8 @@ def test_a_script_needing_a_package_kindling_does_not_install_gets_it_on_every_h
         results = results_of(done)
         steps = dict(re.findall(r"^(\S+) +requirements +(\S+)", done.stdout, re.M))
         assert steps == {host.name: status for host in netns_cluster.hosts}, done.stdout
+        print(*re.findall(r"^\S+ +(?:requirements|wheelhouse) .*$|^deploy took .*$",
+                          done.stdout, re.M), sep="\n")
         for label, host in (("worker 0", "worker-0"), ("worker 1", "worker-1")):
             assert re.search(rf"^\[{label}@{host}\] keras +5$", done.stdout, re.M), done.stdout
         assert json.loads((results / "table.json").read_text())["python"] == \
