@@ -97,17 +97,27 @@ def pytest_collection_modifyitems(items) -> None:
 
 NETNS_UNIT = "tests/e2e: the netns cluster"
 REHEARSAL_UNIT = "tests/e2e: the rehearsal cluster"
-CHAINS = (NETNS_UNIT, REHEARSAL_UNIT)
-"""The suite's longest chains: every test of one session cluster, one after the other."""
+LOCAL_TARGET_UNIT = "tests/ops: the project's local target"
+LOCAL_TARGET_MODULES = ("tests/ops/test_scripts.py", "tests/ops/test_requirements.py",
+                        "tests/ops/test_own_jobs.py", "tests/ops/test_storage.py",
+                        "tests/ops/test_targets.py")
+"""Modules whose fab runs use this checkout's local target: one Spark in .kindling/local, which
+tests on two workers would start, stop and log into at once."""
+LATER_UNITS_NICENESS = 10
+"""The CPU weight of the other units (the rehearsal's too) against the netns chain's, the
+longest: about 1 to 10 (for processes of the same session: sched_autogroup shares the CPU
+between sessions first)."""
 
 
 def suite_unit(nodeid: str) -> str:
-    """The unit a test runs in with `-n`: its module, or the cluster whose tests it shares."""
+    """The unit a test runs in with `-n`: its module, or the shared thing its tests use."""
     module = nodeid.split("::", 1)[0]
     if module.startswith("tests/e2e/test_rehearsal"):
         return REHEARSAL_UNIT
     if module.startswith("tests/e2e/") and module != "tests/e2e/test_fan_out.py":
         return NETNS_UNIT
+    if module in LOCAL_TARGET_MODULES:
+        return LOCAL_TARGET_UNIT
     return module
 
 
@@ -136,18 +146,14 @@ def pytest_xdist_make_scheduler(config, log):
     return ClusterScopes(config, log)
 
 
-LATER_UNITS_NICENESS = 10
-"""The CPU weight of the other units against the chains': about 1 to 10."""
-
-
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item) -> None:
-    """With `-n`, the longest chains first: a worker running any other unit runs it (and what its
-    fixtures start) at a lower CPU priority, so the chains are not slowed down by work that
+    """With `-n`, the longest chain first: a worker running any other unit runs it (and what its
+    fixtures start) at a lower CPU priority, so the netns chain is not slowed down by work that
     can wait; the CPU is never idle while there is work (needs root to raise it back: as
-    non-root the chains skip anyway)."""
+    non-root the netns tests skip anyway)."""
     if os.environ.get("PYTEST_XDIST_WORKER"):
-        wanted = 0 if suite_unit(item.nodeid) in CHAINS else LATER_UNITS_NICENESS
+        wanted = 0 if suite_unit(item.nodeid) == NETNS_UNIT else LATER_UNITS_NICENESS
         if os.getpriority(os.PRIO_PROCESS, 0) != wanted:
             with contextlib.suppress(PermissionError):
                 os.setpriority(os.PRIO_PROCESS, 0, wanted)

@@ -152,8 +152,8 @@ def test_the_first_install_trains_train_mnist_on_both_workers(netns_cluster, env
     print(f"train-mnist accuracy on 3 hosts: {accuracy:.4f}")
     assert accuracy >= ACCURACY_FLOOR["train-mnist"]
     # the terminal showed the chief's epochs as they ended, through the driver's stream
-    assert re.findall(r"\[driver@master\] epoch (\d)/2: loss [\d.]+, accuracy [\d.]+ \(",
-                      deployed.stdout) == ["1", "2"]
+    assert re.findall(r"^\[driver\] epoch (\d)/2: loss [\d.]+, accuracy [\d.]+ \(",
+                      deployed.stdout, re.MULTILINE) == ["1", "2"]
     for host in netns_cluster.inventory.workers:  # executors ran on both worker hosts
         assert list((results / "logs" / host.name).glob("executor-*.stderr")), host.name
     assert not list((results / "logs").glob("master/executor-*"))
