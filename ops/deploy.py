@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import time
+import tomllib
 import urllib.parse
 import urllib.request
 from importlib.metadata import Distribution
@@ -40,12 +41,19 @@ def project_wheel() -> Path:
     if not (PROJECT_ROOT / "pyproject.toml").is_file():
         raise UserError(f"{PROJECT_ROOT} is not a kindling checkout (no pyproject.toml); run fab "
                         "from the cloned repository")
-    sources = sorted([PROJECT_ROOT / "kindling.py", *(p for pkg in ("infra", "ops", "workloads")
+    sources = sorted([PROJECT_ROOT / "kindling.py", *(p for pkg in shipped_packages()
                                                       for p in (PROJECT_ROOT / pkg).rglob("*.py"))])
     digest = hashlib.sha256()
     for path in [PROJECT_ROOT / "pyproject.toml", *sources]:
         digest.update(str(path.relative_to(PROJECT_ROOT)).encode() + path.read_bytes())
     return build_wheel(str(PROJECT_ROOT), WHEELS / digest.hexdigest()[:16], "kindling")
+
+
+def shipped_packages() -> list[str]:
+    """The checkout's top-level packages in kindling's wheel (pyproject's packages.find)."""
+    with open(PROJECT_ROOT / "pyproject.toml", "rb") as f:
+        found = tomllib.load(f)["tool"]["setuptools"]["packages"]["find"]["include"]
+    return [pattern.rstrip("*") for pattern in found]
 
 
 def package_wheel(job: Job) -> Path | None:

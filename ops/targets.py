@@ -33,6 +33,7 @@ from ops.services.watcher import Watcher
 from ops.storage.staging import remote_path, stage
 from workloads.common import SPOT_NOTICE_ENV
 from workloads.jobs import Job, Placement
+from workloads.scripts import check_sparkdl_here
 
 TARGET_ENV = "KINDLING_TARGET"
 LOCAL = "local"
@@ -159,7 +160,9 @@ class LocalTarget(Target):
         return str(Path(output).resolve()) if output else f"{self.runs_dir}/{run_id}"
 
     def check(self, job):
-        """Spark's daemons need Java on this machine, as its scripts find it."""
+        """Spark's daemons need Java on this machine, as its scripts find it; a script runs
+        with this machine's Python, whose sparkdl must be kindling's."""
+        check_sparkdl_here(job)
         if job.uses_spark and not os.environ.get("JAVA_HOME") and not shutil.which("java"):
             raise UserError(f"{job.name} runs on Spark, and Spark needs Java 17 or 21: there is no "
                             "`java` on the PATH and no JAVA_HOME; install one (Debian/Ubuntu: `sudo "

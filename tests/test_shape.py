@@ -15,7 +15,7 @@ from pathlib import Path
 import kindling
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("ops", "workloads", "infra")
+PACKAGES = ("ops", "workloads", "infra", "sparkdl")
 MAX_FUNCTION_LINES = 60
 MAX_OPS_MODULE_LINES = 400
 MAX_SCHEME_LINES_OUTSIDE_STORAGE = 3

@@ -14,6 +14,9 @@ from kindling import KindlingError, UserError
 
 ASSETS_ENV = "KINDLING_ASSETS"
 """Folder laid out like ../shared (datasets/, models/): offline data and weights for the jobs."""
+OFFLINE_MOBILENET = "models/mobilenet_v1_0.25_224.h5"
+"""Below $KINDLING_ASSETS: a MobileNet (alpha 0.25) with its ImageNet weights, the offline
+weights of classify and of the image transformers' MobileNet."""
 SPOT_NOTICE_ENV = "KINDLING_SPOT_NOTICE"
 """The file where the host's watcher (ops.spot) writes EC2's spot interruption notice."""
 

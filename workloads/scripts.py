@@ -17,12 +17,14 @@ Standard library only: ops makes these jobs on the control machine.
 
 from __future__ import annotations
 
+import ast
 import functools
 import json
 import os
 from pathlib import Path
 
 from kindling import UserError
+from workloads.classify.sparkdl_conflict import conflict, real_sparkdl
 from workloads.jobs import (JOBS, Flag, Job, Launch, Placement, Process, get_job, spark_driver)
 from workloads.train_ps import tf_cluster
 
@@ -102,6 +104,29 @@ def job_and_args(name: str, options: dict[str, object], job_args: str = "",
 def names_a_file(name: str) -> bool:
     """Whether NAME of `fab run NAME` means a file (a script), not a job."""
     return name.endswith(".py") or "/" in name or os.path.exists(name)
+
+
+def check_sparkdl_here(job: Job) -> None:
+    """A script that imports sparkdl, run with this machine's Python (the local target), must
+    get kindling's sparkdl-compatible API: refused before anything starts when Databricks'
+    sparkdl is installed here too (whose files may have replaced kindling's `sparkdl`)."""
+    found = real_sparkdl()
+    if found and names_a_file(job.name) and imports_sparkdl(job.name):
+        raise UserError(f"{job.name} imports sparkdl, and {conflict(found)}")
+
+
+def imports_sparkdl(script: str) -> bool:
+    """Whether the script imports sparkdl (or a module of it); one Python cannot parse runs
+    anyway, to fail with Python's own error."""
+    try:
+        tree = ast.parse(Path(script).read_bytes(), script)
+    except (OSError, SyntaxError, ValueError):
+        return False
+    names = [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+             for alias in node.names]
+    names += [node.module for node in ast.walk(tree)
+              if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module]
+    return any(name.split(".")[0] == "sparkdl" for name in names)
 
 
 def find_job(name: str) -> Job:

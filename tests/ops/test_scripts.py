@@ -1,8 +1,9 @@
 """A plain script of yours, no kindling import: `fab run path/to/script.py [--roles ...]` as the
 user types it. Bad input is one line before anything starts; with roles each process gets its
 TF_CONFIG, its own KINDLING_OUTPUT and the code folder on its PYTHONPATH, a failing script is
-named by role and host; a PySpark script and TensorFlow's multi-worker Keras tutorial (its
-tf.keras `model.fit` under MultiWorkerMirroredStrategy) run unchanged on the local target."""
+named by role and host; a PySpark script, TensorFlow's multi-worker Keras tutorial (its
+tf.keras `model.fit` under MultiWorkerMirroredStrategy) and the chapter's sparkdl listing run
+unchanged on the local target."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_targets import refused_before_anything_starts
+from test_targets import offline_env, refused_before_anything_starts
 
 from kindling import Host, UserError
 from workloads.jobs import Placement
@@ -75,6 +76,19 @@ def test_bad_script_input_is_one_line_before_anything_starts(argv, message, code
     line = refused_before_anything_starts(
         ["run", *(a.format(code=code) for a in argv), "--target", "local"], tmp_path)
     assert message.format(code=code) in line, line
+
+
+def test_a_script_importing_sparkdl_beside_databricks_sparkdl_is_refused_here(install_packages,
+                                                                             tmp_path):
+    """On the local target the script runs with fab's Python: Databricks' sparkdl installed
+    there (whose files may have replaced kindling's sparkdl) is one line before anything starts."""
+    site = install_packages("real_sparkdl")
+    shutil.copy(SCRIPTS / "sparkdl_chapter" / "image_classification.py", tmp_path)
+    line = refused_before_anything_starts(
+        ["run", str(tmp_path / "image_classification.py"), "--target", "local"], tmp_path,
+        env=offline_env(PYTHONPATH=f"{site}{os.pathsep}{REPO}"))
+    assert line.startswith(f"error: {tmp_path}/image_classification.py imports sparkdl, and "
+                           "sparkdl 0.2.2 (Databricks'") and line.endswith("pip uninstall sparkdl")
 
 
 @pytest.mark.parametrize("name, roles, folder, options, message", [
@@ -212,3 +226,39 @@ def test_tensorflows_multi_worker_keras_tutorial_trains_on_two_workers(tmp_path,
         assert len(metrics["loss"]) == 2 and all(loss > 0 for loss in metrics["loss"])
         assert (folder / "model.keras").stat().st_size > 100_000
     assert re.search(r"\[worker 1\] 5/5 - \d+s - loss: ", done.stdout), done.stdout
+
+
+CHAPTER_PHOTOS = {"buses": ("images-5.jpeg", "images-7.jpeg", "image-12.jpeg", "images.jpeg"),
+                  "cars": ("image-4.jpeg", "images-8.jpeg", "image-11.jpeg", "image-8.jpeg")}
+"""The smallest of the chapter's photos: each class splits into train and test rows by the
+listing's seeds."""
+
+
+@pytest.mark.slow
+def test_the_chapters_sparkdl_listing_runs(tmp_path, assets):
+    """The chapter's transfer learning as written for sparkdl (`import sparkdl as dl`,
+    `ImageSchema.readImages`, `DeepImageFeaturizer(modelName="InceptionV3")`, `Pipeline`,
+    `MulticlassClassificationEvaluator`), its photos shipped beside it, through `fab run`.
+    InceptionV3's ImageNet weights are not available offline: random ones in a file where
+    $KINDLING_ASSETS says, as code that names only a model runs offline, so the accuracy is
+    only printed, not judged."""
+    code = shutil.copytree(SCRIPTS / "sparkdl_chapter", tmp_path / "chapter")
+    for folder, names in CHAPTER_PHOTOS.items():
+        (code / folder).mkdir()
+        for name in names:
+            shutil.copy(assets / "datasets" / "buses-cars" / folder / name, code / folder)
+    weights = tmp_path / "assets" / "models" / "InceptionV3.h5"
+    weights.parent.mkdir(parents=True)
+    subprocess.run([sys.executable, "-c", "import keras, sys; keras.applications.InceptionV3("
+                    "weights=None, include_top=False, pooling='avg').save(sys.argv[1])",
+                    str(weights)], check=True, timeout=300, capture_output=True)
+    done = fab("run", str(code / "image_classification.py"), "--target", "local",
+               runs=tmp_path / "runs", env=offline_env(KINDLING_ASSETS=str(tmp_path / "assets")))
+    results_of(done)
+    print(done.stdout)
+    shown = re.findall(r"^\[driver\] \|\{file://\S*\|\s*([01])\|$", done.stdout, re.M)
+    assert sorted(set(shown)) == ["0", "1"], done.stdout  # dfbuses.show(5), dfcars.show(5)
+    tested = re.findall(r"^\[driver\] \|([01])\.0\s*\|([01])\s*\|$", done.stdout, re.M)
+    assert {label for _, label in tested} == {"0", "1"}, done.stdout  # both classes predicted
+    assert re.search(r"^\[driver\] \|prediction_label\|", done.stdout, re.M), done.stdout
+    assert re.search(r"^\[driver\] accuracy: \d+(\.\d+)?%$", done.stdout, re.M), done.stdout

@@ -15,8 +15,8 @@ from workloads.classify import main as classify
 from workloads.jobs import JOBS
 from kindling import UserError
 from workloads.classify.image_models import (MODEL_SPECS, build_model, decoded_rgb,
-                                             imagenet_labels, model_spec, resized_rgb,
-                                             saved_weights, weights_source)
+                                             default_weights, imagenet_labels, model_spec,
+                                             resized_rgb, saved_weights, weights_source)
 
 MOBILENET = "models/mobilenet_v1_0.25_224.h5"
 LABELS = "models/imagenet_labels_1001.txt"
@@ -257,6 +257,22 @@ def test_offline_defaults_fill_data_model_and_weights(assets, monkeypatch):
         str(assets / "datasets/buses-cars"), "MobileNet", str(assets / MOBILENET))
     assert (args.test_fraction, args.max_iter) == (0.4, 30)
     assert JOBS["classify"].with_offline_defaults(["--data", "/elsewhere"])[:2] == ["--data", "/elsewhere"]
+
+
+def test_transformers_given_no_weights_take_the_offline_copy_under_kindling_assets(
+        assets, tmp_path, monkeypatch):
+    """Code that names only a model (the chapter's InceptionV3) runs offline when
+    $KINDLING_ASSETS holds that model's file; without the variable, Keras downloads ImageNet's."""
+    monkeypatch.delenv("KINDLING_ASSETS", raising=False)
+    assert default_weights(model_spec("InceptionV3")) == "imagenet"
+    monkeypatch.setenv("KINDLING_ASSETS", str(assets))
+    assert default_weights(model_spec("MobileNet")) == str(assets / MOBILENET)
+    with pytest.raises(UserError, match=rf"^KINDLING_ASSETS={assets} has no models/InceptionV3.h5; "):
+        default_weights(model_spec("InceptionV3"))
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "InceptionV3.h5").write_bytes(b"")
+    monkeypatch.setenv("KINDLING_ASSETS", str(tmp_path))
+    assert default_weights(model_spec("InceptionV3")) == str(tmp_path / "models/InceptionV3.h5")
 
 
 def run_classify(*flags: str) -> subprocess.CompletedProcess:

@@ -63,16 +63,18 @@ def test_python_m_the_package_runs_the_declared_module(package):
 
 def test_installed_from_its_wheel_kindling_declares_its_jobs_by_its_metadata(tmp_path):
     """As on the hosts: no checkout, kindling's wheel installed; its entry points come from the
-    wheel's metadata (in a checkout, from its pyproject.toml, whatever the venv's metadata says)."""
+    wheel's metadata (in a checkout, from its pyproject.toml, whatever the venv's metadata says),
+    and the wheel holds the `sparkdl` import name."""
     from ops.deploy import project_wheel
 
     site = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index",
                     "--target", str(site), str(project_wheel())], check=True, timeout=300)
-    code = ("from workloads.jobs import JOBS, CHECKOUT; "
-            "print(CHECKOUT, *[f'{name}={JOBS.package(name)}' for name in JOBS])")
+    code = ("from workloads.jobs import JOBS, CHECKOUT; import importlib.util; "
+            "print(CHECKOUT, *[f'{name}={JOBS.package(name)}' for name in JOBS], "
+            "importlib.util.find_spec('sparkdl').origin)")
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
                           text=True, timeout=60, env=os.environ | {"PYTHONPATH": str(site)})
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == [str(site), "classify=kindling", "train-mnist=kindling",
-                                   "train-ps=kindling"]
+                                   "train-ps=kindling", str(site / "sparkdl" / "__init__.py")]

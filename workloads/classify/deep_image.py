@@ -37,8 +37,9 @@ from pyspark.sql.functions import pandas_udf
 from pyspark.sql.types import (ArrayType, BinaryType, DataType, FloatType, StringType, StructField,
                                StructType)
 
-from workloads.classify.image_models import (IMAGENET, build_model, decoded_rgb, imagenet_labels,
-                                             model_spec, resized_rgb, weights_source)
+from workloads.classify.image_models import (IMAGENET, build_model, decoded_rgb, default_weights,
+                                             imagenet_labels, model_spec, resized_rgb,
+                                             weights_source)
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,8 @@ class _DeepImageParams(HasInputCol, HasOutputCol):
     modelName = Param(Params._dummy(), "modelName", "Keras ImageNet model: InceptionV3, Xception, "
                       "ResNet50, VGG16, VGG19, MobileNet or MobileNetV2", typeConverter=_model_name)
     weights = Param(Params._dummy(), "weights", "'imagenet' (downloaded by Keras) or a Keras "
-                    ".h5/.keras file, read by layer name", typeConverter=_weights)
+                    ".h5/.keras file, read by layer name; not set: 'imagenet', or with "
+                    "$KINDLING_ASSETS set the model's file there", typeConverter=_weights)
 
     def getModelName(self) -> str:
         return self.getOrDefault(self.modelName)
@@ -89,8 +91,11 @@ class _DeepImageParams(HasInputCol, HasOutputCol):
                                                  and set(IMAGE_FIELDS) <= set(kind.fieldNames()))):
             raise ValueError(f"input column {name!r} is {kind.simpleString()}; it must hold the "
                              "image files' bytes (binaryFile's content) or Spark's image struct")
-        udf = _model_udf(model_spec(self.getModelName()).name, weights_source(self.getWeights()),
-                         top, labels, return_type, image_struct=isinstance(kind, StructType))
+        spec = model_spec(self.getModelName())
+        weights = (weights_source(self.getWeights()) if self.isSet(self.weights)
+                   else default_weights(spec))
+        udf = _model_udf(spec.name, weights, top, labels, return_type,
+                         image_struct=isinstance(kind, StructType))
         return udf(F.col(name))
 
 

@@ -7,6 +7,7 @@ Keras and h5py are imported inside the functions so that `--help` and flag error
 from __future__ import annotations
 
 import io
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,9 +16,12 @@ import numpy as np
 from PIL import Image
 
 from kindling import UserError
+from workloads.common import ASSETS_ENV, OFFLINE_MOBILENET, asset
 
 IMAGENET = "imagenet"
 WEIGHT_FILE_SUFFIXES = (".h5", ".hdf5", ".keras")
+OFFLINE_WEIGHTS = {"MobileNet": OFFLINE_MOBILENET}
+"""The offline copy of a model's weights below $KINDLING_ASSETS, when not models/<name>.h5."""
 RESAMPLE = Image.Resampling.BILINEAR
 """How images are resized to the model's input (PIL's bilinear filter antialiases when shrinking)."""
 
@@ -89,6 +93,16 @@ def weights_source(weights: str | None) -> str:
         raise UserError(f"weights file {weights} is not a Keras .h5/.keras file; save it with "
                         "model.save('name.keras') or pass 'imagenet'")
     return str(path)
+
+
+def default_weights(spec: ModelSpec) -> str:
+    """The weights of a transformer given none: 'imagenet' (Keras downloads them), or with
+    $KINDLING_ASSETS set (tests and offline demos, as the jobs' offline defaults) the model's
+    file there, models/<name>.h5 (MobileNet: the shared MobileNet file), so that code which
+    names only a model, such as the chapter's, runs offline unchanged."""
+    if not os.environ.get(ASSETS_ENV):
+        return IMAGENET
+    return weights_source(asset(OFFLINE_WEIGHTS.get(spec.name, f"models/{spec.name}.h5")))
 
 
 def saved_weights(path: str) -> list[tuple[str, list[np.ndarray]]]:

@@ -8,6 +8,7 @@ import argparse
 import importlib
 
 from kindling import UserError
+from workloads.common import OFFLINE_MOBILENET
 from workloads.jobs import Download, Flag, Job, lazy_check, plain_spark_plan
 from workloads.stored import LOCATION_EXAMPLES
 
@@ -46,7 +47,7 @@ JOB = Job(
                 check=lazy_check("workloads.classify.image_models", "model_spec")),
            Flag("--weights", "'imagenet' (downloaded by Keras) or a Keras .h5/.keras file "
                 "of that model (copied to every host)", default="imagenet", path=True,
-                names=("imagenet",), offline="models/mobilenet_v1_0.25_224.h5",
+                names=("imagenet",), offline=OFFLINE_MOBILENET,
                 check=lazy_check("workloads.classify.image_models", "weights_source")),
            Flag("--seed", "seed of the per-class train/test split", type=int, default=42,
                 fab=False),
