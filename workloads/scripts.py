@@ -150,7 +150,16 @@ def spark_script_plan(job: Job, placement: Placement, args: list[str], run_dir: 
     values = job.values(args)
     return spark_driver(placement, [f"{values.code}/{job.module}", *values.program_args],
                         {"spark.executorEnv.PYTHONPATH": values.code},
-                        (("PYTHONPATH", values.code), (OUTPUT_ENV, run_dir)))
+                        (("PYTHONPATH", python_path(placement, values.code)),
+                         (OUTPUT_ENV, run_dir)))
+
+
+def python_path(placement: Placement, code: str) -> str:
+    """A script's PYTHONPATH: its code folder; with this machine's installation (the local
+    target), then the PYTHONPATH fab runs with, so that a kindling checkout used from its folder
+    is what the script imports (`sparkdl` too). Spark adds its daemons' own to the executors'."""
+    here = "" if placement.site_packages else os.environ.get("PYTHONPATH", "")
+    return os.pathsep.join(filter(None, (code, here)))
 
 
 def roles_plan(roles: dict[str, int], legacy_keras: str, job: Job, placement: Placement,
@@ -170,7 +179,7 @@ def roles_plan(roles: dict[str, int], legacy_keras: str, job: Job, placement: Pl
     for role, index, _ in tf_cluster.tasks(spec):
         task = {"cluster": spec, "task": {"type": role, "index": index}}
         output = run_dir if (role, index) == main else f"{run_dir}/{role}-{index}"
-        env = (("TF_CONFIG", json.dumps(task)), ("PYTHONPATH", values.code),
+        env = (("TF_CONFIG", json.dumps(task)), ("PYTHONPATH", python_path(placement, values.code)),
                (OUTPUT_ENV, output), (LEGACY_KERAS_ENV, legacy_keras), ("PYTHONUNBUFFERED", "1"),
                *placement.process_env)
         argv = (placement.python, f"{values.code}/{job.module}", *values.program_args)

@@ -126,7 +126,8 @@ def test_roles_on_a_cluster_each_task_with_its_tf_config(code, monkeypatch):
                         enumerate(("master", "worker-0", "worker-1"), start=10))
     job, args = job_and_args(str(code / "sub" / "probe.py"), {}, "--epochs 2",
                              "chief=1,worker=3,ps=1", str(code))
-    placement = Placement(master, tuple(workers), (), "/opt/venv/bin/python")
+    placement = Placement(master, tuple(workers), (), "/opt/venv/bin/python",
+                          site_packages="/opt/venv/lib/python3.13/site-packages")
     launch = job.plan(job, placement, job.with_paths(args, {str(code): "/srv/code"}), "/srv/run")
     where = {p.label: (p.host.name, json.loads(dict(p.env)["TF_CONFIG"])["task"])
              for p in launch.processes}
@@ -145,6 +146,22 @@ def test_roles_on_a_cluster_each_task_with_its_tf_config(code, monkeypatch):
         "/srv/code", "/srv/run", "0")
     assert dict(launch.processes[1].env)["KINDLING_OUTPUT"] == "/srv/run/worker-0"
     assert launch.folders == ("ps-0", "worker-0", "worker-1", "worker-2")
+
+
+def test_on_this_machines_installation_a_script_keeps_the_pythonpath_fab_runs_with(
+        code, monkeypatch):
+    """The local target: the code folder, then fab's PYTHONPATH (a checkout used from its folder
+    is the kindling, and the sparkdl, the driver imports); a cluster's hosts: the code folder."""
+    monkeypatch.setenv("PYTHONPATH", "/home/me/kindling")
+    job, args = job_and_args(str(code / "sub" / "probe.py"), {}, "")
+    here = Host("local", "127.0.0.1", "127.0.0.1")
+    paths = {}
+    for name, installed in (("local", ""), ("cluster", "/opt/venv/lib/python3.13/site-packages")):
+        placement = Placement(here, (here,), (), sys.executable, site_packages=installed)
+        launch = job.plan(job, placement, job.with_paths(args, {str(code / "sub"): "/srv/code"}),
+                          "/srv/run")
+        paths[name] = dict(launch.processes[0].env)["PYTHONPATH"]
+    assert paths == {"local": f"/srv/code{os.pathsep}/home/me/kindling", "cluster": "/srv/code"}
 
 
 def test_roles_on_the_local_target(code, tmp_path):

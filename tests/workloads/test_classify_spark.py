@@ -240,3 +240,24 @@ def test_predictor_names_a_bus_and_saves(spark, photos, weights, assets, tmp_pat
     assert probabilities.shape == (1000,) and probabilities.sum() == pytest.approx(1.0, abs=1e-4)
     assert str(int(probabilities.argmax())) == top[0]["class"]
     assert probabilities.max() == pytest.approx(top[0]["probability"], abs=1e-6)
+
+
+def test_import_sparkdl_gives_imageschema_spark_23s_readImages(spark, photos, tmp_path):
+    """The chapter's `ImageSchema.readImages('buses/')`, there again once sparkdl is imported:
+    Spark's image schema, the folder's own images only unless recursive (Spark 2.3's default),
+    a file that is not an image dropped."""
+    import sparkdl  # noqa: F401  (adds readImages to pyspark's ImageSchema)
+    from pyspark.ml.image import ImageSchema
+
+    folder = tmp_path / "buses"
+    (folder / "more").mkdir(parents=True)
+    for name in BUSES[:2]:
+        shutil.copy(photos / "buses" / name, folder)
+    shutil.copy(photos / "cars" / CARS[0], folder / "more")
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    images = ImageSchema.readImages(str(folder))
+    assert images.schema.simpleString() == ImageSchema.imageSchema.simpleString()
+    assert sorted(local_path(row.origin).name for row in images.select("image.origin").collect()
+                  ) == sorted(BUSES[:2])
+    nested = ImageSchema.readImages(str(folder), recursive=True).select("image.origin").collect()
+    assert sorted(local_path(row.origin).name for row in nested) == sorted((*BUSES[:2], CARS[0]))

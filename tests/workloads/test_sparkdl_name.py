@@ -1,7 +1,7 @@
 """kindling's `sparkdl` import name: Databricks' sparkdl installed beside it (here a stand-in
 distribution of the same name and package, installed by pip) is refused in one line by
 `import sparkdl`, and fab sees which scripts import sparkdl. Its readImages on pyspark's
-ImageSchema runs on Spark in test_classify_spark; the chapter's listing, in tests/ops/test_scripts."""
+ImageSchema runs on Spark in test_classify_spark; the chapter's listing in ops/test_scripts."""
 
 from __future__ import annotations
 
@@ -25,8 +25,9 @@ def databricks_sparkdl(install_packages) -> Path:
 
 
 def python(code: str, *path: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
-                          timeout=60, env=os.environ | {"PYTHONPATH": os.pathsep.join(map(str, path))})
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                          text=True, timeout=60,
+                          env=os.environ | {"PYTHONPATH": os.pathsep.join(map(str, path))})
 
 
 def test_import_sparkdl_beside_databricks_sparkdl_is_one_line_naming_the_fix(databricks_sparkdl):
@@ -34,11 +35,13 @@ def test_import_sparkdl_beside_databricks_sparkdl_is_one_line_naming_the_fix(dat
     assert done.returncode == 1
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("ImportError: sparkdl 0.2.2 (Databricks' Deep Learning Pipelines, "
-                           "Spark 2.4 only) is installed beside kindling") and last.endswith(FIX), last
+                           "Spark 2.4 only) is installed beside kindling"), last
+    assert last.endswith(FIX), last
 
 
 def test_without_it_import_sparkdl_is_kindlings_api_and_adds_readImages_to_imageschema():
-    code = ("from pyspark.ml.image import ImageSchema; before = hasattr(ImageSchema, 'readImages'); "
+    code = ("from pyspark.ml.image import ImageSchema; "
+            "before = hasattr(ImageSchema, 'readImages'); "
             "import sparkdl as dl; from workloads.classify import deep_image; "
             "print(before, dl.DeepImageFeaturizer is deep_image.DeepImageFeaturizer, "
             "dl.DeepImagePredictor is deep_image.DeepImagePredictor, "
@@ -70,7 +73,7 @@ def test_a_script_importing_sparkdl_runs_here_only_without_databricks_sparkdl(
     check_sparkdl_here(chapter)  # kindling's sparkdl alone
     monkeypatch.syspath_prepend(str(databricks_sparkdl))
     with pytest.raises(UserError, match=rf"^{tmp_path}/chapter.py imports sparkdl, and sparkdl "
-                                        rf"0.2.2 \(Databricks' .*; {FIX}$"):
+                                        rf"0.2.2 \(Databricks' .*: {FIX}$"):
         check_sparkdl_here(chapter)
     check_sparkdl_here(plain)
     check_sparkdl_here(job_and_args("classify", {})[0])

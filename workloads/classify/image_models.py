@@ -7,7 +7,6 @@ Keras and h5py are imported inside the functions so that `--help` and flag error
 from __future__ import annotations
 
 import io
-import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from kindling import UserError
-from workloads.common import ASSETS_ENV, OFFLINE_MOBILENET, asset
+from workloads.common import OFFLINE_MOBILENET, asset
 
 IMAGENET = "imagenet"
 WEIGHT_FILE_SUFFIXES = (".h5", ".hdf5", ".keras")
@@ -100,9 +99,8 @@ def default_weights(spec: ModelSpec) -> str:
     $KINDLING_ASSETS set (tests and offline demos, as the jobs' offline defaults) the model's
     file there, models/<name>.h5 (MobileNet: the shared MobileNet file), so that code which
     names only a model, such as the chapter's, runs offline unchanged."""
-    if not os.environ.get(ASSETS_ENV):
-        return IMAGENET
-    return weights_source(asset(OFFLINE_WEIGHTS.get(spec.name, f"models/{spec.name}.h5")))
+    offline = asset(OFFLINE_WEIGHTS.get(spec.name, f"models/{spec.name}.h5"))
+    return IMAGENET if offline is None else weights_source(offline)
 
 
 def saved_weights(path: str) -> list[tuple[str, list[np.ndarray]]]:
