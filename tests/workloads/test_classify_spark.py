@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import re
@@ -246,8 +247,9 @@ def test_import_sparkdl_gives_imageschema_spark_23s_readImages(spark, photos, tm
     """The chapter's `ImageSchema.readImages('buses/')`, there again once sparkdl is imported:
     Spark's image schema, the folder's own images only unless recursive (Spark 2.3's default),
     a file that is not an image dropped."""
-    import sparkdl  # noqa: F401  (adds readImages to pyspark's ImageSchema)
     from pyspark.ml.image import ImageSchema
+
+    importlib.import_module("sparkdl")  # the chapter's `import sparkdl as dl`
 
     folder = tmp_path / "buses"
     (folder / "more").mkdir(parents=True)
