@@ -13,7 +13,8 @@ classify reads: a file is decoded once, in the Python worker, JPEGs by PIL's dra
 to about the model's input size) or Spark's image struct (sparkdl's readImages: pixels decoded
 by the JVM, resized in the worker). The Keras model is built once per Python worker and kept
 for its later tasks; files that do not decode give null. Their Params are plain JSON, so a
-Pipeline holding them saves and loads (which sparkdl's never did).
+Pipeline holding them saves and loads (which sparkdl's never did). sparkdl code imports them
+under sparkdl's own name: `import sparkdl` (the package sparkdl/ beside workloads/).
 """
 
 from __future__ import annotations
