@@ -17,6 +17,7 @@ Standard library only: ops makes these jobs on the control machine.
 
 from __future__ import annotations
 
+import argparse
 import ast
 import functools
 import json
@@ -111,22 +112,32 @@ def check_sparkdl_here(job: Job) -> None:
     get kindling's sparkdl-compatible API: refused before anything starts when Databricks'
     sparkdl is installed here too (whose files may have replaced kindling's `sparkdl`)."""
     found = real_sparkdl()
-    if found and names_a_file(job.name) and imports_sparkdl(job.name):
+    if found and names_a_file(job.name) and "sparkdl" in imported(job.name):
         raise UserError(f"{job.name} imports sparkdl, and {conflict(found)}")
 
 
-def imports_sparkdl(script: str) -> bool:
-    """Whether the script imports sparkdl (or a module of it); one Python cannot parse runs
-    anyway, to fail with Python's own error."""
+def check_no_findspark(script: str, args: argparse.Namespace) -> None:
+    """A notebook's way to a Spark (findspark.init, PYSPARK_SUBMIT_ARGS) is refused before
+    anything starts: the script gets the cluster's Spark from spark-submit, and the hosts have
+    no findspark (nor the Spark folder it names)."""
+    if "findspark" in imported(script):
+        raise UserError(f"{script} imports findspark; fab runs it with spark-submit and the "
+                        "cluster's Spark, so remove its findspark lines (and PYSPARK_SUBMIT_ARGS' "
+                        "--packages: the hosts have what kindling's jobs need)")
+
+
+def imported(script: str) -> set[str]:
+    """The top-level modules the script imports (absolute imports, anywhere in it); none when
+    Python cannot parse it, which then fails with Python's own error."""
     try:
         tree = ast.parse(Path(script).read_bytes(), script)
     except (OSError, SyntaxError, ValueError):
-        return False
+        return set()
     names = [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
              for alias in node.names]
     names += [node.module for node in ast.walk(tree)
               if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module]
-    return any(name.split(".")[0] == "sparkdl" for name in names)
+    return {name.split(".")[0] for name in names}
 
 
 def find_job(name: str) -> Job:
@@ -141,7 +152,8 @@ def script_job(path: str, script: str, roles: str | None) -> Job:
         plan = functools.partial(roles_plan, parse_roles(roles),
                                  os.environ.get(LEGACY_KERAS_ENV, "1"))
     return Job(path, script, f"your script {path}", flags=(CODE,), plan=plan,
-               uses_spark=roles is None, writes_store=True, passthrough=True)
+               uses_spark=roles is None, validate=functools.partial(check_no_findspark, path),
+               writes_store=True, passthrough=True)
 
 
 def spark_script_plan(job: Job, placement: Placement, args: list[str], run_dir: str) -> Launch:

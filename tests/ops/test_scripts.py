@@ -91,6 +91,19 @@ def test_a_script_importing_sparkdl_beside_databricks_sparkdl_is_refused_here(in
                            "sparkdl 0.2.2 (Databricks'") and line.endswith("pip uninstall sparkdl")
 
 
+def test_the_notebooks_way_to_spark_is_refused_before_anything_starts(tmp_path):
+    """The chapter's listing as printed starts with findspark.init and PYSPARK_SUBMIT_ARGS."""
+    listing = (SCRIPTS / "sparkdl_chapter" / "image_classification.py").read_text()
+    (tmp_path / "chapter.py").write_text(
+        "import findspark\nfindspark.init('/home/ubuntu/spark-2.4.0-bin-hadoop2.7')\n"
+        "import os\nos.environ['PYSPARK_SUBMIT_ARGS'] = '--packages databricks:spark-deep-"
+        "learning:1.3.0-spark2.4-s_2.11 pyspark-shell'\n" + listing)
+    line = refused_before_anything_starts(["run", str(tmp_path / "chapter.py"), "--target",
+                                           "local"], tmp_path)
+    assert line.startswith(f"error: {tmp_path}/chapter.py imports findspark; fab runs it with "
+                           "spark-submit and the cluster's Spark, so remove its findspark lines")
+
+
 @pytest.mark.parametrize("name, roles, folder, options, message", [
     ("train-ps", "worker=2", None, {}, "--roles and --code are for a script of yours"),
     ("{code}/sub/probe.py", None, "{code}/helper.py", {}, "not a folder that holds"),

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from kindling import UserError
-from workloads.scripts import check_sparkdl_here, imports_sparkdl, job_and_args
+from workloads.scripts import check_sparkdl_here, imported, job_and_args
 
 REPO = Path(__file__).resolve().parents[2]
 FIX = "pip uninstall sparkdl"
@@ -61,7 +61,7 @@ def test_without_it_import_sparkdl_is_kindlings_api_and_adds_readImages_to_image
 ])
 def test_which_scripts_import_sparkdl(source, imports, tmp_path):
     (tmp_path / "script.py").write_text(source)
-    assert imports_sparkdl(str(tmp_path / "script.py")) is imports
+    assert ("sparkdl" in imported(str(tmp_path / "script.py"))) is imports
 
 
 def test_a_script_importing_sparkdl_runs_here_only_without_databricks_sparkdl(
