@@ -119,12 +119,7 @@ def deploy_context(cluster: Cluster, job: Job, staged: dict[str, str],
     """What the services need, built and checked on the control machine before any host work:
     your requirements resolved for the master's Python (asked, nothing changed) and, with a
     wheelhouse, found there."""
-    wheelhouse_dir = None
-    if wheelhouse:
-        wheelhouse_dir = Path(wheelhouse).expanduser()
-        if not wheelhouse_dir.is_dir() or not any(wheelhouse_dir.glob("*.whl")):
-            raise UserError(f"--wheelhouse {wheelhouse}: not a folder of wheels; build one with "
-                            "`fab wheelhouse --folder DIR`")
+    wheelhouse_dir = wheelhouse_folder(wheelhouse)
     ctx = DeployContext(cluster.inventory, CONSTRAINTS, project_wheel(), wheelhouse_dir, staged,
                         package_wheel=package_wheel(job))
     if requirements:
@@ -135,6 +130,17 @@ def deploy_context(cluster: Cluster, job: Job, staged: dict[str, str],
             check_wheelhouse(ctx.lock, wheelhouse_dir, f"fab wheelhouse --folder {wheelhouse} "
                              f"--requirements {requirements.file or 'FILE'} --target TARGET")
     return ctx
+
+
+def wheelhouse_folder(wheelhouse: str | None) -> Path | None:
+    """--wheelhouse as a folder of wheels (None without one), or one line naming the fix."""
+    if not wheelhouse:
+        return None
+    folder = Path(wheelhouse).expanduser()
+    if not folder.is_dir() or not any(folder.glob("*.whl")):
+        raise UserError(f"--wheelhouse {wheelhouse}: not a folder of wheels; build one with "
+                        "`fab wheelhouse --folder DIR`")
+    return folder
 
 
 def deploy(cluster: Cluster, job: Job, ctx: DeployContext) -> None:

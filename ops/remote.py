@@ -91,6 +91,14 @@ def fetch_json(cxn: Context, url: str) -> dict | None:
     return json.loads(result.stdout)
 
 
+def answers_command(url: str, seconds: int) -> str:
+    """Shell command on a host: poll url until it answers, for up to seconds; else exit 1 saying
+    "no answer"."""
+    return (f"python3 -c \"import urllib.request, time\nfor _ in range({seconds * 10}):\n"
+            f"  try: urllib.request.urlopen('{url}', timeout=2); break\n"
+            "  except OSError: time.sleep(0.1)\nelse: raise SystemExit('no answer')\"")
+
+
 def write_files_command(folder: str, files: dict[str, str],
                         folders: tuple[str, ...] = ()) -> str:
     """Write each name -> text into folder (created first, with the subfolders named)."""

@@ -47,9 +47,9 @@ def credentials_dir(inventory: Inventory) -> Path:
     folder = root / inventory.clusterName
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(folder, 0o700)
-    _write_private(folder / "id_cluster", inventory.sshPrivateKey.rstrip("\n") + "\n")
-    _write_private(folder / "known_hosts", inventory.knownHosts.rstrip("\n") + "\n")
-    _write_private(folder / "ssh_config", ssh_config(inventory, folder))
+    write_private_file(folder / "id_cluster", inventory.sshPrivateKey.rstrip("\n") + "\n")
+    write_private_file(folder / "known_hosts", inventory.knownHosts.rstrip("\n") + "\n")
+    write_private_file(folder / "ssh_config", ssh_config(inventory, folder))
     return folder
 
 
@@ -88,7 +88,7 @@ def ssh_config(inventory: Inventory, folder: Path) -> str:
     return "\n\n".join(entries) + "\n"
 
 
-def _write_private(path: Path, text: str) -> None:
+def write_private_file(path: Path, text: str) -> None:
     """Write a file readable by its owner only (created 0600, never world-readable)."""
     if path.exists() and path.read_text() == text:
         os.chmod(path, 0o600)
@@ -198,3 +198,13 @@ class Connector:
 def ssh_command(inventory: Inventory, host: Host) -> list[str]:
     """The OpenSSH client argv for an interactive shell on host, pinned on every hop."""
     return ["ssh", "-F", str(credentials_dir(inventory) / "ssh_config"), host.name]
+
+
+def tunnel_command(inventory: Inventory, host: Host, forwards: list[tuple[int, int]]) -> list[str]:
+    """The OpenSSH argv of a tunnel (no command) from 127.0.0.1:local to host's private address
+    :remote, for each (local, remote) port pair, pinned as ssh_command; it fails rather than
+    run without a forward."""
+    ssh, *rest = ssh_command(inventory, host)
+    pairs = [a for local, remote in forwards
+             for a in ("-L", f"127.0.0.1:{local}:{host.privateIp}:{remote}")]
+    return [ssh, "-N", "-o", "ExitOnForwardFailure=yes", *pairs, *rest]

@@ -1,5 +1,6 @@
 """The fab tasks: `fab deploy JOB`, `fab run JOB` (or a script of yours: `fab run
-path/to/script.py`), status, logs, stop, exec, put, ssh, ui, tensorboard, jobs, wheelhouse, jars.
+path/to/script.py`), status, logs, stop, exec, put, ssh, ui, tensorboard, notebook, jobs,
+wheelhouse, jars.
 
 Every task takes `--target`: `local`, an inventory JSON file, or `pulumi[:STACK]` (the default,
 read with `pulumi stack output --json --show-secrets`); $KINDLING_TARGET sets the default.
@@ -30,7 +31,7 @@ from ops.cluster import console
 from ops.run import run
 from ops.services.hdfs import NAMENODE_HTTP_PORT
 from ops.services.spark import MASTER_WEBUI_PORT
-from ops.ssh import ssh_command
+from ops.ssh import ssh_command, tunnel_command
 from ops.targets import (LOCAL, ClusterTarget, Target, load_cluster_inventory, load_target,
                          target_spec)
 from workloads.jobs import JOBS, Flag
@@ -241,17 +242,17 @@ def ui(c, target=None, seconds=0):
     """SSH tunnels to the cluster's web UIs (the Spark master's, HDFS's NameNode's); prints
     their local URLs."""
     inventory = _inventory(target)
-    master = inventory.master
-    argv = ssh_command(inventory, master)
     spark_port, namenode_port = local.free_ports(2)
     tunnels = {"Spark master UI": (spark_port, MASTER_WEBUI_PORT)}
     if inventory.hdfs:
         tunnels["HDFS NameNode UI"] = (namenode_port, NAMENODE_HTTP_PORT)
-    forwards = [a for lp, rp in tunnels.values() for a in ("-L", f"127.0.0.1:{lp}:{master.privateIp}:{rp}")]
-    tunnel = subprocess.Popen([argv[0], "-N", "-o", "ExitOnForwardFailure=yes", *forwards, *argv[1:]])
-    for name, (local_port, _) in tunnels.items():
-        print(f"{name}: http://127.0.0.1:{local_port}/", flush=True)
-    _serve(tunnel, seconds)
+
+    def start():
+        tunnel = subprocess.Popen(tunnel_command(inventory, inventory.master, [*tunnels.values()]))
+        for name, (local_port, _) in tunnels.items():
+            print(f"{name}: http://127.0.0.1:{local_port}/", flush=True)
+        return tunnel, None
+    _serve(start, seconds)
 
 
 @task(help={"logdir": "folder of runs (default: runs/, where fab fetches results)",
@@ -266,31 +267,79 @@ def tensorboard(c, logdir=None, seconds=0):
         raise UserError(f"{folder}: no such folder; run a training job first (`fab run "
                         "JOB`) or pass --logdir DIR")
     [port] = local.free_ports(1)
-    server = subprocess.Popen([sys.executable, "-m", "tensorboard.main", "--logdir", str(folder),
-                               "--host", "127.0.0.1", "--port", str(port)],
-                              stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    print(f"TensorBoard: http://127.0.0.1:{port}/ (runs in {folder})", flush=True)
-    _serve(server, seconds)
+
+    def start():
+        server = subprocess.Popen([sys.executable, "-m", "tensorboard.main", "--logdir",
+                                   str(folder), "--host", "127.0.0.1", "--port", str(port)],
+                                  stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        print(f"TensorBoard: http://127.0.0.1:{port}/ (runs in {folder})", flush=True)
+        return server, None
+    _serve(start, seconds)
 
 
-def _serve(process: subprocess.Popen, seconds) -> None:
-    """Keep a tunnel or server up for `seconds` (0: until Ctrl-C), then end it. A kill or a
-    hangup (the terminal closed) ends it too: it never outlives fab."""
-    previous = {sig: signal.signal(sig, signal.default_int_handler)
-                for sig in (signal.SIGTERM, signal.SIGHUP)}
+@task(help={"target": TARGET_HELP, "seconds": "serve this long (default: until Ctrl-C)",
+            "wheelhouse": "install JupyterLab on the master from this folder of wheels (no "
+                          "PyPI there; `fab wheelhouse` includes it)"})
+@cli_errors
+def notebook(c, target=None, seconds=0, wheelhouse=None):
+    """JupyterLab on the master (--target local: this machine) through an SSH tunnel; its
+    kernel's `spark` runs on the cluster. Prints its local URL, with the token."""
+    from ops import notebook as notebooks
+
+    def start():
+        where = load_target(target)
+        try:
+            if isinstance(where, ClusterTarget):
+                session = notebooks.on_cluster(where, wheelhouse)
+            elif wheelhouse:
+                raise UserError("--wheelhouse is for cluster hosts; the local target uses this "
+                                "machine's installation")
+            else:
+                session = notebooks.on_local(where)
+        except BaseException:
+            where.close()
+            raise
+        print(f"JupyterLab: {session.url}", flush=True)
+
+        def stop():
+            try:
+                session.stop()
+            finally:
+                where.close()
+        return session.process, stop
+    _serve(start, seconds)
+
+
+def _serve(start, seconds) -> None:
+    """start() -> (a tunnel or server process, what ends the rest or None): kept up for
+    `seconds` (0: until Ctrl-C), then ended. A kill or a hangup (the terminal closed) ends it
+    too, while it starts as well: nothing outlives fab. Its end is not interrupted."""
+    ends = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {sig: signal.getsignal(sig) for sig in ends}
+    for sig in ends:
+        signal.signal(sig, signal.default_int_handler)
+    process = stop = None
     try:
+        process, stop = start()
         process.wait(timeout=int(seconds) or None)
     except (subprocess.TimeoutExpired, KeyboardInterrupt):
         pass
     finally:
-        process.terminate()
+        for sig in ends:
+            signal.signal(sig, signal.SIG_IGN)
         try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+            if process is not None:
+                process.terminate()
+                try:
+                    process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+            if stop is not None:
+                stop()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 @task(help={"folder": "where to write the wheels (default: wheelhouse)",
@@ -304,7 +353,8 @@ def wheelhouse(c, folder="wheelhouse", python_version=None, target=None, require
     from ops import requirements as yours
     from ops import wheelhouse as wheels
     from ops.deploy import CONSTRAINTS
-    from ops.services.wheels import no_deps_requirements, workload_requirements
+    from ops.services.wheels import (no_deps_requirements, notebook_requirements,
+                                     workload_requirements)
 
     if python_version and target:
         raise UserError("give --python-version or --target, not both")
@@ -326,8 +376,9 @@ def wheelhouse(c, folder="wheelhouse", python_version=None, target=None, require
     started = time.monotonic()
     with ThreadPoolExecutor(1) as ivy:  # Maven Central's jars download while pip's wheels do
         jars = ivy.submit(lambda: [jvm.resolve(feature, spark_home) for feature in jvm.FEATURES])
-        count = wheels.build(Path(folder), interpreter, CONSTRAINTS,
-                             workload_requirements(CONSTRAINTS) + (lock.text.split() if lock else []),
+        hosts = (workload_requirements(CONSTRAINTS) + notebook_requirements(CONSTRAINTS)
+                 + (lock.text.split() if lock else []))
+        count = wheels.build(Path(folder), interpreter, CONSTRAINTS, hosts,
                              no_deps_requirements(CONSTRAINTS))
         print(f"wheelhouse: {folder} ({count} wheels for CPython {interpreter.python}, glibc "
               f"{interpreter.glibc}, in {time.monotonic() - started:.0f}s)")

@@ -377,24 +377,37 @@ def spark_submit(job: Job, placement: Placement, args: list[str], run_dir: str,
 def spark_driver(placement: Placement, program: list[str], conf: dict[str, str],
                  env: tuple[tuple[str, str], ...] = ()) -> Launch:
     """spark-submit of program (a .py file and its arguments) on the master, with conf and env,
-    the driver bound privately.
+    the driver bound privately."""
+    argv = [placement.python.rsplit("/", 1)[0] + "/spark-submit", "--master",
+            placement.spark_master_url]
+    for key, value in driver_conf(placement, conf).items():
+        argv += ["--conf", f"{key}={value}"]
+    argv += program
+    return Launch([Process("driver", placement.master, tuple(argv), driver_env(placement, env),
+                           main=True)])
+
+
+def driver_conf(placement: Placement, conf: dict[str, str]) -> dict[str, str]:
+    """The confs of a driver on the master (spark-submit's, a notebook kernel's): conf, the
+    target's (storage), the hosts' Python, the driver's private address.
 
     Decommissioning on: when a worker is decommissioned (a spot host's notice), the driver
     stops sending it tasks and its executors hand their cached and shuffle blocks to others."""
     python = placement.python
-    conf = {"spark.pyspark.python": python, "spark.pyspark.driver.python": python,
+    return {"spark.pyspark.python": python, "spark.pyspark.driver.python": python,
             "spark.executorEnv.PYTHONUNBUFFERED": "1", "spark.log.level": "WARN",
             "spark.decommission.enabled": "true", "spark.storage.decommission.enabled": "true",
             **conf, **dict(placement.spark_conf), "spark.driver.host": placement.master.privateIp}
-    argv = [python.rsplit("/", 1)[0] + "/spark-submit", "--master", placement.spark_master_url]
-    for key, value in conf.items():
-        argv += ["--conf", f"{key}={value}"]
-    argv += program
+
+
+def driver_env(placement: Placement, env: tuple[tuple[str, str], ...] = ()
+               ) -> tuple[tuple[str, str], ...]:
+    """The environment of a driver on the master: Spark's home and its conf folder (the
+    cluster's secret), the private address, env, the target's (storage, spot notices)."""
     conf_dir = (("SPARK_CONF_DIR", placement.spark_conf_dir),) if placement.spark_conf_dir else ()
-    env = (("SPARK_HOME", placement.spark_home), *conf_dir,
-           ("SPARK_LOCAL_IP", placement.master.privateIp), ("PYTHONUNBUFFERED", "1"),
-           *env, *placement.process_env)
-    return Launch([Process("driver", placement.master, tuple(argv), env, main=True)])
+    return (("SPARK_HOME", placement.spark_home), *conf_dir,
+            ("SPARK_LOCAL_IP", placement.master.privateIp), ("PYTHONUNBUFFERED", "1"),
+            *env, *placement.process_env)
 
 
 def plain_spark_plan(job: Job, placement: Placement, args: list[str], run_dir: str) -> Launch:

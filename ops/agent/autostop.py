@@ -9,14 +9,15 @@ stops an on-demand host (its disk kept) and terminates a one-time spot host, as 
 
 The master decides for the cluster. Every other host reports what keeps it busy (a live job
 process of a run, an interactive SSH login) to the master's endpoint every interval and gets the
-decision back. The master adds its own (and a running Spark application): when nothing was busy
-anywhere for `idleStopMinutes`, or the cluster has been up `maxHours`, the cluster stops, the
-master last. It fails closed: a host the master does not hear from blocks the idle stop (it may
-be running a job), until it has been silent longer than a host waits for its master, by when it
-has stopped itself (or it is gone: an interrupted spot worker). A host that cannot reach its
-master for `idleStopMinutes` stops itself. `maxHours` counts from the host's boot, the idle time
-from the last activity (at first from the watcher's first start in this boot, which on EC2 is the
-boot), both kept across a restart: an upgraded watcher neither forgets the idle time nor pushes
+decision back. The master adds its own, a running Spark application and a notebook kernel running
+a cell (not the notebook's own Spark application): when nothing was busy anywhere for
+`idleStopMinutes`, or the cluster has been up `maxHours`, the cluster stops, the master last. It
+fails closed: a host the master does not hear from blocks the idle stop (it may be running a
+job), until it has been silent longer than a host waits for its master, by when it has stopped
+itself (or it is gone: an interrupted spot worker). A host that cannot reach its master for
+`idleStopMinutes` stops itself. `maxHours` counts from the host's boot, the idle time from the
+last activity (at first from the watcher's first start in this boot, which on EC2 is the boot),
+both kept across a restart: an upgraded watcher neither forgets the idle time nor pushes
 `maxHours` out.
 
 Runs on the hosts as its own user, not root (ops.agent.install): standard library only.
@@ -48,6 +49,7 @@ STOP_GRACE_INTERVALS = 2
 """The master shuts down this many intervals after its decision: every host that reports has
 been told by then."""
 SPARK_MASTER_WEBUI_PORT = 8080
+NOTEBOOK_APP = "kindling-notebook"  # `fab notebook`'s kernels' Spark application: not activity
 LOGIN = re.compile(rb"^sshd(?:-session)?: \S+@pts/")
 """An interactive SSH login's sshd process title (fab's own commands run without a terminal)."""
 
@@ -68,6 +70,8 @@ class Settings:
     """The master only: the names of the hosts that report to it."""
     spark_master: bool = False
     """The master: a running Spark application keeps the cluster busy."""
+    notebook_kernels: str = ""
+    """The master: where a notebook kernel notes `<pid>.busy` while a cell runs."""
     spot_notice: str = ""
     """A spot host's notice file (ops.agent.spot): set, the watcher polls for notices."""
     spark_worker_pid: str = ""
@@ -100,7 +104,6 @@ class Settings:
         return self.idle_minutes * 60
 
 
-
 def _init_start_ticks() -> int:
     """When this host's init (pid 1) started, in clock ticks after the kernel booted."""
     return int(Path("/proc/1/stat").read_text().rsplit(")", 1)[1].split()[19])
@@ -119,23 +122,27 @@ def boot_id() -> str:
     return f"{Path('/proc/sys/kernel/random/boot_id').read_text().strip()}/{_init_start_ticks()}"
 
 
-
 def live_processes(runs: str) -> list[str]:
     """`<run>/<process>` of every job process started since this boot whose pid is alive and
-    has no exit code yet (a pid file from before a stop may name an unrelated process now). One
-    the watcher may not signal (another user's) is alive."""
-    live, booted = [], time.time() - uptime()
-    for pid_file in Path(runs).glob("*/*.pid"):
-        if pid_file.with_suffix(".rc").exists() or pid_file.stat().st_mtime < booted:
-            continue
+    has no exit code yet (a pid file from before a stop may name an unrelated process now)."""
+    pid_files = (p for p in Path(runs).glob("*/*.pid") if not p.with_suffix(".rc").exists())
+    return sorted(f"{pid_file.parent.name}/{pid_file.stem}" for pid_file in alive(pid_files))
+
+
+def alive(pid_files) -> list[Path]:
+    """The pid files written since this boot that name a live process. One the watcher may not
+    signal (another user's) is alive."""
+    booted, live = time.time() - uptime(), []
+    for pid_file in pid_files:
         try:
-            os.kill(int(pid_file.read_text().strip() or 0), 0)
+            if pid_file.stat().st_mtime >= booted:
+                os.kill(int(pid_file.read_text().strip() or 0), 0)
+                live.append(pid_file)
         except PermissionError:
-            pass
-        except (ValueError, ProcessLookupError):
+            live.append(pid_file)
+        except (OSError, ValueError):
             continue
-        live.append(f"{pid_file.parent.name}/{pid_file.stem}")
-    return sorted(live)
+    return live
 
 
 def logins() -> int:
@@ -152,8 +159,7 @@ def logins() -> int:
 def fetch_json(url: str, body: dict | None = None) -> dict | None:
     """GET url (POST body as JSON, if given); None when nothing answers."""
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data,
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(url, data, {"Content-Type": "application/json"})
     no_proxy = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
         with no_proxy.open(request, timeout=POLL_TIMEOUT) as answer:
@@ -165,15 +171,17 @@ def fetch_json(url: str, body: dict | None = None) -> dict | None:
 def local_activity(settings: Settings) -> list[str]:
     """Why this host is busy (empty: idle)."""
     reasons = [f"job process {p}" for p in live_processes(settings.runs)]
+    reasons += [f"notebook kernel {note.stem} running a cell" for note in alive(
+        Path(settings.notebook_kernels).glob("*.busy") if settings.notebook_kernels else ())]
     sessions = logins()
     if sessions:
         reasons.append(f"{sessions} SSH login(s)")
     if settings.spark_master:
         url = f"http://{settings.master}:{SPARK_MASTER_WEBUI_PORT}/json/"
         apps = (fetch_json(url) or {}).get("activeapps") or []
-        reasons += [f"Spark application {app.get('id', '?')}" for app in apps]
+        reasons += [f"Spark application {app.get('id', '?')}" for app in apps
+                    if app.get("name") != NOTEBOOK_APP]
     return [f"{settings.host}: {reason}" for reason in reasons]
-
 
 
 @dataclass
@@ -245,8 +253,7 @@ class Watcher:
         self.times = Clock(started, before.get("lastActive", started) if before.get(
             "boot") == self.boot else started, {peer: started for peer in listens_to})
         self.reports: dict[str, list[str]] = {}
-        self.decision = ""
-        self.decided_at = 0.0
+        self.decision, self.decided_at = "", 0.0
 
     def _read(self, name: str) -> dict:
         try:
@@ -255,10 +262,9 @@ class Watcher:
             return {}
 
     def _write(self, status: dict) -> None:
-        status = {"boot": self.boot, "checked": time.time(), "up": self.times.up,
-                  "host": self.settings.host, "idleStopMinutes": self.settings.idle_minutes,
-                  "maxHours": self.settings.max_hours, **status}
-        self._save(status)
+        self._save({"boot": self.boot, "checked": time.time(), "up": self.times.up,
+                    "host": self.settings.host, "idleStopMinutes": self.settings.idle_minutes,
+                    "maxHours": self.settings.max_hours, **status})
 
     def _save(self, status: dict) -> None:
         """status.json, replaced whole (a temporary file a stopped root watcher left goes)."""

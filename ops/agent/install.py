@@ -40,6 +40,8 @@ RUNS = f"{SRV}/runs"
 STATE = f"{SRV}/autostop"
 """The watcher's status.json, log and pid; the spot notice."""
 SPOT_NOTICE = f"{STATE}/spot-notice.json"
+NOTEBOOK_KERNELS = f"{SRV}/notebook/kernels"
+"""The master's notebook kernels note a running cell here (ops.notebook, workloads.notebook)."""
 SPARK_WORKER_PID = f"{SRV}/spark/pids/spark-kindling-org.apache.spark.deploy.worker.Worker-1.pid"
 """Where spark-daemon.sh keeps the host's Spark worker's pid (ops.services.spark)."""
 CODE = ("ops/agent/__init__.py", "ops/agent/autostop.py", "ops/agent/spot.py")
@@ -58,6 +60,7 @@ def settings(host: str, master_hostname: str, peers: list[str], idle_minutes: fl
         "idle_minutes": float(idle_minutes), "max_hours": float(max_hours),
         "interval": max(1.0, min(30.0, idle_seconds / 10)),
         "peers": sorted(peers) if is_master else [], "spark_master": is_master,
+        "notebook_kernels": NOTEBOOK_KERNELS if is_master else "",
         "spot_notice": SPOT_NOTICE if spot else "", "spark_worker_pid": SPARK_WORKER_PID,
         "imds_endpoint": imds_endpoint,
     }

@@ -15,7 +15,7 @@ from fabric import Connection
 
 from kindling import Host, HostError, Inventory
 from ops.remote import (HOME, INSTALL_TIMEOUT, PYTHON, VENV, WHEELHOUSE, WHEELHOUSE_SERVER_PID,
-                        read_stamp, sh, where, write_stamp)
+                        answers_command, read_stamp, sh, where, write_stamp)
 from ops.services.base import DeployContext, Step, file_digest
 from ops.ssh import jump_host, ssh_command
 from ops.wheelhouse import INSTALLER, pins
@@ -80,10 +80,7 @@ class WheelhouseServer(Step):
         sh(cxn, ctx.served.stop_command(), what="stopping an old wheelhouse server")
         sh(cxn, ctx.served.start_command(), what="serving the wheelhouse")
         url = f"http://{host.privateIp}:{ctx.served.port}/"
-        probe = (f"python3 -c \"import urllib.request, time\nfor _ in range({self.answer_timeout * 10}):\n"
-                 f"  try: urllib.request.urlopen('{url}', timeout=2); break\n"
-                 "  except OSError: time.sleep(0.1)\nelse: raise SystemExit('no answer')\"")
-        sh(cxn, probe, what=f"serving the wheelhouse on {url}")
+        sh(cxn, answers_command(url, self.answer_timeout), what=f"serving the wheelhouse on {url}")
         ctx.served.publish(url)
 
 
@@ -93,6 +90,14 @@ class PythonDependencies(Step):
     served copy of it (every other host)."""
 
     name = "python deps"
+    stamp = "python-deps"
+    task = "fab deploy"
+    """The task that installs it, in the fixes it names."""
+
+    def requirements(self, constraints: Path) -> list[tuple[list[str], str]]:
+        """(requirements, uv options) installed in turn."""
+        return [(workload_requirements(constraints), ""),
+                (no_deps_requirements(constraints), " --no-deps")]
 
     def version(self, ctx: DeployContext) -> str:
         wheels = sorted(ctx.wheelhouse.glob("*.whl")) if ctx.wheelhouse else []
@@ -100,20 +105,19 @@ class PythonDependencies(Step):
         return file_digest([ctx.constraints]) + hashlib.sha256(listing.encode()).hexdigest()[:8]
 
     def is_current(self, cxn, host, ctx):
-        return read_stamp(cxn, "python-deps") == self.version(ctx)
+        return read_stamp(cxn, self.stamp) == self.version(ctx)
 
     def install(self, cxn, host, ctx):
         sh(cxn, f"test -x {PYTHON} || python3 -m venv {VENV}", what="creating the venv")
-        source, fix = wheel_source(cxn, host, ctx)
+        source, fix = wheel_source(cxn, host, ctx, self.task)
         pin = shlex.quote(f"{INSTALLER}=={pins(ctx.constraints)[INSTALLER]}")
         run_install(cxn, f"{PYTHON} -m pip install -q --no-compile --disable-pip-version-check "
                          f"{source} {pin}", fix)
         uv = uv_install(cxn, ctx, source)
-        for requirements, options in ((workload_requirements(ctx.constraints), ""),
-                                      (no_deps_requirements(ctx.constraints), " --no-deps")):
+        for requirements, options in self.requirements(ctx.constraints):
             if requirements:
                 run_install(cxn, uv + options + " " + " ".join(map(shlex.quote, requirements)), fix)
-        write_stamp(cxn, "python-deps", self.version(ctx))
+        write_stamp(cxn, self.stamp, self.version(ctx))
 
 
 class YourRequirements(Step):
@@ -136,13 +140,15 @@ class YourRequirements(Step):
         write_stamp(cxn, lock.requirements.stamp(ctx.constraints), lock.key)
 
 
-def wheel_source(cxn: Connection, host: Host, ctx: DeployContext) -> tuple[str, str]:
+def wheel_source(cxn: Connection, host: Host, ctx: DeployContext,
+                 task: str = "fab deploy") -> tuple[str, str]:
     """pip's options to install from where this deploy's wheels are (PyPI, the wheelhouse pushed
-    to the master, or the master's served copy of it), and the fix when that fails."""
+    to the master, or the master's served copy of it), and the fix (naming the task that
+    installs) when that fails."""
     if not ctx.wheelhouse:  # fail in seconds, not minutes of retries, when the host cannot reach PyPI
         return "--retries 1 --timeout 15", (
             "the host cannot install from PyPI; build a wheelhouse for its Python with "
-            "`fab wheelhouse --target TARGET` and pass `fab deploy --wheelhouse DIR`")
+            f"`fab wheelhouse --target TARGET` and pass `{task} --wheelhouse DIR`")
     if host.name == ctx.inventory.master.name or not ctx.served:
         if not ctx.served:
             push_wheelhouse(cxn, host, ctx)
@@ -151,7 +157,7 @@ def wheel_source(cxn: Connection, host: Host, ctx: DeployContext) -> tuple[str, 
         links = f"{ctx.served.url(cxn)} --trusted-host {ctx.inventory.master.privateIp}"
     return f"--no-index --find-links {links}", (
         "the wheelhouse has no wheels for this host's Python; rebuild it with "
-        "`fab wheelhouse --target TARGET` and deploy again")
+        f"`fab wheelhouse --target TARGET` (asks the master) and run `{task}` again")
 
 
 def uv_install(cxn: Connection, ctx: DeployContext, source: str) -> str:
@@ -176,6 +182,11 @@ def run_install(cxn: Connection, command: str, fix: str,
 def workload_requirements(constraints: Path) -> list[str]:
     """The `workloads` extra of pyproject.toml: what every host needs to run the jobs."""
     return pyproject(constraints)["project"]["optional-dependencies"]["workloads"]
+
+
+def notebook_requirements(constraints: Path) -> list[str]:
+    """The `notebook` extra: JupyterLab, which `fab notebook` installs on the master only."""
+    return pyproject(constraints)["project"]["optional-dependencies"]["notebook"]
 
 
 def no_deps_requirements(constraints: Path) -> list[str]:

@@ -75,13 +75,14 @@ def pytest_runtest_teardown(item, nextitem):
             LIVE_CLUSTERS.pop(name).down()
 
 
-MODULE_ORDER = ("test_netns_cluster", "test_fab_deploy", "test_fab_failures", "test_fab_spot_autostop",
-                "test_rehearsal_deploy", "test_rehearsal", "test_rehearsal_hdfs",
-                "test_rehearsal_autostop")
+MODULE_ORDER = ("test_netns_cluster", "test_fab_deploy", "test_fab_failures", "test_notebook",
+                "test_fab_spot_autostop", "test_rehearsal_deploy", "test_rehearsal",
+                "test_rehearsal_hdfs", "test_rehearsal_autostop")
 """The order of a cluster's life, whatever pytest's (alphabetical) one: the netns cluster's own
 checks on the fresh hosts; the refused deploy before the first install, then that install
-(`deployed`) and what it serves. The rehearsal's first deploy (HDFS and classify) races
-cloud-init, so it comes before the checks that wait for the boot to end, then HDFS's own tests
+(`deployed`) and what it serves, the notebook while both workers are up (the spot tests take
+one). The rehearsal's first deploy (HDFS and classify) races cloud-init, so it comes before the
+checks that wait for the boot to end, then HDFS's own tests
 on those hosts; the auto-stop rehearsal replaces the hosts, so it comes last."""
 
 

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 from ops import jvm
@@ -16,6 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
 FAB = str(Path(sys.executable).parent / "fab")
 MNIST_FLAGS = ("--epochs", "2", "--input-mode", "tensorflow")
 """train-mnist as the e2e deploys it: TFoS feeding itself (tensorflow input mode), 2 epochs."""
+NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 TRAIN_PS_FLAGS = ("--epochs", "1", "--job-args", "--steps-per-epoch 40")
 
 
@@ -176,3 +180,45 @@ def processes_showing(cluster, needles: list[str], parts: tuple[str, ...] = ("cm
         except OSError:  # ended meanwhile
             continue
     return found, commands
+
+
+def serving(env: dict, *argv: str) -> tuple[subprocess.Popen, str]:
+    """`fab ARGV` in a session of its own (as a terminal's foreground job), and the first URL it
+    prints, once it answers (through the tunnel, for a cluster)."""
+    fab = subprocess.Popen([FAB, *argv], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+                           start_new_session=True)
+    said = []
+    for line in fab.stdout:  # progress lines first (the notebook's install on the master)
+        said.append(line)
+        found = re.search(r"(http://127\.0\.0\.1:\d+/)\S*", line)
+        if found:
+            break
+    else:
+        fab.wait(timeout=30)
+        raise AssertionError(f"fab {argv[0]} printed no URL: {''.join(said)}{fab.stderr.read()}")
+
+    def answers() -> bool:
+        try:
+            NO_PROXY.open(found.group(1), timeout=5).close()
+            return True
+        except OSError:
+            assert fab.poll() is None, fab.stderr.read()
+            return False
+    wait_until(answers, f"{found.group(1)} to answer", timeout=30, interval=0.5)
+    return fab, found.group(0)
+
+
+def end_as_a_person(fab: subprocess.Popen, how: str) -> None:
+    """Ctrl-C or a closed terminal (SIGINT, SIGHUP to the foreground group) or `kill` (SIGTERM to
+    fab); fab then exits by itself."""
+    if how == "kill":
+        fab.send_signal(signal.SIGTERM)
+    else:
+        os.killpg(fab.pid, {"ctrl-c": signal.SIGINT, "hangup": signal.SIGHUP}[how])
+    try:
+        fab.wait(timeout=60)
+    finally:
+        if fab.poll() is None:
+            os.killpg(fab.pid, signal.SIGKILL)
+            fab.wait()

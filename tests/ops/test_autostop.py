@@ -134,6 +134,51 @@ def test_a_live_job_process_is_activity_an_ended_one_is_not(tmp_path):
     assert autostop.live_processes(str(tmp_path / "runs")) == []
 
 
+def test_a_notebook_kernel_running_a_cell_is_activity_an_idle_one_and_its_session_are_not(
+        tmp_path, monkeypatch):
+    """A real IPython kernel (jupyter_client) with the notebook's cell notes: busy while a cell
+    blocks on a FIFO, idle once it returned; the notebook's idle Spark session (the master's
+    /json/ as Spark 4.3 answers it, cut to the fields read) is no activity, a job's is."""
+    manager = pytest.importorskip("jupyter_client.manager")
+    kernels, fifo = tmp_path / "kernels", tmp_path / "release"
+    kernels.mkdir()
+    os.mkfifo(fifo)
+    apps = {"activeapps": [{"id": "app-20261207105500-0000", "name": autostop.NOTEBOOK_APP,
+                            "state": "RUNNING"}]}
+    monkeypatch.setattr(autostop, "fetch_json", lambda url, body=None: apps)
+    rules = settings(tmp_path, notebook_kernels=str(kernels), spark_master=True)
+    kernel, client = manager.start_new_kernel(kernel_name="python3", startup_timeout=60,
+                                              cwd=str(tmp_path))
+    try:
+        client.execute_interactive("from workloads.notebook import note_cells; "
+                                   f"note_cells(get_ipython(), {str(kernels)!r})", timeout=30)
+        assert autostop.local_activity(rules) == []
+        pid = kernel.provisioner.pid
+        request = client.execute(f"open({str(fifo)!r}).read()")
+        busy = [f"master: notebook kernel {pid} running a cell"]
+        wait_until(lambda: autostop.local_activity(rules) == busy, "the busy kernel", timeout=30)
+        with open(fifo, "w") as release:
+            release.write("done")
+        reply = client.get_shell_msg(timeout=30)
+        assert reply["parent_header"]["msg_id"] == request
+        assert reply["content"]["status"] == "ok"
+        assert autostop.local_activity(rules) == []
+        apps["activeapps"].append({"id": "app-20261207105600-0001", "name": "classify",
+                                   "state": "RUNNING"})
+        assert autostop.local_activity(rules) == ["master: Spark application "
+                                                  "app-20261207105600-0001"]
+    finally:
+        client.stop_channels()
+        kernel.shutdown_kernel(now=True)
+
+
+def wait_until(condition, what: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"no {what} within {timeout}s"
+        time.sleep(0.1)
+
+
 def test_an_interactive_ssh_login_is_told_from_fabs_own_commands():
     assert autostop.LOGIN.match(b"sshd: ubuntu@pts/0\x00")
     assert autostop.LOGIN.match(b"sshd-session: ubuntu@pts/3\x00")

@@ -4,6 +4,7 @@ for the scalars that the training code's own summary writer logged."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from e2e.fab_cli import end_as_a_person, serving
 from workloads.training import Epoch, log_epoch, summary_writer
 
 FAB = str(Path(sys.executable).parent / "fab")
@@ -55,6 +57,17 @@ def test_fab_tensorboard_serves_the_loss_and_accuracy_of_each_run(tmp_path):
         server.wait(timeout=30)
     assert not [argv for argv in command_lines() if "tensorboard.main" in argv
                 and str(tmp_path) in argv], "TensorBoard outlived fab tensorboard"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["ctrl-c", "hangup"])
+def test_ending_fab_tensorboard_as_a_person_does_leaves_no_tensorboard(tmp_path, how):
+    """Ctrl-C, a closed terminal (a `kill`: above): TensorBoard goes with fab."""
+    fab, _ = serving(os.environ | {"PYTHONPATH": str(REPO)}, "tensorboard", "--logdir",
+                     str(tmp_path))
+    end_as_a_person(fab, how)
+    assert not [argv for argv in command_lines() if "tensorboard.main" in argv
+                and str(tmp_path) in argv], f"TensorBoard outlived fab tensorboard ({how})"
 
 
 def command_lines() -> list[str]:
