@@ -272,3 +272,15 @@ def on_local(where) -> Session:
         stop()
         raise
     return Session(server, f"{url}lab?token={token}", stop)
+
+
+def open_session(where, wheelhouse: str | None) -> Session:
+    """The notebook on the cluster's master, or (the local target) on this machine."""
+    from ops.targets import ClusterTarget
+
+    if isinstance(where, ClusterTarget):
+        return on_cluster(where, wheelhouse)
+    if wheelhouse:
+        raise UserError("--wheelhouse is for cluster hosts; the local target uses this machine's "
+                        "installation")
+    return on_local(where)

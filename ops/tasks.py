@@ -289,13 +289,7 @@ def notebook(c, target=None, seconds=0, wheelhouse=None):
     def start():
         where = load_target(target)
         try:
-            if isinstance(where, ClusterTarget):
-                session = notebooks.on_cluster(where, wheelhouse)
-            elif wheelhouse:
-                raise UserError("--wheelhouse is for cluster hosts; the local target uses this "
-                                "machine's installation")
-            else:
-                session = notebooks.on_local(where)
+            session = notebooks.open_session(where, wheelhouse)
         except BaseException:
             where.close()
             raise
