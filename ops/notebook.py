@@ -37,9 +37,10 @@ from ops import local
 from ops.agent.autostop import NOTEBOOK_APP
 from ops.agent.install import NOTEBOOK_KERNELS
 from ops.cluster import Progress
-from ops.deploy import PROJECT_ROOT, wheelhouse_folder
+from ops.deploy import CONSTRAINTS, wheelhouse_folder
 from ops.remote import (HOME, SECRETS, SRV, answers_command, read_stamp, sh, start_daemon,
                         write_private)
+from ops.run import write_private_files
 from ops.services.base import DeployContext, bring_up, file_digest
 from ops.services.host import ship_jars
 from ops.services.wheels import PythonDependencies, notebook_requirements
@@ -165,12 +166,10 @@ def storage_access(where) -> Access:
     jars shipped, as for a run."""
     uris = [where.storage.root] if where.storage.root else []
     access = where.storage.access(uris, "")
-    if access.private:
-        where.cluster.parallel(lambda host, cxn: [
-            write_private(cxn, path, text, what=f"writing {path}")
-            for path, text in access.private.items()])
-    if where.storage.jars(uris):
-        ship_jars(where.cluster, where.storage.jars(uris))
+    write_private_files(where.cluster, access)
+    jars = where.storage.jars(uris)
+    if jars:
+        ship_jars(where.cluster, jars)
     return access
 
 
@@ -178,8 +177,7 @@ def on_cluster(where, wheelhouse: str | None) -> Session:
     """JupyterLab on the master (installed once), the tunnel to it open and answering."""
     inventory = where.inventory
     master = inventory.master
-    ctx = DeployContext(inventory, PROJECT_ROOT / "constraints.txt", None,
-                        wheelhouse_folder(wheelhouse))
+    ctx = DeployContext(inventory, CONSTRAINTS, None, wheelhouse_folder(wheelhouse))
     check_deployed(where)
     cxn = where.cluster.connection(master)
     bring_up(master, cxn, (NotebookDependencies(),), ctx, Progress((master,)))

@@ -99,13 +99,7 @@ def launch(target: "Target", prepared: RunRequest) -> Run:
     its storage needs (its private files written on every host first), started."""
     job = prepared.job
     access = target.storage.access(prepared.locations, target.storage.run_location(prepared.run_id))
-
-    def write_files(host, cxn) -> None:
-        for path, text in access.private.items():
-            write_private(cxn, path, text, what=f"writing {path}")
-
-    if access.private:
-        target.cluster.parallel(write_files)
+    write_private_files(target.cluster, access)
     placement = target.placement(job)
     placement = replace(placement, spark_conf=tuple(access.conf.items()),
                         process_env=placement.process_env + tuple(access.env.items()))
@@ -114,6 +108,16 @@ def launch(target: "Target", prepared: RunRequest) -> Run:
                   files=plan.files, folders=plan.folders, noise=plan.noise)
     started.start()
     return started
+
+
+def write_private_files(cluster, access) -> None:
+    """The storage's private files (its credentials) written on every host, 0600."""
+    def write_files(host, cxn) -> None:
+        for path, text in access.private.items():
+            write_private(cxn, path, text, what=f"writing {path}")
+
+    if access.private:
+        cluster.parallel(write_files)
 
 
 def follow(target: "Target", request: RunRequest, launched: Run, timeout: float,
