@@ -33,6 +33,7 @@ import ipaddress
 import json
 import os
 import secrets
+import select
 import shutil
 import signal
 import socket
@@ -58,11 +59,17 @@ HOST_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bi
             "HOME": "/root", "LANG": "C.UTF-8"}
 PRIVATE_PATHS = ("etc/hosts", "etc/ssh", "home", "opt", "srv", "tmp")
 WAIT_SECONDS = 10.0
+INIT_READY_SECONDS = 60.0
+"""A Python starting on a machine busy with a dozen JVMs can take seconds."""
 
 # pid 1 of a host's PID namespace: reaps every orphan (nohup'd daemons end up here), so a stopped
-# process really disappears (no zombie answering `kill -0`). argv[1] marks it for teardown.
+# process really disappears (no zombie answering `kill -0`). argv[1] marks it for teardown. It says
+# "ready" once its imports are done: until then it reads files of this machine's root, which the
+# rehearsal's hosts swap for their image (a pivot_root under a starting Python kills the host).
 INIT_CODE = """
 import os, time
+os.write(1, b"ready\\n")
+os.close(1)
 while True:
     try:
         os.waitpid(-1, 0)
@@ -323,17 +330,18 @@ class NetnsCluster:
             [_which("ip"), "netns", "exec", netns, _which("unshare"), "--uts", "--mount", "--propagation",
              "slave", "--pid", "--fork", "--kill-child", "--mount-proc", "--",
              sys.executable, "-I", "-S", "-c", INIT_CODE, INIT_MARKER, netns],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             start_new_session=True, env=HOST_ENV)
         self._inits.append(init)
-
-        def init_pid() -> int | None:
-            if init.poll() is not None:
-                raise ClusterError(f"the namespaces of {record['name']} could not be created: "
-                                   f"{init.stderr.read().decode().strip()}")
-            return next(iter(_children(init.pid)), None)
-
-        record["init_pid"] = _wait_until(init_pid, f"init of {record['name']}")
+        ready, _, _ = select.select([init.stdout], [], [], INIT_READY_SECONDS)
+        if not ready:
+            raise ClusterError(f"the init of {record['name']} did not start within {INIT_READY_SECONDS:.0f} s")
+        if init.stdout.readline() != b"ready\n":
+            init.wait(timeout=WAIT_SECONDS)
+            raise ClusterError(f"the namespaces of {record['name']} could not be created: "
+                               f"{init.stderr.read().decode().strip()}")
+        init.stdout.close()
+        record["init_pid"] = _children(init.pid)[0]  # unshare's one child: the ready init
         _save(self.state)
         self._prepare_host(record)
 
