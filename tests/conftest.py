@@ -86,13 +86,14 @@ def install_packages(tmp_path_factory):
 def pytest_collection_modifyitems(items) -> None:
     """A test that needs the HDFS server (a JVM NameNode and DataNode) is slow, whatever its
     module: the fast tier (`-m "not slow and not netns"`) starts no JVM. Then the longest
-    modules first, as a scheduler packs jobs (with `-n`, workers take modules in this order):
-    the multi-host ones, then those with the most slow tests, then the rest as collected."""
+    units first, as a scheduler packs jobs (with `-n`, workers take units in this order): the
+    multi-host ones, then those with the most slow tests, then the rest (the fast tier's) as
+    collected."""
     for item in items:
         if "hdfs_root" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)
-    slow = Counter(item.path for item in items if item.get_closest_marker("slow"))
-    items.sort(key=lambda item: (not item.get_closest_marker("netns"), -slow[item.path]))
+    slow = Counter(suite_unit(item.nodeid) for item in items if item.get_closest_marker("slow"))
+    items.sort(key=lambda item: (not item.get_closest_marker("netns"), -slow[suite_unit(item.nodeid)]))
 
 
 NETNS_UNIT = "tests/e2e: the netns cluster"
@@ -139,8 +140,27 @@ def pytest_xdist_make_scheduler(config, log):
     from xdist.scheduler import LoadScopeScheduling
 
     class ClusterScopes(LoadScopeScheduling):
+        """A worker gets its next unit while its last two tests run (pytest runs a test once it
+        knows the next one). From the head of the queue, that committed a long unit to a worker
+        still busy for minutes (the local target's 200 s waited behind the netns chain's last
+        test while the other workers sat idle): a worker still in a long unit gets the queue's
+        last unit (the fast tier's modules, seconds), and the head only when that is all it has
+        left."""
+
+        def __init__(self, config, log=None):
+            super().__init__(config, log)
+            self.spacers: set[str] = set()
+
         def _split_scope(self, nodeid: str) -> str:
             return suite_unit(nodeid)
+
+        def _assign_work_unit(self, node) -> None:
+            pending = {scope for scope, tests in self.assigned_work.get(node, {}).items()
+                       if not all(tests.values())}
+            if pending - self.spacers and len(self.workqueue) > 1:
+                self.workqueue.move_to_end(next(reversed(self.workqueue)), last=False)
+                self.spacers.add(next(iter(self.workqueue)))
+            super()._assign_work_unit(node)
 
     config.option.loadscopereorder = False
     return ClusterScopes(config, log)
