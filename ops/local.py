@@ -9,18 +9,20 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from contextlib import ExitStack
 from pathlib import Path
 
-from kindling import Host, UserError
+from kindling import Host, KindlingError, UserError
 from ops.services.spark import (DEFAULTS, MASTER_PORT, MASTER_WEBUI_PORT, alive_workers,
                                 master_start_command, master_stop_command, spark_defaults,
                                 worker_start_command, worker_stop_command)
@@ -30,8 +32,48 @@ SPARK_WORKERS = 2
 STATE_DIR = Path(".kindling") / "local"
 
 
+SERVER_START_TIMEOUT = 180
+"""How long a local server (TensorBoard imports TensorFlow first) may take to say where it serves."""
+
+
 def free_port() -> int:
     return free_ports(1)[0]
+
+
+def start_server(argv: list[str], announcement: str, what: str,
+                 timeout: float = SERVER_START_TIMEOUT) -> tuple[subprocess.Popen, str]:
+    """A server on this machine that picks its own port (a port chosen beforehand can be taken
+    before it binds) and the URL it announces on stderr (`announcement`'s group 1); the rest of
+    its stderr is read and dropped. One error line, with its last line, if it exits or stays
+    silent first; it never outlives an interrupted start."""
+    server = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
+    said = {"url": None, "last": "no output"}
+    announced = threading.Event()
+
+    def read() -> None:
+        for line in server.stderr:
+            if not announced.is_set():
+                if found := re.search(announcement, line):
+                    said["url"] = found.group(1)
+                    announced.set()
+                elif line.strip():
+                    said["last"] = line.strip()
+        announced.set()  # its stderr closed: it exited
+
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        started = announced.wait(timeout)
+        if said["url"] is None:
+            raise KindlingError(f"{what} exited with code {server.wait(timeout=10)} before serving: "
+                                f"{said['last']}" if started else
+                                f"{what} did not start within {timeout}s: {said['last']}")
+    except BaseException:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+        raise
+    return server, said["url"]
 
 
 def free_ports(count: int) -> list[int]:

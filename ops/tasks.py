@@ -266,13 +266,12 @@ def tensorboard(c, logdir=None, seconds=0):
     if not folder.is_dir():
         raise UserError(f"{folder}: no such folder; run a training job first (`fab run "
                         "JOB`) or pass --logdir DIR")
-    [port] = local.free_ports(1)
 
     def start():
-        server = subprocess.Popen([sys.executable, "-m", "tensorboard.main", "--logdir",
-                                   str(folder), "--host", "127.0.0.1", "--port", str(port)],
-                                  stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        print(f"TensorBoard: http://127.0.0.1:{port}/ (runs in {folder})", flush=True)
+        server, url = local.start_server(
+            [sys.executable, "-m", "tensorboard.main", "--logdir", str(folder), "--host",
+             "127.0.0.1", "--port", "0"], r"TensorBoard \S+ at (http://\S+/)", "TensorBoard")
+        print(f"TensorBoard: {url} (runs in {folder})", flush=True)
         return server, None
     _serve(start, seconds)
 

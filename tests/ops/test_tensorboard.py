@@ -88,3 +88,29 @@ def test_fab_tensorboard_without_runs_is_one_line(tmp_path):
     assert done.stderr.strip().splitlines() == [
         f"error: {tmp_path / 'none'}: no such folder; run a training job first (`fab run "
         "JOB`) or pass --logdir DIR"]
+
+
+def test_a_local_server_is_found_where_it_says_it_serves_and_named_when_it_fails():
+    """ops.local.start_server (fab tensorboard's): the port the server picked, from its own
+    announcement; one line with its last words when it exits first; killed when it stays silent."""
+    from kindling import KindlingError
+    from ops.local import start_server
+
+    announcing = ("import sys, time; print('loading', file=sys.stderr, flush=True); "
+                  "print('Demo 1.0 at http://127.0.0.1:43210/ (Ctrl+C)', file=sys.stderr, "
+                  "flush=True); time.sleep(60)")
+    server, url = start_server([sys.executable, "-c", announcing], r"Demo \S+ at (http://\S+/)", "Demo")
+    try:
+        assert url == "http://127.0.0.1:43210/" and server.poll() is None
+    finally:
+        server.kill()
+        server.wait()
+    failing = "import sys; print('E0 could not bind to port 6006', file=sys.stderr); sys.exit(3)"
+    with pytest.raises(KindlingError, match=r"^Demo exited with code 3 before serving: E0 could "
+                                            r"not bind to port 6006$"):
+        start_server([sys.executable, "-c", failing], r"Demo \S+ at (http://\S+/)", "Demo")
+    silent = "import time; time.sleep(60)"
+    with pytest.raises(KindlingError, match=r"^Demo did not start within 1s: no output$"):
+        start_server([sys.executable, "-c", silent, "kindling-silent-server"], r"at (http://\S+/)",
+                     "Demo", timeout=1)
+    assert not [line for line in command_lines() if "kindling-silent-server" in line]
