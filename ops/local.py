@@ -63,11 +63,11 @@ def start_server(argv: list[str], announcement: str, what: str,
 
     threading.Thread(target=read, daemon=True).start()
     try:
-        started = announced.wait(timeout)
+        if not announced.wait(timeout):
+            raise KindlingError(f"{what} did not start within {timeout}s: {said['last']}")
         if said["url"] is None:
-            raise KindlingError(f"{what} exited with code {server.wait(timeout=10)} before serving: "
-                                f"{said['last']}" if started else
-                                f"{what} did not start within {timeout}s: {said['last']}")
+            raise KindlingError(f"{what} exited with code {server.wait(timeout=10)} before "
+                                f"serving: {said['last']}")
     except BaseException:
         if server.poll() is None:
             server.kill()
