@@ -23,9 +23,10 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from kindling import Host, KindlingError, UserError
-from ops.services.spark import (DEFAULTS, MASTER_PORT, MASTER_WEBUI_PORT, alive_workers,
-                                master_start_command, master_stop_command, spark_defaults,
-                                worker_start_command, worker_stop_command)
+from ops.services.spark import (DEFAULTS, MASTER_CLASS, MASTER_PORT, MASTER_WEBUI_PORT,
+                                alive_workers, master_start_command, master_stop_command, pid_file,
+                                spark_defaults, worker_pid_file, worker_start_command,
+                                worker_stop_command)
 
 LOCAL_HOST = Host(name="local", hostname=socket.gethostname(), privateIp="127.0.0.1")
 SPARK_WORKERS = 2
@@ -108,6 +109,12 @@ def master_json(host: str, webui_port: int = MASTER_WEBUI_PORT, timeout: float =
         return json.load(response)
 
 
+START_TIMEOUT = 180
+"""Seconds the daemons may take to register. About 7 s on an idle 2-core machine, 36 s at nice 10
+beside three busy processes, and over 60 s in a CI run (the suite runs most of its units at nice
+10). A daemon that exits ends the wait at once."""
+
+
 class LocalSparkCluster:
     """A master and N workers on this machine, for the local target, tests and benchmarks.
 
@@ -163,8 +170,9 @@ class LocalSparkCluster:
                 continue
         return found
 
-    def start(self, timeout: float = 60) -> "LocalSparkCluster":
-        """Start the daemons and wait until every worker is registered ALIVE with the master."""
+    def start(self, timeout: float = START_TIMEOUT) -> "LocalSparkCluster":
+        """Start the daemons and wait until every worker is registered ALIVE with the master, or
+        one of them exits."""
         try:
             self._launch_daemons()
             self._await_workers(timeout)
@@ -198,6 +206,21 @@ class LocalSparkCluster:
         for launch in launches:
             launch.wait(timeout=60)
 
+    def _daemon_pid_files(self) -> dict[str, str]:
+        """Each daemon, as an error names it -> the pid file spark-daemon.sh wrote for it."""
+        return {"master": pid_file(self.base_dir, MASTER_CLASS)} | {
+            f"worker {instance}": worker_pid_file(self.base_dir, instance)
+            for instance in self._worker_instances}
+
+    def _exited_daemon(self) -> str | None:
+        """The first daemon whose process is gone (or never got a pid file), if any."""
+        for daemon, path in self._daemon_pid_files().items():
+            try:
+                os.kill(int(Path(path).read_text()), 0)
+            except (OSError, ValueError):
+                return daemon
+        return None
+
     def _await_workers(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         alive: list[str] = []
@@ -208,6 +231,9 @@ class LocalSparkCluster:
                 alive = []
             if len(alive) >= self.workers:
                 return
+            if exited := self._exited_daemon():
+                raise RuntimeError(f"local Spark cluster: the {exited} exited before the workers "
+                                   f"registered; see the daemon logs in {self.log_dir}")
             time.sleep(0.5)
         raise RuntimeError(f"local Spark cluster: {len(alive)} of {self.workers} workers ALIVE "
                            f"after {timeout:.0f}s; see the daemon logs in {self.log_dir}")

@@ -94,9 +94,14 @@ def worker_start_command(spark_home: str, host: str, master_url: str, instance: 
                            "--webui-port", str(WORKER_WEBUI_PORT + instance - 1), master_url)
 
 
+def pid_file(base_dir: str, daemon_class: str, instance: int = 1) -> str:
+    """Where spark-daemon.sh keeps the pid of a daemon (the master is instance 1)."""
+    return f"{base_dir}/pids/spark-{IDENT}-{daemon_class}-{instance}.pid"
+
+
 def worker_pid_file(base_dir: str, instance: int) -> str:
     """Where spark-daemon.sh keeps the pid of worker number `instance`."""
-    return f"{base_dir}/pids/spark-{IDENT}-{WORKER_CLASS}-{instance}.pid"
+    return pid_file(base_dir, WORKER_CLASS, instance)
 
 
 def master_stop_command(spark_home: str, base_dir: str) -> str:
