@@ -109,6 +109,15 @@ def master_json(host: str, webui_port: int = MASTER_WEBUI_PORT, timeout: float =
         return json.load(response)
 
 
+def _alive(pid_file: str) -> bool:
+    """The process a spark-daemon.sh pid file names still runs."""
+    try:
+        os.kill(int(Path(pid_file).read_text()), 0)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
 START_TIMEOUT = 180
 """Seconds the daemons may take to register. About 7 s on an idle 2-core machine, 36 s at nice 10
 beside three busy processes, and over 60 s in a CI run (the suite runs most of its units at nice
@@ -214,12 +223,21 @@ class LocalSparkCluster:
 
     def _exited_daemon(self) -> str | None:
         """The first daemon whose process is gone (or never got a pid file), if any."""
-        for daemon, path in self._daemon_pid_files().items():
-            try:
-                os.kill(int(Path(path).read_text()), 0)
-            except (OSError, ValueError):
-                return daemon
-        return None
+        return next((daemon for daemon, path in self._daemon_pid_files().items()
+                     if not _alive(path)), None)
+
+    def running(self) -> bool:
+        """Its master runs (started by this process or another: a notebook, an earlier run)."""
+        return _alive(self._daemon_pid_files()["master"])
+
+    def acquire(self) -> bool:
+        """Start it unless its master already runs. True when this call started it: the caller
+        stops it when done; a cluster someone else started keeps running for them."""
+        if not self.running():
+            self.start()
+            return True
+        self._await_workers(START_TIMEOUT)  # its secret stays: its daemons and drivers hold it
+        return False
 
     def _await_workers(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout

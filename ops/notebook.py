@@ -238,11 +238,12 @@ def on_local(where) -> Session:
         raise UserError("JupyterLab is not installed on this machine; pip install -c "
                         "constraints.txt -e '.[notebook]'")
     folder = (local.STATE_DIR / "notebook").resolve()
-    where.spark.start()
+    started = where.spark.acquire()
 
     def stop() -> None:
         stop_local_kernels(str(folder))
-        where.spark.stop()
+        if started:
+            where.spark.stop()
 
     try:
         for path, text in kernel_files(str(folder), where.placement(None), Access({}, {}),

@@ -19,6 +19,7 @@ import pytest
 from test_targets import offline_env, refused_before_anything_starts
 
 from kindling import Host, UserError
+from ops import local
 from workloads.jobs import Placement
 from workloads.scripts import job_and_args
 
@@ -228,10 +229,18 @@ def test_a_failing_script_is_named_by_role_and_host(tmp_path):
 @pytest.mark.slow
 def test_a_pyspark_script_runs_with_the_clusters_spark(tmp_path):
     """Spark's wordcount, deployed and run on the local target's Spark (the executors import the
-    module beside it): its own argument, its prints, its KINDLING_OUTPUT file."""
+    module beside it): its own argument, its prints, its KINDLING_OUTPUT file. That Spark already
+    ran (as a notebook's does): the run uses it and leaves it running."""
     code = shutil.copytree(SCRIPTS / "wordcount", tmp_path / "wordcount")
-    done = fab("deploy", str(code / "wordcount.py"), "--target", "local", "--job-args",
-               "words.txt", runs=tmp_path / "runs")
+    spark = local.spark_cluster()
+    try:
+        spark.start()
+        daemons = spark.processes()
+        done = fab("deploy", str(code / "wordcount.py"), "--target", "local", "--job-args",
+                   "words.txt", runs=tmp_path / "runs")
+        assert spark.running() and set(daemons) <= set(spark.processes())
+    finally:
+        spark.stop()
     results = results_of(done)
     assert "[driver] cat: 2" in done.stdout and "[driver] the: 3" in done.stdout, done.stdout
     assert json.loads((results / "counts.json").read_text()) == {
@@ -285,6 +294,7 @@ def test_the_chapters_sparkdl_listing_runs(tmp_path, assets):
     done = fab("run", str(code / "image_classification.py"), "--target", "local",
                runs=tmp_path / "runs", env=offline_env(KINDLING_ASSETS=str(tmp_path / "assets")))
     results_of(done)
+    assert not local.spark_cluster().running()  # started for the run, stopped after it
     print(done.stdout)
     shown = re.findall(r"^\[driver\] \|\{file://\S*\|\s*([01])\|$", done.stdout, re.M)
     assert sorted(set(shown)) == ["0", "1"], done.stdout  # dfbuses.show(5), dfcars.show(5)

@@ -126,19 +126,25 @@ def test_a_worker_that_exits_ends_the_start_at_once_naming_the_logs(tmp_path):
     cluster = LocalSparkCluster(workers=1, base_dir=str(tmp_path), port=free_port(),
                                       webui_port=free_port(), memory="0m")  # the worker refuses
     started = time.monotonic()
-    with pytest.raises(RuntimeError, match=f"the worker 1 exited before .*{tmp_path}/logs"):
-        cluster.start(timeout=120)
-    assert time.monotonic() - started < 60  # not the timeout
-    assert cluster.processes() == []
+    try:
+        with pytest.raises(RuntimeError, match=f"the worker 1 exited before .*{tmp_path}/logs"):
+            cluster.start(timeout=120)
+        assert time.monotonic() - started < 60  # not the timeout
+        assert cluster.processes() == []
+    finally:
+        cluster.stop()
 
 
 @pytest.mark.slow
 def test_start_timeout_names_the_logs_and_leaves_nothing_running(tmp_path):
     cluster = LocalSparkCluster(workers=1, base_dir=str(tmp_path), port=free_port(),
                                       webui_port=free_port())
-    with pytest.raises(RuntimeError, match=f"0 of 1 workers ALIVE after 0s.*{tmp_path}/logs"):
-        cluster.start(timeout=0)  # no time to register
-    assert cluster.processes() == []
+    try:
+        with pytest.raises(RuntimeError, match=f"0 of 1 workers ALIVE after 0s.*{tmp_path}/logs"):
+            cluster.start(timeout=0)  # no time to register
+        assert cluster.processes() == []
+    finally:
+        cluster.stop()  # a cluster that started anyway: not left running
 
 
 SECRET_INVENTORY = Inventory("c", "us-east-1", "ubuntu", "key", "",
