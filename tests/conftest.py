@@ -101,7 +101,7 @@ REHEARSAL_UNIT = "tests/e2e: the rehearsal cluster"
 LOCAL_TARGET_UNIT = "tests/ops: the project's local target"
 LOCAL_TARGET_MODULES = ("tests/ops/test_scripts.py", "tests/ops/test_requirements.py",
                         "tests/ops/test_own_jobs.py", "tests/ops/test_storage.py",
-                        "tests/ops/test_targets.py")
+                        "tests/ops/test_targets.py", "tests/ops/test_notebook_local.py")
 """Modules whose fab runs use this checkout's local target: one Spark in .kindling/local, which
 tests on two workers would start, stop and log into at once."""
 LATER_UNITS_NICENESS = 10
