@@ -23,6 +23,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from kindling import Host, KindlingError, UserError
+from ops.agent.autostop import alive
 from ops.services.spark import (DEFAULTS, MASTER_CLASS, MASTER_PORT, MASTER_WEBUI_PORT,
                                 alive_workers, master_start_command, master_stop_command, pid_file,
                                 spark_defaults, worker_pid_file, worker_start_command,
@@ -107,15 +108,6 @@ def master_json(host: str, webui_port: int = MASTER_WEBUI_PORT, timeout: float =
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     with opener.open(f"http://{host}:{webui_port}/json/", timeout=timeout) as response:
         return json.load(response)
-
-
-def _alive(pid_file: str) -> bool:
-    """The process a spark-daemon.sh pid file names still runs."""
-    try:
-        os.kill(int(Path(pid_file).read_text()), 0)
-    except (OSError, ValueError):
-        return False
-    return True
 
 
 START_TIMEOUT = 180
@@ -215,20 +207,18 @@ class LocalSparkCluster:
         for launch in launches:
             launch.wait(timeout=60)
 
-    def _daemon_pid_files(self) -> dict[str, str]:
-        """Each daemon, as an error names it -> the pid file spark-daemon.sh wrote for it."""
-        return {"master": pid_file(self.base_dir, MASTER_CLASS)} | {
-            f"worker {instance}": worker_pid_file(self.base_dir, instance)
-            for instance in self._worker_instances}
-
     def _exited_daemon(self) -> str | None:
         """The first daemon whose process is gone (or never got a pid file), if any."""
-        return next((daemon for daemon, path in self._daemon_pid_files().items()
-                     if not _alive(path)), None)
+        pid_files = {"master": Path(pid_file(self.base_dir, MASTER_CLASS))} | {
+            f"worker {instance}": Path(worker_pid_file(self.base_dir, instance))
+            for instance in self._worker_instances}
+        live = alive(pid_files.values())
+        return next((daemon for daemon, path in pid_files.items() if path not in live), None)
 
     def running(self) -> bool:
-        """Its master runs (started by this process or another: a notebook, an earlier run)."""
-        return _alive(self._daemon_pid_files()["master"])
+        """Its master runs (started by this process or another: a notebook, an earlier run); a
+        pid file from before this machine booted names no daemon of it."""
+        return bool(alive([Path(pid_file(self.base_dir, MASTER_CLASS))]))
 
     def acquire(self) -> bool:
         """Start it unless its master already runs. True when this call started it: the caller

@@ -3,9 +3,9 @@ local standalone cluster that starts, registers its workers and stops without le
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
-import time
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -121,15 +121,24 @@ def test_local_cluster_registers_workers_and_stops_without_leftovers(tmp_path):
     assert cluster.processes() == []
 
 
+def test_a_master_pid_file_from_before_the_boot_is_no_running_spark(tmp_path):
+    """After a reboot the local Spark's pid files stay: the pid they name may be anyone's now."""
+    cluster = LocalSparkCluster(workers=1, base_dir=str(tmp_path))
+    master = Path(spark.pid_file(str(tmp_path), spark.MASTER_CLASS))
+    master.parent.mkdir()
+    master.write_text(str(os.getpid()))  # a live process
+    assert cluster.running()
+    os.utime(master, (0, 0))  # written before this machine booted
+    assert not cluster.running()
+
+
 @pytest.mark.slow
 def test_a_worker_that_exits_ends_the_start_at_once_naming_the_logs(tmp_path):
     cluster = LocalSparkCluster(workers=1, base_dir=str(tmp_path), port=free_port(),
                                       webui_port=free_port(), memory="0m")  # the worker refuses
-    started = time.monotonic()
-    try:
+    try:  # this line, not the timeout's
         with pytest.raises(RuntimeError, match=f"the worker 1 exited before .*{tmp_path}/logs"):
             cluster.start(timeout=120)
-        assert time.monotonic() - started < 60  # not the timeout
         assert cluster.processes() == []
     finally:
         cluster.stop()
