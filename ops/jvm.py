@@ -10,17 +10,15 @@ version into a cache folder; hosts get the same bytes from there.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import os
 import subprocess
-import time
 from pathlib import Path
 from typing import NamedTuple
 from xml.sax.saxutils import quoteattr
 
 from kindling import UserError
+from ops.locks import exclusive
 
 
 class Artifact(NamedTuple):
@@ -116,24 +114,13 @@ def resolve(feature: str, spark_home: Path, lock: Path = LOCK) -> Path:
     return folder
 
 
-@contextlib.contextmanager
 def one_resolver():
     """One fab at a time resolves or checks jars on this machine: two Ivy processes sharing the
     cache read each other's half-downloaded files (`Downloaded file size (0) doesn't match`)."""
-    root = cache_root()
-    root.mkdir(parents=True, exist_ok=True)
-    deadline = time.monotonic() + RESOLVE_TIMEOUT
-    with open(root / ".resolving.lock", "w") as handle:
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise UserError(f"another fab held {root / '.resolving.lock'} (resolving "
-                                    f"jars) for over {RESOLVE_TIMEOUT}s; end it and retry") from None
-                time.sleep(0.5)
-        yield
+    lock = cache_root() / ".resolving.lock"
+    busy = UserError(f"another fab held {lock} (resolving jars) for over {RESOLVE_TIMEOUT}s; "
+                     "end it and retry")
+    return exclusive(lock, RESOLVE_TIMEOUT, busy)
 
 
 def _matches(folder: Path, pinned: dict[str, str]) -> bool:

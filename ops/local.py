@@ -11,6 +11,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from kindling import Host, KindlingError, UserError
 from ops.agent.autostop import alive
+from ops.locks import exclusive
 from ops.services.spark import (DEFAULTS, MASTER_CLASS, MASTER_PORT, MASTER_WEBUI_PORT,
                                 alive_workers, master_start_command, master_stop_command, pid_file,
                                 spark_defaults, worker_pid_file, worker_start_command,
@@ -220,14 +222,72 @@ class LocalSparkCluster:
         pid file from before this machine booted names no daemon of it."""
         return bool(alive([Path(pid_file(self.base_dir, MASTER_CLASS))]))
 
-    def acquire(self) -> bool:
-        """Start it unless its master already runs. True when this call started it: the caller
-        stops it when done; a cluster someone else started keeps running for them."""
-        if not self.running():
-            self.start()
-            return True
-        self._await_workers(START_TIMEOUT)  # its secret stays: its daemons and drivers hold it
-        return False
+    @property
+    def users_dir(self) -> Path:
+        """One entry per user of a cluster users started: a file with the pid of a fab process
+        (a run, a notebook), or a link to a run's folder, where its processes note their pids
+        (a detached run keeps counting after fab exits)."""
+        return Path(self.base_dir) / "users"
+
+    def live_users(self) -> list[Path]:
+        """The pid files of its users' live processes."""
+        entries = list(self.users_dir.glob("*"))
+        return alive([entry for entry in entries if entry.is_file()]
+                     + [pid for entry in entries if entry.is_dir() for pid in entry.glob("*.pid")])
+
+    def _users_locked(self, timeout: float = START_TIMEOUT + 60):
+        """One acquire or release at a time, so two runs that start together start one cluster."""
+        self.users_dir.mkdir(parents=True, exist_ok=True)
+        lock = Path(self.base_dir) / "users.lock"
+        return exclusive(lock, timeout, RuntimeError(
+            f"local Spark cluster: {lock} stayed locked for {timeout:.0f}s by another fab process"))
+
+    def acquire(self, run_dir: str | None = None) -> list[Path]:
+        """Count this process (and the run in run_dir) among its users, starting it when its
+        master does not run; the entries to hand to release. A cluster found running keeps its
+        secret: its daemons and drivers hold it."""
+        entries = [self.users_dir / str(os.getpid())]
+        with self._users_locked():
+            entries[0].write_text(str(os.getpid()))
+            if run_dir:
+                entries.append(self.users_dir / Path(run_dir).name)
+                entries[1].unlink(missing_ok=True)
+                entries[1].symlink_to(Path(run_dir).resolve(), target_is_directory=True)
+            if not self.running():
+                try:
+                    self.start()
+                except BaseException:
+                    self._forget(entries)
+                    raise
+                self._marker.write_text(self._master_pid())
+                return entries
+        self._await_workers(START_TIMEOUT)
+        return entries
+
+    def release(self, entries: list[Path]) -> None:
+        """These users are done; the last user of a cluster users started stops it. One started
+        otherwise (start(), a context manager) runs until its starter stops it."""
+        with self._users_locked():
+            self._forget(entries)
+            if not self.live_users() and self._started_by_a_user():
+                self.stop()
+
+    @staticmethod
+    def _forget(entries: list[Path]) -> None:
+        for entry in entries:
+            entry.unlink(missing_ok=True)
+
+    @property
+    def _marker(self) -> Path:
+        """The pid of the master that acquire started."""
+        return Path(self.base_dir) / "started-by-a-user"
+
+    def _master_pid(self) -> str:
+        return Path(pid_file(self.base_dir, MASTER_CLASS)).read_text().strip()
+
+    def _started_by_a_user(self) -> bool:
+        return self.running() and self._marker.is_file() and (
+            self._marker.read_text() == self._master_pid())
 
     def _await_workers(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -263,6 +323,7 @@ class LocalSparkCluster:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        shutil.rmtree(self.users_dir, ignore_errors=True)  # their claims end with it
 
     def __enter__(self) -> "LocalSparkCluster":
         return self.start()

@@ -238,12 +238,11 @@ def on_local(where) -> Session:
         raise UserError("JupyterLab is not installed on this machine; pip install -c "
                         "constraints.txt -e '.[notebook]'")
     folder = (local.STATE_DIR / "notebook").resolve()
-    started = where.spark.acquire()
+    users = where.spark.acquire()
 
     def stop() -> None:
         stop_local_kernels(str(folder))
-        if started:
-            where.spark.stop()
+        where.spark.release(users)
 
     try:
         for path, text in kernel_files(str(folder), where.placement(None), Access({}, {}),

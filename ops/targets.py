@@ -147,7 +147,7 @@ class LocalTarget(Target):
         self.cluster = Cluster(inventory, lambda inventory, host: Context())
         self.runs_dir = str(runs.runs_root())
         self.spark = local.spark_cluster()
-        self.spark_started = False  # by this run, which then stops it; else found running
+        self.spark_users: list[Path] = []  # this run's claims on the local Spark
         self.spark_workers = local.SPARK_WORKERS
         self.storage = storage.for_local()
         self.services = (Spark(),)
@@ -172,8 +172,8 @@ class LocalTarget(Target):
 
     def prepare(self, request):
         """Your requirements in the venv fab runs from (ops.requirements), path flags made
-        absolute (the processes run in their run folder), local Spark up: started, or left as
-        found when it already runs (a notebook's, another run's), which the run then keeps."""
+        absolute (the processes run in their run folder), local Spark up: started, or used as
+        found when it already runs (a notebook's, another run's); the last of its users stops it."""
         if request.requirements:
             lock = resolve(request.requirements, CONSTRAINTS)
             installed = install_here(lock, CONSTRAINTS)
@@ -181,7 +181,7 @@ class LocalTarget(Target):
                   if installed else f"requirements: {request.requirements.origin} already "
                   "installed (skipped)", flush=True)
         if request.job.uses_spark:
-            self.spark_started = self.spark.acquire()
+            self.spark_users = self.spark.acquire(request.run_dir)
         return replace(request, args=request.job.with_paths(request.args, {
             value: str(path) for value, path in request.local_paths().items()}))
 
@@ -197,8 +197,8 @@ class LocalTarget(Target):
         return str(error)  # one host: the message names the process, and so the host
 
     def release(self, job):
-        if job.uses_spark and self.spark_started:
-            self.spark.stop()
+        if self.spark_users:
+            self.spark.release(self.spark_users)
 
     def spark_status(self):
         try:

@@ -1,7 +1,7 @@
 """`fab notebook --target local`: JupyterLab on 127.0.0.1 over the local Spark, which it starts
-when none runs and then stops at the end; a local Spark that already runs (a run's, another
-notebook's) it uses as found and leaves running. (A cell run in a real browser: the netns
-cluster's notebook, tests/e2e/test_notebook.py.)"""
+when none runs and, as its last user, stops at the end; a local Spark started by hand it uses as
+found and leaves running (users counted: tests/ops/test_scripts.py's wordcount). (A cell run
+in a real browser: the netns cluster's notebook, tests/e2e/test_notebook.py.)"""
 
 from __future__ import annotations
 

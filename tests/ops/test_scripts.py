@@ -230,15 +230,17 @@ def test_a_failing_script_is_named_by_role_and_host(tmp_path):
 def test_a_pyspark_script_runs_with_the_clusters_spark(tmp_path):
     """Spark's wordcount, deployed and run on the local target's Spark (the executors import the
     module beside it): its own argument, its prints, its KINDLING_OUTPUT file. That Spark already
-    ran (as a notebook's does): the run uses it and leaves it running."""
+    had a user (as a notebook does): the run leaves it running for them, and its last user stops it."""
     code = shutil.copytree(SCRIPTS / "wordcount", tmp_path / "wordcount")
     spark = local.spark_cluster()
     try:
-        spark.start()
+        notebook = spark.acquire()
         daemons = spark.processes()
         done = fab("deploy", str(code / "wordcount.py"), "--target", "local", "--job-args",
                    "words.txt", runs=tmp_path / "runs")
         assert spark.running() and set(daemons) <= set(spark.processes())
+        spark.release(notebook)
+        assert not spark.running() and spark.processes() == []
     finally:
         spark.stop()
     results = results_of(done)

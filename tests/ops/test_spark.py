@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import subprocess
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -130,6 +131,26 @@ def test_a_master_pid_file_from_before_the_boot_is_no_running_spark(tmp_path):
     assert cluster.running()
     os.utime(master, (0, 0))  # written before this machine booted
     assert not cluster.running()
+
+
+def test_the_local_spark_counts_live_fab_processes_and_runs_as_its_users(tmp_path):
+    """A user is a fab process (a file with its pid) or a run (a link to its folder, where its
+    processes note their pids): a detached run keeps counting after its fab exits."""
+    cluster = LocalSparkCluster(workers=1, base_dir=str(tmp_path / "spark"))
+    cluster.users_dir.mkdir(parents=True)
+    ended = subprocess.run(["sh", "-c", "echo $$"], capture_output=True, text=True, check=True)
+    (cluster.users_dir / "fab-that-crashed").write_text(ended.stdout)
+    (tmp_path / "run").mkdir()
+    (cluster.users_dir / "run").symlink_to(tmp_path / "run", target_is_directory=True)
+    assert cluster.live_users() == []  # a run before its processes start, a gone fab
+    driver = subprocess.Popen(["sleep", "60"])
+    try:
+        (tmp_path / "run" / "driver.pid").write_text(str(driver.pid))
+        assert cluster.live_users() == [cluster.users_dir / "run" / "driver.pid"]
+    finally:
+        driver.kill()
+        driver.wait()
+    assert cluster.live_users() == []
 
 
 @pytest.mark.slow
