@@ -167,8 +167,7 @@ class LocalTarget(Target):
         if job.uses_spark and not os.environ.get("JAVA_HOME") and not shutil.which("java"):
             raise UserError(f"{job.name} runs on Spark, and Spark needs Java 17 or 21: there is no "
                             "`java` on the PATH and no JAVA_HOME; install one (Debian/Ubuntu: `sudo "
-                            "apt-get install default-jre-headless`, macOS: `brew install openjdk@21`) "
-                            "or set JAVA_HOME")
+                            "apt-get install default-jre-headless`) or set JAVA_HOME")
 
     def prepare(self, request):
         """Your requirements in the venv fab runs from (ops.requirements), path flags made
@@ -317,6 +316,10 @@ def load_target(target: str | None) -> Target:
     """`local`, an inventory JSON file, or `pulumi[:STACK]`."""
     spec = target_spec(target)
     if spec == LOCAL:
+        if sys.platform != "linux":
+            raise UserError(f"the local target runs on Linux only (it tells its Spark's processes "
+                            f"through /proc), not on {sys.platform}; use a cluster: --target "
+                            "cluster.json or pulumi:STACK")
         return LocalTarget()
     return ClusterTarget(load_cluster_inventory(spec))
 

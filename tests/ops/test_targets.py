@@ -20,7 +20,7 @@ from kindling import Host, HostError, UserError
 from ops import tasks
 from ops.remote import sh
 from ops.run import check_downloads, run
-from ops.targets import LocalTarget
+from ops.targets import LocalTarget, load_target
 from workloads.jobs import FAB_OPTIONS, JOBS, Flag, Job, Launch, Process
 
 REPO = Path(__file__).resolve().parents[2]
@@ -125,6 +125,13 @@ def test_no_java_for_spark_is_one_line_naming_the_fix_before_anything_starts(tmp
                                            f"{assets}/models/mobilenet_v1_0.25_224.h5",
                                            "--model", "MobileNet"], tmp_path, env)
     assert "Spark needs Java 17 or 21" in line and "apt-get install default-jre-headless" in line
+
+
+def test_the_local_target_off_linux_is_one_line_naming_the_platform(monkeypatch):
+    monkeypatch.setattr(sys, "platform", "darwin")
+    with pytest.raises(UserError, match=r"^the local target runs on Linux only .* not on darwin; "
+                                        r"use a cluster: --target cluster.json or pulumi:STACK$"):
+        load_target("local")
 
 
 def refused_before_anything_starts(argv: list[str], tmp_path: Path, env: dict | None = None) -> str:
