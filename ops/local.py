@@ -7,6 +7,7 @@ The local target is one host (this machine, 127.0.0.1) with a Spark standalone m
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -249,10 +250,11 @@ class LocalSparkCluster:
         entries = [self.users_dir / str(os.getpid())]
         with self._users_locked():
             entries[0].write_text(str(os.getpid()))
-            if run_dir:
-                entries.append(self.users_dir / Path(run_dir).name)
+            if run_dir:  # named by its path: --output folders of two runs may share a name
+                folder = Path(run_dir).resolve()
+                entries.append(self.users_dir / hashlib.sha256(bytes(folder)).hexdigest()[:16])
                 entries[1].unlink(missing_ok=True)
-                entries[1].symlink_to(Path(run_dir).resolve(), target_is_directory=True)
+                entries[1].symlink_to(folder, target_is_directory=True)
             if not self.running():
                 try:
                     self.start()
