@@ -34,8 +34,9 @@ def connect(address: str) -> socket.socket:
 def test_the_first_failure_in_time_is_named_whichever_report_arrives_first():
     with NodeReports("127.0.0.1") as collector:
         chief_failed = time.time()
-        # the peer's report reaches the driver first, but it happened later
-        late = node_reports.NodeFailure("worker", 0, "10.0.0.4", chief_failed + 0.5,
+        # the peer's report reaches the driver first, but it happened later (after the chief's
+        # process, which may take seconds to start on a busy machine, has surely raised)
+        late = node_reports.NodeFailure("worker", 0, "10.0.0.4", chief_failed + 120,
                                          "UnavailableError: Graph execution error")
         with connect(collector.address) as peer:
             peer.sendall(json.dumps({"failure": late._asdict()}).encode() + b"\n")
