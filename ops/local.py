@@ -119,6 +119,10 @@ beside three busy processes, and over 60 s in a CI run (the suite runs most of i
 10). A daemon that exits ends the wait at once."""
 
 
+USERS_LOCK_TIMEOUT = START_TIMEOUT + 60
+"""How long a fab waits for another that is starting (or stopping) the local Spark."""
+
+
 class LocalSparkCluster:
     """A master and N workers on this machine, for the local target, tests and benchmarks.
 
@@ -236,12 +240,12 @@ class LocalSparkCluster:
         return alive([entry for entry in entries if entry.is_file()]
                      + [pid for entry in entries if entry.is_dir() for pid in entry.glob("*.pid")])
 
-    def _users_locked(self, timeout: float = START_TIMEOUT + 60):
+    def _users_locked(self):
         """One acquire or release at a time, so two runs that start together start one cluster."""
-        self.users_dir.mkdir(parents=True, exist_ok=True)
         lock = Path(self.base_dir) / "users.lock"
-        return exclusive(lock, timeout, RuntimeError(
-            f"local Spark cluster: {lock} stayed locked for {timeout:.0f}s by another fab process"))
+        return exclusive(lock, USERS_LOCK_TIMEOUT, UserError(
+            f"another fab held {lock} (starting or stopping the local Spark) for over "
+            f"{USERS_LOCK_TIMEOUT:.0f}s; end it and retry"))
 
     def acquire(self, run_dir: str | None = None) -> list[Path]:
         """Count this process (and the run in run_dir) among its users, starting it when its
@@ -249,6 +253,7 @@ class LocalSparkCluster:
         secret: its daemons and drivers hold it."""
         entries = [self.users_dir / str(os.getpid())]
         with self._users_locked():
+            self.users_dir.mkdir(exist_ok=True)
             entries[0].write_text(str(os.getpid()))
             if run_dir:  # named by its path: --output folders of two runs may share a name
                 folder = Path(run_dir).resolve()

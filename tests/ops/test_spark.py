@@ -3,6 +3,7 @@ local standalone cluster that starts, registers its workers and stops without le
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import shlex
@@ -15,6 +16,7 @@ import pytest
 from invoke import Context
 
 from kindling import Host, Inventory, UserError
+from ops import local
 from ops.local import LocalSparkCluster, free_port, master_json
 from ops.remote import write_private
 from ops.services import spark
@@ -151,6 +153,19 @@ def test_the_local_spark_counts_live_fab_processes_and_runs_as_its_users(tmp_pat
         driver.kill()
         driver.wait()
     assert cluster.live_users() == []
+
+
+def test_a_fab_stuck_starting_the_local_spark_is_one_line_naming_its_lock(tmp_path, monkeypatch):
+    """Another fab holds the users' lock (starting the cluster) past the wait: one line, the lock
+    named, and this process is no user."""
+    monkeypatch.setattr(local, "USERS_LOCK_TIMEOUT", 0.5)
+    cluster = LocalSparkCluster(workers=1, base_dir=str(tmp_path))
+    with open(tmp_path / "users.lock", "w") as held:  # its own open file: a second flock waits
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(UserError, match=r"^another fab held .*/users\.lock \(starting or "
+                                            r"stopping the local Spark\) for over 0s; end it"):
+            cluster.acquire()
+    assert not cluster.users_dir.exists() and not cluster.running()
 
 
 @pytest.mark.slow
